@@ -1,0 +1,366 @@
+//! Validation that reports every problem at once, each with its field path
+//! (`spec.env[2].name: must be a C identifier`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::container::{Container, ContainerState, ContainerStatus, MountType};
+
+/// One problem with one field. `reason` is Kubernetes' cause type
+/// (`FieldValueRequired`, `FieldValueInvalid`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|e| e.to_string()).collect();
+        f.write_str(&parts.join(", "))
+    }
+}
+
+impl FieldErrors {
+    fn required(&mut self, field: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+        });
+    }
+    fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: message.into(),
+        });
+    }
+    fn duplicate(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: "FieldValueDuplicate",
+            message: message.into(),
+        });
+    }
+    pub fn into_result(self) -> Result<(), FieldErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// The DNS-1123 label rule for names and namespaces, or why not.
+pub fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err(format!("must be no more than 63 characters (is {})", s.len()));
+    }
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-';
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} must be a lowercase RFC 1123 label: lowercase letters, digits and '-', \
+             starting and ending with a letter or digit (regex [a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+        ))
+    }
+}
+
+fn label_value_ok(v: &str) -> bool {
+    v.len() <= 63
+        && (v.is_empty()
+            || (v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.ends_with(|c: char| c.is_ascii_alphanumeric())))
+}
+
+fn label_key_ok(k: &str) -> bool {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| dns1123_label(part).is_ok())
+    });
+    prefix_ok && !name.is_empty() && label_value_ok(name)
+}
+
+const SIGNALS: &[&str] = &[
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGWINCH",
+    "SIGPWR", "SIGSTOP", "SIGCONT",
+];
+
+/// Checks metadata that every kind shares.
+pub fn validate_meta(meta: &crate::ObjectMeta, errs: &mut FieldErrors) {
+    if meta.name.is_empty() {
+        errs.required("metadata.name");
+    } else if let Err(m) = dns1123_label(&meta.name) {
+        errs.invalid("metadata.name", m);
+    }
+    if !meta.namespace.is_empty() {
+        if let Err(m) = dns1123_label(&meta.namespace) {
+            errs.invalid("metadata.namespace", m);
+        }
+    }
+    for (k, v) in &meta.labels {
+        if !label_key_ok(k) {
+            errs.invalid(
+                format!("metadata.labels[{k}]"),
+                "invalid label key: [prefix/]name, name at most 63 characters of [A-Za-z0-9._-] starting and ending alphanumeric",
+            );
+        }
+        if !label_value_ok(v) {
+            errs.invalid(
+                format!("metadata.labels[{k}]"),
+                format!("invalid label value {v:?}: at most 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric"),
+            );
+        }
+    }
+    let total: usize = meta.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > 256 * 1024 {
+        errs.invalid("metadata.annotations", "annotations may not exceed 256 KiB in total");
+    }
+    for (i, f) in meta.finalizers.iter().enumerate() {
+        if !label_key_ok(f) {
+            errs.invalid(format!("metadata.finalizers[{i}]"), format!("{f:?} is not a qualified name"));
+        }
+    }
+}
+
+/// Validates a whole `Container` (after defaulting). Every problem is
+/// returned, each with its field path.
+pub fn validate_container(c: &Container) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    if !c.api_version.is_empty() && c.api_version != crate::API_VERSION {
+        errs.invalid("apiVersion", format!("must be {:?}, not {:?}", crate::API_VERSION, c.api_version));
+    }
+    if !c.kind.is_empty() && c.kind != crate::container::KIND {
+        errs.invalid("kind", format!("must be \"Container\", not {:?}", c.kind));
+    }
+    validate_meta(&c.metadata, &mut errs);
+    let s = &c.spec;
+    if s.image.trim().is_empty() {
+        errs.required("spec.image");
+    } else if s.image.chars().any(char::is_whitespace) {
+        errs.invalid("spec.image", "must not contain whitespace");
+    }
+    let mut names = BTreeSet::new();
+    for (i, e) in s.env.iter().enumerate() {
+        let f = format!("spec.env[{i}].name");
+        let ident = e.name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && e.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if e.name.is_empty() {
+            errs.required(f);
+        } else if !ident {
+            errs.invalid(f, format!("{:?} must be a C identifier ([A-Za-z_][A-Za-z0-9_]*)", e.name));
+        } else if !names.insert(e.name.as_str()) {
+            errs.duplicate(f, format!("{:?} is set twice", e.name));
+        }
+    }
+    if let Some(wd) = &s.working_dir {
+        if !wd.starts_with('/') {
+            errs.invalid("spec.workingDir", format!("{wd:?} must be an absolute path"));
+        }
+    }
+    if let Some(u) = &s.user {
+        let mut parts = u.splitn(2, ':');
+        let ok = parts.all(|p| p.parse::<u32>().is_ok());
+        if !ok {
+            errs.invalid("spec.user", format!("{u:?} must be uid or uid:gid, numeric"));
+        }
+    }
+    if let Some(sig) = &s.stop_signal {
+        let known = SIGNALS.contains(&sig.as_str())
+            || SIGNALS.contains(&format!("SIG{sig}").as_str())
+            || sig.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n));
+        if !known {
+            errs.invalid("spec.stopSignal", format!("{sig:?} is not a signal (e.g. SIGTERM, SIGINT, 15)"));
+        }
+    }
+    if let Some(g) = s.termination_grace_period_seconds {
+        if g < 0 {
+            errs.invalid("spec.terminationGracePeriodSeconds", "must be >= 0");
+        }
+    }
+    if let Some(l) = s.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+        if let Some(m) = &l.memory {
+            match m.value() {
+                Err(e) => errs.invalid("spec.resources.limits.memory", e),
+                Ok(v) if v < 1.0 => errs.invalid("spec.resources.limits.memory", "must be at least 1 byte"),
+                Ok(_) => {}
+            }
+        }
+        if let Some(cpu) = &l.cpu {
+            match cpu.value() {
+                Err(e) => errs.invalid("spec.resources.limits.cpu", e),
+                Ok(v) if v < 0.001 => errs.invalid("spec.resources.limits.cpu", "must be at least 1m"),
+                Ok(_) => {}
+            }
+        }
+        if let Some(p) = l.pids {
+            if p < 1 {
+                errs.invalid("spec.resources.limits.pids", "must be >= 1");
+            }
+        }
+    }
+    let mut targets = BTreeSet::new();
+    for (i, m) in s.mounts.iter().enumerate() {
+        let p = format!("spec.mounts[{i}]");
+        if !m.target.starts_with('/') {
+            errs.invalid(format!("{p}.target"), format!("{:?} must be an absolute path", m.target));
+        } else if !targets.insert(m.target.as_str()) {
+            errs.duplicate(format!("{p}.target"), format!("{:?} is mounted twice", m.target));
+        }
+        match m.mount_type {
+            MountType::Bind => match &m.source {
+                None => errs.required(format!("{p}.source")),
+                Some(src) if !src.starts_with('/') => {
+                    errs.invalid(format!("{p}.source"), format!("{src:?} must be an absolute host path"))
+                }
+                Some(_) => {}
+            },
+            MountType::Tmpfs => {
+                if m.source.is_some() {
+                    errs.invalid(format!("{p}.source"), "not allowed for type tmpfs");
+                }
+            }
+        }
+        if let Some(q) = &m.size_limit {
+            if m.mount_type != MountType::Tmpfs {
+                errs.invalid(format!("{p}.sizeLimit"), "only allowed for type tmpfs");
+            } else if let Err(e) = q.value() {
+                errs.invalid(format!("{p}.sizeLimit"), e);
+            }
+        }
+    }
+    errs.into_result()
+}
+
+fn validate_state(s: &ContainerState, path: &str, errs: &mut FieldErrors) {
+    let set = [s.waiting.is_some(), s.running.is_some(), s.terminated.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set > 1 {
+        errs.invalid(path, "exactly one of waiting, running, terminated may be set");
+    }
+}
+
+/// Validates a status written through the status subresource.
+pub fn validate_status(s: &ContainerStatus) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    if let Some(st) = &s.state {
+        validate_state(st, "status.state", &mut errs);
+    }
+    if let Some(st) = &s.last_state {
+        validate_state(st, "status.lastState", &mut errs);
+    }
+    if s.restart_count < 0 {
+        errs.invalid("status.restartCount", "must be >= 0");
+    }
+    for (i, c) in s.conditions.iter().enumerate() {
+        if c.type_.is_empty() {
+            errs.required(format!("status.conditions[{i}].type"));
+        }
+        if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
+            errs.invalid(format!("status.conditions[{i}].status"), "must be True, False or Unknown");
+        }
+    }
+    errs.into_result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::*;
+
+    fn valid() -> Container {
+        let mut c = Container::default();
+        c.metadata.name = "web".into();
+        c.spec.image = "busybox".into();
+        c.apply_defaults();
+        c
+    }
+
+    #[test]
+    fn accepts_a_valid_container() {
+        assert_eq!(validate_container(&valid()), Ok(()));
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let mut c = valid();
+        c.metadata.name = "Web_1".into();
+        c.spec.image = String::new();
+        c.spec.env = vec![
+            EnvVar { name: "OK".into(), value: "1".into() },
+            EnvVar { name: "OK".into(), value: "2".into() },
+            EnvVar { name: "1bad".into(), value: String::new() },
+        ];
+        c.spec.working_dir = Some("relative".into());
+        c.spec.mounts = vec![Mount {
+            mount_type: MountType::Bind,
+            source: None,
+            target: "/data".into(),
+            read_only: false,
+            size_limit: None,
+        }];
+        let errs = validate_container(&c).unwrap_err();
+        let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.image",
+                "spec.env[1].name",
+                "spec.env[2].name",
+                "spec.workingDir",
+                "spec.mounts[0].source"
+            ]
+        );
+        assert!(errs.to_string().contains("spec.env[2].name: \"1bad\" must be a C identifier"), "{errs}");
+    }
+
+    #[test]
+    fn dns1123() {
+        assert!(dns1123_label("a").is_ok());
+        assert!(dns1123_label("web-1").is_ok());
+        assert!(dns1123_label(&"a".repeat(63)).is_ok());
+        assert!(dns1123_label(&"a".repeat(64)).is_err());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b"] {
+            assert!(dns1123_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_with_two_states_is_invalid() {
+        let s = ContainerStatus {
+            state: Some(ContainerState {
+                waiting: Some(StateWaiting::default()),
+                running: Some(StateRunning::default()),
+                terminated: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(validate_status(&s).unwrap_err().0[0].field, "status.state");
+    }
+}
