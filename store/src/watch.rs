@@ -1,0 +1,162 @@
+//! Watches: replay from the event log, then live events, with no gap and
+//! no duplicate (etcd's unsynced → synced hand-over).
+//!
+//! A watch registers for live events and notes the current revision C
+//! under the same lock the writer publishes under. Everything after C
+//! arrives live; everything in (R, C] is committed in the event log and is
+//! replayed from it first. Live events wait in a bounded channel meanwhile;
+//! a watcher that lets it fill is ended with `TooSlow`, never buffered
+//! without bound.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use crate::object::{Event, EventType, Key, Object, Stored};
+use crate::{Shared, StoreError};
+
+const REPLAY_BATCH: i64 = 1000;
+
+pub(crate) struct Slot {
+    pub resource: String,
+    pub tx: mpsc::Sender<Event>,
+    pub overflowed: Arc<AtomicBool>,
+}
+
+/// A stream of the changes to one resource; see [`crate::Store::watch`].
+pub struct Watch {
+    shared: Arc<Shared>,
+    resource: String,
+    pending: VecDeque<Event>,
+    /// Replay covers (replay_next - 1, replay_end].
+    replay_next: i64,
+    replay_end: i64,
+    /// Events at or below this revision are not delivered (a watch from a
+    /// revision ahead of the store).
+    skip_through: i64,
+    rx: mpsc::Receiver<Event>,
+    overflowed: Arc<AtomicBool>,
+    /// Revision of the last event delivered.
+    delivered: i64,
+}
+
+pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> Result<Watch, StoreError> {
+    let (tx, rx) = mpsc::channel(shared.config.watch_buffer.max(1));
+    let overflowed = crate::overflow_flag();
+    let mut st = shared.write();
+    let current = st.revision;
+    if let Some(r) = from {
+        if r < st.compacted {
+            return Err(StoreError::Expired { requested: r, oldest: st.compacted });
+        }
+    }
+    let pending: VecDeque<Event> = match from {
+        Some(_) => VecDeque::new(),
+        None => st
+            .objects
+            .range(Key::new(resource, "", "")..)
+            .take_while(|(k, _)| k.resource == resource)
+            .map(|(_, o)| Event { revision: o.revision, event_type: EventType::Added, object: o.clone(), prev: None })
+            .collect(),
+    };
+    st.watchers.push(Slot { resource: resource.into(), tx, overflowed: overflowed.clone() });
+    drop(st);
+    let start = from.unwrap_or(current);
+    Ok(Watch {
+        shared: shared.clone(),
+        resource: resource.into(),
+        pending,
+        replay_next: start.min(current) + 1,
+        replay_end: current,
+        skip_through: start,
+        rx,
+        overflowed,
+        delivered: start.min(current),
+    })
+}
+
+impl Watch {
+    /// The next change, `None` when the store shuts down, or an error
+    /// (`Expired` when history was compacted mid-replay, `TooSlow`) after
+    /// which the watch is over.
+    pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                self.delivered = self.delivered.max(e.revision);
+                return Some(Ok(e));
+            }
+            if self.replay_next <= self.replay_end {
+                if let Err(e) = self.replay_batch().await {
+                    self.replay_end = 0;
+                    self.rx.close();
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Some(e) if e.revision <= self.skip_through => continue,
+                Some(e) => {
+                    self.delivered = e.revision;
+                    return Some(Ok(e));
+                }
+                None if self.overflowed.load(Ordering::SeqCst) => {
+                    self.overflowed.store(false, Ordering::SeqCst);
+                    return Some(Err(StoreError::TooSlow(self.shared.config.watch_buffer)));
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// The revision a BOOKMARK may carry now: the store's revision when this
+    /// watch has nothing undelivered, else `None`.
+    pub fn bookmark(&self) -> Option<i64> {
+        if !self.pending.is_empty() || self.replay_next <= self.replay_end {
+            return None;
+        }
+        let st = self.shared.read();
+        // Under the read lock no event can be published, so an empty
+        // channel means every change up to `revision` has been delivered.
+        (self.rx.is_empty() && !self.rx.is_closed()).then_some(st.revision.max(self.skip_through))
+    }
+
+    async fn replay_batch(&mut self) -> Result<(), StoreError> {
+        let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data FROM events WHERE rv >= ? AND rv <= ? ORDER BY rv LIMIT ?")
+            .bind(self.replay_next)
+            .bind(self.replay_end)
+            .bind(REPLAY_BATCH)
+            .fetch_all(&self.shared.readers)
+            .await?;
+        let shared = self.shared.clone();
+        let expired = |next: i64| StoreError::Expired {
+            requested: next - 1,
+            oldest: shared.read().compacted,
+        };
+        if rows.is_empty() {
+            return Err(expired(self.replay_next));
+        }
+        for row in rows {
+            let rv: i64 = row.get(0);
+            // One event per revision: a gap means compaction got there first.
+            if rv != self.replay_next {
+                return Err(expired(self.replay_next));
+            }
+            self.replay_next = rv + 1;
+            let resource: String = row.get(2);
+            if resource != self.resource {
+                continue;
+            }
+            let key = Key::new(&resource, row.get(3), row.get(4));
+            let data: String = row.get(5);
+            let ty: String = row.get(1);
+            let event_type = EventType::parse(&ty).ok_or_else(|| StoreError::Internal(format!("bad event type {ty:?} at revision {rv}")))?;
+            let object: Object = serde_json::from_str(&data).map_err(|e| StoreError::Internal(format!("corrupt event {rv}: {e}")))?;
+            let object = Stored::new(key, object).map_err(|e| StoreError::Internal(e.to_string()))?;
+            self.pending.push_back(Event { revision: rv, event_type, object, prev: None });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! The semantics of each write, as a pure function of (request, current
+//! object, next revision, now). The writer task batches these; keeping
+//! them free of I/O lets them be tested by a table of cases.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use steward_schema::Time;
+
+use crate::object::{EventType, Key, Object, Stored};
+use crate::StoreError;
+
+/// A write request. Preconditions: a non-empty `resource_version` (and
+/// `uid`) must match the stored object, else `Conflict`.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// Create; `AlreadyExists` when present. Server-set metadata and
+    /// `status` in the request are ignored.
+    Create { key: Key, object: Object },
+    /// Replace labels, annotations, finalizers, ownerReferences and spec,
+    /// keeping status and server-set metadata. Writes nothing when nothing
+    /// changes. Removing the last finalizer of a deleting object deletes it.
+    Update { key: Key, object: Object },
+    /// Replace status only.
+    UpdateStatus {
+        key: Key,
+        status: Option<Value>,
+        resource_version: String,
+    },
+    /// Delete now, or mark with deletionTimestamp while finalizers remain.
+    Delete {
+        key: Key,
+        resource_version: String,
+        uid: String,
+    },
+}
+
+impl Write {
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Create { key, .. }
+            | Write::Update { key, .. }
+            | Write::UpdateStatus { key, .. }
+            | Write::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// What a write does to the store.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Nothing changes; the current object is the answer.
+    Unchanged(Arc<Stored>),
+    /// A new revision: the object is now `object` (absent when deleted).
+    Changed {
+        event_type: EventType,
+        object: Arc<Stored>,
+        prev: Option<Arc<Stored>>,
+    },
+}
+
+fn check_preconditions(current: &Stored, resource_version: &str, uid: &str) -> Result<(), StoreError> {
+    if !resource_version.is_empty() && resource_version != current.object.metadata.resource_version {
+        return Err(StoreError::Conflict {
+            key: current.key.clone(),
+            message: format!(
+                "the object has been modified; please apply your changes to the latest version and try again \
+                 (you sent resourceVersion {resource_version}, the store has {})",
+                current.object.metadata.resource_version
+            ),
+        });
+    }
+    if !uid.is_empty() && uid != current.object.metadata.uid {
+        return Err(StoreError::Conflict {
+            key: current.key.clone(),
+            message: format!("precondition failed: uid {uid} does not match {}", current.object.metadata.uid),
+        });
+    }
+    Ok(())
+}
+
+fn stored(key: &Key, mut object: Object, revision: i64) -> Result<Arc<Stored>, StoreError> {
+    object.metadata.resource_version = revision.to_string();
+    Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(format!("serialising {key}: {e}")))
+}
+
+fn not_found(key: &Key) -> StoreError {
+    StoreError::NotFound { key: key.clone() }
+}
+
+/// Applies one write to `current` (the object as of all earlier writes in
+/// the batch). `revision` is the revision this write gets if it changes
+/// anything; `uid` is a fresh uid for a create.
+pub fn apply(
+    write: Write,
+    current: Option<&Arc<Stored>>,
+    revision: i64,
+    now: Time,
+    uid: impl FnOnce() -> String,
+) -> Result<Outcome, StoreError> {
+    match write {
+        Write::Create { key, mut object } => {
+            if current.is_some() {
+                return Err(StoreError::AlreadyExists { key });
+            }
+            let m = &mut object.metadata;
+            m.name = key.name.clone();
+            m.namespace = key.namespace.clone();
+            m.uid = uid();
+            m.generation = 1;
+            m.creation_timestamp = Some(now);
+            m.deletion_timestamp = None;
+            object.status = None;
+            Ok(Outcome::Changed {
+                event_type: EventType::Added,
+                object: stored(&key, object, revision)?,
+                prev: None,
+            })
+        }
+        Write::Update { key, object } => {
+            let cur = current.ok_or_else(|| not_found(&key))?;
+            check_preconditions(cur, &object.metadata.resource_version, &object.metadata.uid)?;
+            let old = &cur.object;
+            if old.metadata.deletion_timestamp.is_some() {
+                if let Some(added) = object.metadata.finalizers.iter().find(|f| !old.metadata.finalizers.contains(f)) {
+                    return Err(StoreError::Invalid {
+                        key,
+                        field: "metadata.finalizers".into(),
+                        message: format!("no new finalizers can be added while the object is being deleted (got {added:?})"),
+                    });
+                }
+            }
+            let mut new = old.clone();
+            new.metadata.labels = object.metadata.labels;
+            new.metadata.annotations = object.metadata.annotations;
+            new.metadata.finalizers = object.metadata.finalizers;
+            new.metadata.owner_references = object.metadata.owner_references;
+            new.spec = object.spec;
+            if new == *old {
+                return Ok(Outcome::Unchanged(cur.clone()));
+            }
+            if new.spec != old.spec {
+                new.metadata.generation += 1;
+            }
+            let event_type = if new.metadata.deletion_timestamp.is_some() && new.metadata.finalizers.is_empty() {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            };
+            Ok(Outcome::Changed {
+                event_type,
+                object: stored(&key, new, revision)?,
+                prev: Some(cur.clone()),
+            })
+        }
+        Write::UpdateStatus { key, status, resource_version } => {
+            let cur = current.ok_or_else(|| not_found(&key))?;
+            check_preconditions(cur, &resource_version, "")?;
+            if cur.object.status == status {
+                return Ok(Outcome::Unchanged(cur.clone()));
+            }
+            let mut new = cur.object.clone();
+            new.status = status;
+            Ok(Outcome::Changed {
+                event_type: EventType::Modified,
+                object: stored(&key, new, revision)?,
+                prev: Some(cur.clone()),
+            })
+        }
+        Write::Delete { key, resource_version, uid } => {
+            let cur = current.ok_or_else(|| not_found(&key))?;
+            check_preconditions(cur, &resource_version, &uid)?;
+            let mut new = cur.object.clone();
+            let event_type = if new.metadata.finalizers.is_empty() {
+                EventType::Deleted
+            } else if new.metadata.deletion_timestamp.is_none() {
+                new.metadata.deletion_timestamp = Some(now);
+                EventType::Modified
+            } else {
+                return Ok(Outcome::Unchanged(cur.clone()));
+            };
+            Ok(Outcome::Changed {
+                event_type,
+                object: stored(&key, new, revision)?,
+                prev: Some(cur.clone()),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> Key {
+        Key::new("containers", "default", "web")
+    }
+
+    fn obj(spec: Value) -> Object {
+        Object {
+            api_version: "steward.dev/v1alpha1".into(),
+            kind: "Container".into(),
+            metadata: Default::default(),
+            spec,
+            status: None,
+        }
+    }
+
+    fn created(rev: i64) -> Arc<Stored> {
+        match apply(Write::Create { key: key(), object: obj(json!({"image": "a"})) }, None, rev, Time::now(), || "u1".into()) {
+            Ok(Outcome::Changed { object, .. }) => object,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn changed(o: Result<Outcome, StoreError>) -> (EventType, Arc<Stored>) {
+        match o {
+            Ok(Outcome::Changed { event_type, object, .. }) => (event_type, object),
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_sets_server_fields_and_drops_status() {
+        let mut o = obj(json!({"image": "a"}));
+        o.status = Some(json!({"phase": "Running"}));
+        o.metadata.uid = "client-chosen".into();
+        let (t, s) = changed(apply(Write::Create { key: key(), object: o }, None, 7, Time::now(), || "u1".into()));
+        assert_eq!(t, EventType::Added);
+        assert_eq!(s.object.metadata.uid, "u1");
+        assert_eq!(s.object.metadata.resource_version, "7");
+        assert_eq!(s.object.metadata.generation, 1);
+        assert_eq!(s.object.status, None);
+        assert_eq!(s.revision, 7);
+        let e = apply(Write::Create { key: key(), object: obj(json!({})) }, Some(&s), 8, Time::now(), || "u2".into());
+        assert!(matches!(e, Err(StoreError::AlreadyExists { .. })));
+    }
+
+    #[test]
+    fn generation_moves_only_with_spec() {
+        let s = created(1);
+        let mut o = s.object.clone();
+        o.metadata.labels.insert("a".into(), "b".into());
+        let (_, s2) = changed(apply(Write::Update { key: key(), object: o }, Some(&s), 2, Time::now(), String::new));
+        assert_eq!(s2.object.metadata.generation, 1);
+        let mut o = s2.object.clone();
+        o.spec = json!({"image": "b"});
+        let (_, s3) = changed(apply(Write::Update { key: key(), object: o }, Some(&s2), 3, Time::now(), String::new));
+        assert_eq!(s3.object.metadata.generation, 2);
+        let (_, s4) = changed(apply(
+            Write::UpdateStatus { key: key(), status: Some(json!({"phase": "Running"})), resource_version: String::new() },
+            Some(&s3), 4, Time::now(), String::new,
+        ));
+        assert_eq!(s4.object.metadata.generation, 2);
+        assert_eq!(s4.object.spec, json!({"image": "b"}));
+    }
+
+    #[test]
+    fn unchanged_update_writes_nothing_and_stale_rv_conflicts() {
+        let s = created(1);
+        let o = apply(Write::Update { key: key(), object: s.object.clone() }, Some(&s), 2, Time::now(), String::new);
+        assert!(matches!(o, Ok(Outcome::Unchanged(_))));
+        let mut stale = s.object.clone();
+        stale.metadata.resource_version = "0".into();
+        stale.spec = json!({"image": "z"});
+        let o = apply(Write::Update { key: key(), object: stale }, Some(&s), 2, Time::now(), String::new);
+        assert!(matches!(o, Err(StoreError::Conflict { .. })));
+        let o = apply(Write::UpdateStatus { key: key(), status: None, resource_version: "9".into() }, Some(&s), 2, Time::now(), String::new);
+        assert!(matches!(o, Err(StoreError::Conflict { .. })));
+    }
+
+    #[test]
+    fn delete_waits_for_finalizers() {
+        let s = created(1);
+        let mut o = s.object.clone();
+        o.metadata.finalizers = vec!["steward.dev/containerd".into()];
+        let (_, s2) = changed(apply(Write::Update { key: key(), object: o }, Some(&s), 2, Time::now(), String::new));
+        let del = || Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let (t, s3) = changed(apply(del(), Some(&s2), 3, Time::now(), String::new));
+        assert_eq!(t, EventType::Modified);
+        assert!(s3.object.metadata.deletion_timestamp.is_some());
+        // A second delete changes nothing.
+        assert!(matches!(apply(del(), Some(&s3), 4, Time::now(), String::new), Ok(Outcome::Unchanged(_))));
+        // Adding a finalizer now is refused.
+        let mut o = s3.object.clone();
+        o.metadata.finalizers.push("x.dev/other".into());
+        assert!(matches!(apply(Write::Update { key: key(), object: o }, Some(&s3), 4, Time::now(), String::new), Err(StoreError::Invalid { .. })));
+        // Removing the last finalizer deletes.
+        let mut o = s3.object.clone();
+        o.metadata.finalizers.clear();
+        let (t, s4) = changed(apply(Write::Update { key: key(), object: o }, Some(&s3), 4, Time::now(), String::new));
+        assert_eq!(t, EventType::Deleted);
+        assert_eq!(s4.revision, 4);
+        // Without finalizers a delete is immediate; a wrong uid conflicts.
+        let e = apply(Write::Delete { key: key(), resource_version: String::new(), uid: "other".into() }, Some(&s), 2, Time::now(), String::new);
+        assert!(matches!(e, Err(StoreError::Conflict { .. })));
+        let (t, _) = changed(apply(del(), Some(&s), 2, Time::now(), String::new));
+        assert_eq!(t, EventType::Deleted);
+    }
+}

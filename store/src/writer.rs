@@ -1,0 +1,279 @@
+//! The single writer: group commit, then publish.
+//!
+//! The writer takes the first waiting command and every other write queued
+//! behind it (up to `max_batch`), computes each write's outcome against the
+//! committed state plus the batch's earlier writes, stores the whole batch
+//! in one SQLite transaction (one fsync), and only then makes it visible:
+//! the in-memory state, the watchers and the replies change together, under
+//! the state lock, so a watch never sees a gap or a duplicate and a reply
+//! is never sent for a write that is not durable.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::{Connection, Row, SqliteConnection};
+use steward_schema::Time;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::object::{Event, EventType, Key, Stored};
+use crate::write::{self, Outcome, Write};
+use crate::{Shared, StoreError, WriteResult};
+
+pub(crate) struct Request {
+    pub write: Write,
+    pub dry_run: bool,
+    pub reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+pub(crate) enum Command {
+    Write(Request),
+    Control(Control),
+}
+
+pub(crate) enum Control {
+    Compact(oneshot::Sender<Result<i64, StoreError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// SQLite's bound-parameter limit is 32766; stay well below it.
+const ROWS_PER_STATEMENT: usize = 200;
+
+pub(crate) async fn run(mut conn: SqliteConnection, shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
+    let mut tick = tokio::time::interval(shared.config.compact_interval);
+    tick.tick().await;
+    let mut shutdown = None;
+    while shutdown.is_none() {
+        let first = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => cmd,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Err(e) = compact(&mut conn, &shared).await {
+                    tracing::warn!(error = %e, "event log compaction failed");
+                }
+                continue;
+            }
+        };
+        // Group every write already queued; a control command ends the group
+        // and runs after it, in queue order.
+        let mut batch = Vec::new();
+        let mut control = None;
+        match first {
+            Command::Write(r) => batch.push(r),
+            Command::Control(c) => control = Some(c),
+        }
+        while batch.len() < shared.config.max_batch && control.is_none() {
+            match rx.try_recv() {
+                Ok(Command::Write(r)) => batch.push(r),
+                Ok(Command::Control(c)) => control = Some(c),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&mut conn, &shared, batch).await;
+        }
+        match control {
+            Some(Control::Compact(reply)) => {
+                let _ = reply.send(compact(&mut conn, &shared).await);
+            }
+            Some(Control::Shutdown(reply)) => shutdown = Some(reply),
+            None => {}
+        }
+    }
+    // Drain what was queued before the shutdown request.
+    rx.close();
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Write(r) = cmd {
+            commit_batch(&mut conn, &shared, vec![r]).await;
+        }
+    }
+    shared.write().watchers.clear();
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
+        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the store failed");
+    }
+    tracing::info!("store writer stopped");
+    if let Some(reply) = shutdown {
+        let _ = reply.send(());
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<Request>) {
+    let base = shared.read().revision;
+    let now = Time::now();
+    let mut rev = base;
+    let mut overlay: HashMap<Key, Option<Arc<Stored>>> = HashMap::new();
+    let mut events: Vec<Event> = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for req in batch {
+        let key = req.write.key().clone();
+        let current = match overlay.get(&key) {
+            Some(v) => v.clone(),
+            None => shared.read().objects.get(&key).cloned(),
+        };
+        let result = write::apply(req.write, current.as_ref(), rev + 1, now, || uuid::Uuid::new_v4().to_string());
+        let answer = match result {
+            Ok(Outcome::Unchanged(object)) => Ok(WriteResult { object, event_type: None }),
+            Ok(Outcome::Changed { event_type, object, prev }) => {
+                if !req.dry_run {
+                    rev += 1;
+                    let after = (event_type != EventType::Deleted).then(|| object.clone());
+                    overlay.insert(key, after);
+                    events.push(Event { revision: rev, event_type, object: object.clone(), prev });
+                }
+                Ok(WriteResult { object, event_type: Some(event_type) })
+            }
+            Err(e) => Err(e),
+        };
+        replies.push((req.reply, answer));
+    }
+    if !events.is_empty() {
+        if let Err(e) = persist(conn, &overlay, &events, rev).await {
+            tracing::error!(error = %e, "commit failed; failing the batch");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
+            }
+            return;
+        }
+        publish(shared, overlay, events, rev);
+    }
+    for (reply, answer) in replies {
+        let _ = reply.send(answer);
+    }
+}
+
+async fn persist(
+    conn: &mut SqliteConnection,
+    overlay: &HashMap<Key, Option<Arc<Stored>>>,
+    events: &[Event],
+    revision: i64,
+) -> Result<(), sqlx::Error> {
+    let ts = now_ms();
+    let mut tx = conn.begin().await?;
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts) VALUES ");
+        sql.push_str(&vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(","));
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            let k = &e.object.key;
+            q = q
+                .bind(e.revision)
+                .bind(e.event_type.as_str())
+                .bind(k.resource.as_str())
+                .bind(k.namespace.as_str())
+                .bind(k.name.as_str())
+                .bind(json_str(&e.object.json))
+                .bind(ts);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let upserts: Vec<&Arc<Stored>> = overlay.values().flatten().collect();
+    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from("INSERT INTO objects (resource, namespace, name, rv, data) VALUES ");
+        sql.push_str(&vec!["(?,?,?,?,?)"; chunk.len()].join(","));
+        sql.push_str(" ON CONFLICT (resource, namespace, name) DO UPDATE SET rv = excluded.rv, data = excluded.data");
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q
+                .bind(s.key.resource.as_str())
+                .bind(s.key.namespace.as_str())
+                .bind(s.key.name.as_str())
+                .bind(s.revision)
+                .bind(json_str(&s.json));
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let deletes: Vec<&Key> = overlay.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
+    for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from("DELETE FROM objects WHERE (resource, namespace, name) IN (VALUES ");
+        sql.push_str(&vec!["(?,?,?)"; chunk.len()].join(","));
+        sql.push(')');
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(k.resource.as_str()).bind(k.namespace.as_str()).bind(k.name.as_str());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('revision', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+fn json_str(b: &bytes::Bytes) -> &str {
+    // The writer made these bytes with serde_json, so they are UTF-8.
+    std::str::from_utf8(b).unwrap_or_default()
+}
+
+/// Makes a committed batch visible: state, revision and watchers change
+/// together under the write lock.
+fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: Vec<Event>, revision: i64) {
+    let mut st = shared.write();
+    for (k, v) in overlay {
+        match v {
+            Some(o) => {
+                st.objects.insert(k, o);
+            }
+            None => {
+                st.objects.remove(&k);
+            }
+        }
+    }
+    st.revision = revision;
+    let buffer = shared.config.watch_buffer;
+    st.watchers.retain(|w| {
+        for e in events.iter().filter(|e| e.object.key.resource == w.resource) {
+            match w.tx.try_send(e.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(resource = %w.resource, buffer, "watcher too slow; ending it");
+                    w.overflowed.store(true, Ordering::SeqCst);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    });
+}
+
+/// Deletes events outside the retention window; returns the oldest
+/// revision a watch can still start from.
+async fn compact(conn: &mut SqliteConnection, shared: &Shared) -> Result<i64, StoreError> {
+    let retention = &shared.config.retention;
+    let (revision, compacted) = {
+        let st = shared.read();
+        (st.revision, st.compacted)
+    };
+    let by_count = revision - retention.max_events;
+    let age_cut = now_ms() - retention.max_age.as_millis() as i64;
+    let by_age: i64 = sqlx::query("SELECT COALESCE(MAX(rv), 0) FROM events WHERE ts < ?")
+        .bind(age_cut)
+        .fetch_one(&mut *conn)
+        .await?
+        .get(0);
+    let cut = by_count.max(by_age).min(revision);
+    if cut <= compacted {
+        return Ok(compacted);
+    }
+    let mut tx = conn.begin().await?;
+    let deleted = sqlx::query("DELETE FROM events WHERE rv <= ?").bind(cut).execute(&mut *tx).await?.rows_affected();
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('compacted', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(cut)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    shared.write().compacted = cut;
+    tracing::debug!(compacted = cut, deleted, "event log compacted");
+    Ok(cut)
+}
