@@ -1,0 +1,460 @@
+//! REST handlers for `containers` and `containers/status`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use steward_schema::manifest::{container_from_json, container_from_value};
+use steward_schema::validate::{validate_container, validate_status};
+use steward_schema::{Container, ContainerStatus, RESOURCE};
+use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult};
+use tracing::Instrument;
+
+use crate::metrics::Verb;
+use crate::query::{ContinueToken, Params};
+use crate::{watch, ApiError, AppState};
+
+/// How often a patch or apply is retried when a concurrent write moved the
+/// object between its read and its write (only when the client set no
+/// resourceVersion precondition of its own).
+const CONFLICT_RETRIES: usize = 5;
+
+fn key(ns: &str, name: &str) -> Key {
+    Key::new(RESOURCE, ns, name)
+}
+
+fn span(verb: &'static str, ns: &str, name: &str) -> tracing::Span {
+    tracing::info_span!("request", verb, key = %format!("{ns}/{name}"))
+}
+
+/// The object's JSON as the response body, with `code`.
+fn object_response(code: StatusCode, verb: &'static str, stored: &Stored) -> Response {
+    let mut r = (code, [(header::CONTENT_TYPE, "application/json")], Body::from(stored.json.clone())).into_response();
+    r.extensions_mut().insert(Verb(verb));
+    r
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| "application/json".into())
+}
+
+/// Reads the body, refusing more than the configured limit with 413.
+async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let too_large = || ApiError::TooLarge(format!("the request body is larger than the limit of {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::BadRequest(format!("reading the request body: {e}"))
+    })
+}
+
+/// Decodes a whole `Container` from a JSON or YAML body.
+fn decode(media: &str, body: &[u8]) -> Result<Container, ApiError> {
+    match media {
+        "application/json" => container_from_json(body).map_err(ApiError::BadRequest),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
+            let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid YAML: {e}")))?;
+            container_from_value(value).map_err(ApiError::BadRequest)
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported content type {other:?}: send application/json or application/yaml"
+        ))),
+    }
+}
+
+/// Defaults, URL consistency and validation, as every write of a whole
+/// object goes through.
+fn admit(c: &mut Container, ns: &str, url_name: Option<&str>) -> Result<(), ApiError> {
+    if c.metadata.namespace.is_empty() {
+        c.metadata.namespace = ns.to_string();
+    } else if c.metadata.namespace != ns {
+        return Err(ApiError::BadRequest(format!(
+            "the namespace of the object ({}) does not match the namespace of the request ({ns})",
+            c.metadata.namespace
+        )));
+    }
+    if let Some(name) = url_name {
+        if c.metadata.name.is_empty() {
+            c.metadata.name = name.to_string();
+        } else if c.metadata.name != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({}) does not match the name in the URL ({name})",
+                c.metadata.name
+            )));
+        }
+    }
+    c.apply_defaults();
+    validate_container(c).map_err(|errors| ApiError::Invalid { name: c.metadata.name.clone(), errors })?;
+    Ok(())
+}
+
+fn to_object(c: Container) -> Result<Object, ApiError> {
+    let ser = |e: serde_json::Error| ApiError::BadRequest(e.to_string());
+    Ok(Object {
+        api_version: c.api_version,
+        kind: c.kind,
+        metadata: c.metadata,
+        spec: serde_json::to_value(c.spec).map_err(ser)?,
+        status: c.status.map(serde_json::to_value).transpose().map_err(ser)?,
+    })
+}
+
+fn get_current(app: &AppState, ns: &str, name: &str) -> Result<Arc<Stored>, ApiError> {
+    app.store
+        .get(&key(ns, name))
+        .ok_or_else(|| ApiError::Store(StoreError::NotFound { key: key(ns, name) }))
+}
+
+pub async fn read(State(app): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let _s = span("get", &ns, &name).entered();
+    let cur = get_current(&app, &ns, &name)?;
+    Ok(object_response(StatusCode::OK, "get", &cur))
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    Path(ns): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    let mut c = decode(&media_type(&headers), &bytes)?;
+    let name = c.metadata.name.clone();
+    async {
+        admit(&mut c, &ns, None)?;
+        let r = app.store.write(Write::Create { key: key(&ns, &c.metadata.name), object: to_object(c)? }, p.dry_run).await?;
+        Ok(object_response(StatusCode::CREATED, "create", &r.object))
+    }
+    .instrument(span("create", &ns, &name))
+    .await
+}
+
+pub async fn replace(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    let mut c = decode(&media_type(&headers), &bytes)?;
+    async {
+        admit(&mut c, &ns, Some(&name))?;
+        let r = app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await?;
+        Ok(object_response(StatusCode::OK, "update", &r.object))
+    }
+    .instrument(span("update", &ns, &name))
+    .await
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    // DeleteOptions: preconditions and dryRun; everything else is accepted
+    // and ignored (propagationPolicy matters once owners exist).
+    let opts: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+    };
+    let pre = |f: &str| opts.pointer(&format!("/preconditions/{f}")).and_then(Value::as_str).unwrap_or_default().to_string();
+    if opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All")) {
+        p.dry_run = true;
+    }
+    let write = Write::Delete { key: key(&ns, &name), resource_version: pre("resourceVersion"), uid: pre("uid") };
+    let r = app.store.write(write, p.dry_run).instrument(span("delete", &ns, &name)).await?;
+    Ok(object_response(StatusCode::OK, "delete", &r.object))
+}
+
+/// Which PATCH flavour a content type names.
+enum PatchKind {
+    Merge,
+    Json,
+    Apply,
+}
+
+fn patch_kind(media: &str) -> Result<PatchKind, ApiError> {
+    match media {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => Ok(PatchKind::Merge),
+        "application/json-patch+json" => Ok(PatchKind::Json),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported patch content type {other:?}: use application/merge-patch+json, application/json-patch+json, \
+             application/strategic-merge-patch+json or application/apply-patch+yaml"
+        ))),
+    }
+}
+
+/// Applies a merge or JSON patch to `doc`. Returns whether the patch itself
+/// sets metadata.resourceVersion (then it is the client's precondition and
+/// a conflict is not retried).
+fn apply_patch(kind: &PatchKind, body: &[u8], doc: &mut Value) -> Result<bool, ApiError> {
+    let bad = |e: String| ApiError::BadRequest(e);
+    match kind {
+        PatchKind::Merge => {
+            let patch: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON merge patch: {e}")))?;
+            if !patch.is_object() {
+                return Err(bad("a merge patch must be a JSON object".into()));
+            }
+            json_patch::merge(doc, &patch);
+            Ok(patch.pointer("/metadata/resourceVersion").is_some())
+        }
+        PatchKind::Json => {
+            let ops: json_patch::Patch =
+                serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON patch: {e}")))?;
+            let explicit = serde_json::from_slice::<Vec<Value>>(body)
+                .map(|v| v.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")))
+                .unwrap_or(false);
+            json_patch::patch(doc, &ops).map_err(|e| bad(format!("JSON patch failed: {e}")))?;
+            Ok(explicit)
+        }
+        PatchKind::Apply => Err(bad("apply is not a document patch".into())),
+    }
+}
+
+pub async fn patch(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    let kind = patch_kind(&media_type(&headers))?;
+    if let PatchKind::Apply = kind {
+        return apply(&app, &ns, &name, &bytes, p.dry_run).instrument(span("apply", &ns, &name)).await;
+    }
+    async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cur = get_current(&app, &ns, &name)?;
+            let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let explicit_rv = apply_patch(&kind, &bytes, &mut doc)?;
+            let mut c = container_from_value(serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+                .map_err(|e| ApiError::BadRequest(format!("the patched object is not a Container: {e}")))?;
+            admit(&mut c, &ns, Some(&name))?;
+            match app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await {
+                Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
+                r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
+            }
+        }
+    }
+    .instrument(span("patch", &ns, &name))
+    .await
+}
+
+/// Server-side apply, simplified: create when absent; otherwise replace
+/// spec, labels and annotations with the manifest's, keeping finalizers,
+/// server-set metadata and status. An apply that changes nothing writes
+/// nothing. The `X-Steward-Apply` header says which happened.
+async fn apply(app: &AppState, ns: &str, name: &str, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
+    let mut c = decode("application/apply-patch+yaml", body)?;
+    admit(&mut c, ns, Some(name))?;
+    let explicit_rv = !c.metadata.resource_version.is_empty();
+    let desired = to_object(c)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (write, created) = match app.store.get(&key(ns, name)) {
+            None => (Write::Create { key: key(ns, name), object: desired.clone() }, true),
+            Some(cur) => {
+                let mut o = cur.object.clone();
+                o.metadata.labels = desired.metadata.labels.clone();
+                o.metadata.annotations = desired.metadata.annotations.clone();
+                if explicit_rv {
+                    o.metadata.resource_version = desired.metadata.resource_version.clone();
+                }
+                o.spec = desired.spec.clone();
+                (Write::Update { key: key(ns, name), object: o }, false)
+            }
+        };
+        let retry = attempt <= CONFLICT_RETRIES && !explicit_rv;
+        let WriteResult { object, event_type } = match app.store.write(write, dry_run).await {
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) if retry => continue,
+            r => r?,
+        };
+        let (code, outcome) = match (created, event_type) {
+            (true, _) => (StatusCode::CREATED, "created"),
+            (false, None) => (StatusCode::OK, "unchanged"),
+            (false, Some(EventType::Deleted)) => (StatusCode::OK, "deleted"),
+            (false, Some(_)) => (StatusCode::OK, "configured"),
+        };
+        tracing::debug!(outcome, "applied");
+        let mut r = object_response(code, "apply", &object);
+        r.headers_mut().insert("x-steward-apply", HeaderValue::from_static(outcome));
+        return Ok(r);
+    }
+}
+
+/// Parses and validates the status of a whole-object document.
+fn status_of(doc: Value) -> Result<Option<Value>, ApiError> {
+    let Some(status) = doc.get("status").filter(|s| !s.is_null()).cloned() else {
+        return Ok(None);
+    };
+    let typed: ContainerStatus = serde_path_to_status(status)?;
+    validate_status(&typed).map_err(|errors| ApiError::Invalid {
+        name: doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().into(),
+        errors,
+    })?;
+    Ok(Some(serde_json::to_value(typed).map_err(|e| ApiError::BadRequest(e.to_string()))?))
+}
+
+fn serde_path_to_status(v: Value) -> Result<ContainerStatus, ApiError> {
+    let yaml = serde_yaml::to_value(v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let wrapped = serde_yaml::Mapping::from_iter([("status".into(), yaml)]);
+    let c = container_from_value(serde_yaml::Value::Mapping(wrapped)).map_err(ApiError::BadRequest)?;
+    Ok(c.status.unwrap_or_default())
+}
+
+pub async fn replace_status(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    if media_type(&headers) != "application/json" {
+        return Err(ApiError::UnsupportedMediaType("status updates take application/json".into()));
+    }
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    async {
+        let body_name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(&name);
+        if body_name != name {
+            return Err(ApiError::BadRequest(format!("the name of the object ({body_name}) does not match the name in the URL ({name})")));
+        }
+        let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        let status = status_of(doc)?;
+        let r = app.store.write(Write::UpdateStatus { key: key(&ns, &name), status, resource_version: rv }, p.dry_run).await?;
+        Ok(object_response(StatusCode::OK, "update", &r.object))
+    }
+    .instrument(span("update-status", &ns, &name))
+    .await
+}
+
+pub async fn patch_status(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    let bytes = read_body(&app, &headers, body).await?;
+    let kind = patch_kind(&media_type(&headers))?;
+    if let PatchKind::Apply = kind {
+        return Err(ApiError::UnsupportedMediaType("apply is not supported on the status subresource; use a merge patch".into()));
+    }
+    async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cur = get_current(&app, &ns, &name)?;
+            let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let explicit_rv = apply_patch(&kind, &bytes, &mut doc)?;
+            let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+            let status = status_of(doc)?;
+            let write = Write::UpdateStatus { key: key(&ns, &name), status, resource_version: rv };
+            match app.store.write(write, p.dry_run).await {
+                Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
+                r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
+            }
+        }
+    }
+    .instrument(span("patch-status", &ns, &name))
+    .await
+}
+
+/// Whether `s` passes the request's namespace, label and field selectors.
+pub fn matches(p: &Params, s: &Stored) -> bool {
+    p.label_selector.matches(&s.object.metadata.labels)
+        && p.field_selector.matches(|f| match f {
+            "metadata.name" => s.key.name.clone(),
+            "metadata.namespace" => s.key.namespace.clone(),
+            "status.phase" => s
+                .object
+                .status
+                .as_ref()
+                .and_then(|st| st.get("phase"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        })
+}
+
+pub async fn list(State(app): State<AppState>, Path(ns): Path<String>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    list_or_watch(app, Some(ns), q).await
+}
+
+pub async fn list_all(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    list_or_watch(app, None, q).await
+}
+
+async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref())?;
+    if p.watch {
+        return watch::serve(app, ns, p);
+    }
+    let token = p.continue_token.as_deref().map(ContinueToken::decode).transpose()?;
+    let after = token.as_ref().map(|t| t.key(RESOURCE));
+    let page = app.store.list(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, |s| matches(&p, s));
+    let revision = token.as_ref().map_or(page.revision, |t| t.rv);
+    let cont = page.next.map(|k| ContinueToken { rv: revision, ns: k.namespace, name: k.name }.encode());
+    let mut body = Vec::with_capacity(128 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
+    body.extend_from_slice(br#"{"apiVersion":"steward.dev/v1alpha1","kind":"ContainerList","metadata":{"resourceVersion":""#);
+    body.extend_from_slice(revision.to_string().as_bytes());
+    body.push(b'"');
+    if let Some(c) = cont {
+        body.extend_from_slice(br#","continue":""#);
+        body.extend_from_slice(c.as_bytes());
+        body.push(b'"');
+    }
+    body.extend_from_slice(br#"},"items":["#);
+    for (i, s) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&s.json);
+    }
+    body.extend_from_slice(b"]}");
+    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    r.extensions_mut().insert(Verb("list"));
+    Ok(r)
+}

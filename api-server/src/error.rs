@@ -1,0 +1,94 @@
+//! The one place an error becomes a Kubernetes `Status` body and code.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use steward_schema::{FieldErrors, Status, StatusCause, StatusDetails};
+use steward_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{name:?} is invalid: {errors}")]
+    Invalid { name: String, errors: FieldErrors },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> Status {
+        let kind = steward_schema::RESOURCE;
+        let details = |name: &str, causes: Vec<StatusCause>| StatusDetails {
+            name: name.into(),
+            group: steward_schema::GROUP.into(),
+            kind: kind.into(),
+            causes,
+        };
+        let msg = self.to_string();
+        match self {
+            ApiError::BadRequest(_) => Status::failure(400, "BadRequest", msg),
+            ApiError::Invalid { name, errors } => {
+                let causes = errors
+                    .0
+                    .iter()
+                    .map(|e| StatusCause { field: e.field.clone(), reason: e.reason.into(), message: e.message.clone() })
+                    .collect();
+                Status::failure(422, "Invalid", format!("Container {msg}")).with_details(details(name, causes))
+            }
+            ApiError::NotFound(_) => Status::failure(404, "NotFound", msg),
+            ApiError::MethodNotAllowed(_) => Status::failure(405, "MethodNotAllowed", msg),
+            ApiError::UnsupportedMediaType(_) => Status::failure(415, "UnsupportedMediaType", msg),
+            ApiError::TooLarge(_) => Status::failure(413, "RequestEntityTooLarge", msg),
+            ApiError::Unavailable(_) => Status::failure(503, "ServiceUnavailable", msg),
+            ApiError::Store(e) => match e {
+                StoreError::NotFound { key } => {
+                    Status::failure(404, "NotFound", format!("containers.steward.dev {:?} not found", key.name))
+                        .with_details(details(&key.name, vec![]))
+                }
+                StoreError::AlreadyExists { key } => Status::failure(
+                    409,
+                    "AlreadyExists",
+                    format!("containers.steward.dev {:?} already exists", key.name),
+                )
+                .with_details(details(&key.name, vec![])),
+                StoreError::Conflict { key, .. } => {
+                    Status::failure(409, "Conflict", msg).with_details(details(&key.name, vec![]))
+                }
+                StoreError::Invalid { key, field, message } => Status::failure(422, "Invalid", msg).with_details(details(
+                    &key.name,
+                    vec![StatusCause { field: field.clone(), reason: "FieldValueForbidden".into(), message: message.clone() }],
+                )),
+                StoreError::Expired { .. } | StoreError::TooSlow(_) => Status::failure(410, "Expired", msg),
+                StoreError::Closed => Status::failure(503, "ServiceUnavailable", msg),
+                StoreError::Internal(_) => Status::failure(500, "InternalError", msg),
+            },
+        }
+    }
+}
+
+/// Serialises a `Status` as the JSON response it is.
+pub fn status_response(s: &Status) -> Response {
+    let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(s).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let s = self.status();
+        if s.code >= 500 {
+            tracing::error!(error = %self, "request failed");
+        }
+        status_response(&s)
+    }
+}

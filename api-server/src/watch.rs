@@ -1,0 +1,134 @@
+//! The watch stream: newline-delimited JSON events, flushed one by one.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream;
+use steward_schema::RESOURCE;
+use steward_store::{Event, EventType, StoreError, Watch};
+use tokio::time::Instant;
+
+use crate::containers::matches;
+use crate::metrics::Verb;
+use crate::query::Params;
+use crate::{ApiError, AppState};
+
+fn frame(event_type: &str, object: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(object.len() + 32);
+    b.extend_from_slice(br#"{"type":""#);
+    b.extend_from_slice(event_type.as_bytes());
+    b.extend_from_slice(br#"","object":"#);
+    b.extend_from_slice(object);
+    b.extend_from_slice(b"}\n");
+    Bytes::from(b)
+}
+
+fn error_frame(e: &StoreError) -> Bytes {
+    let status = ApiError::Store(e.clone()).status();
+    frame("ERROR", &serde_json::to_vec(&status).unwrap_or_default())
+}
+
+fn bookmark_frame(revision: i64) -> Bytes {
+    let obj = format!(
+        r#"{{"apiVersion":"steward.dev/v1alpha1","kind":"Container","metadata":{{"resourceVersion":"{revision}"}}}}"#
+    );
+    frame("BOOKMARK", obj.as_bytes())
+}
+
+/// What a watcher with this namespace and selectors sees of `e`: the event
+/// as it is, or turned into ADDED/DELETED when the object moved into or
+/// out of the selection, or nothing.
+fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
+    if ns.is_some_and(|ns| ns != e.object.key.namespace) {
+        return None;
+    }
+    let now = matches(p, &e.object);
+    let before = e.prev.as_ref().map(|prev| matches(p, prev));
+    match (before, now, e.event_type) {
+        (_, true, EventType::Deleted) => Some(EventType::Deleted),
+        (Some(false), true, _) => Some(EventType::Added),
+        (Some(true), false, EventType::Modified) => Some(EventType::Deleted),
+        (_, true, t) => Some(t),
+        (_, false, _) => None,
+    }
+}
+
+struct Stream {
+    app: AppState,
+    ns: Option<String>,
+    params: Params,
+    watch: Option<Watch>,
+    /// A first frame to send before anything else (an early ERROR).
+    first: Option<Bytes>,
+    deadline: Option<Instant>,
+    next_bookmark: Option<Instant>,
+}
+
+/// Starts a watch response. A revision that is already compacted still
+/// gets a 200 whose only event is an ERROR with a 410 Status, as the
+/// Kubernetes API server does (an HTTP 410 makes some clients retry the
+/// same revision for ever).
+pub fn serve(app: AppState, ns: Option<String>, params: Params) -> Result<Response, ApiError> {
+    let from = params.watch_from()?;
+    let (watch, first) = match app.store.watch(RESOURCE, from) {
+        Ok(w) => (Some(w), None),
+        Err(e @ StoreError::Expired { .. }) => (None, Some(error_frame(&e))),
+        Err(e) => return Err(e.into()),
+    };
+    let now = Instant::now();
+    let deadline = params.timeout_seconds.map(|s| now + Duration::from_secs(s));
+    let next_bookmark = params.allow_bookmarks.then(|| now + app.config.bookmark_interval);
+    let state = Stream { app, ns, params, watch, first, deadline, next_bookmark };
+    let body = Body::from_stream(stream::unfold(state, step));
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json;stream=watch"), (header::CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response();
+    r.extensions_mut().insert(Verb("watch"));
+    Ok(r)
+}
+
+async fn step(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
+    if let Some(f) = s.first.take() {
+        return Some((Ok(f), s));
+    }
+    let mut shutdown = s.app.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let watch = s.watch.as_mut()?;
+        let far = Instant::now() + Duration::from_secs(86_400);
+        let deadline = s.deadline.unwrap_or(far);
+        let bookmark_at = s.next_bookmark.unwrap_or(far);
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = tokio::time::sleep_until(bookmark_at) => {
+                s.next_bookmark = Some(Instant::now() + s.app.config.bookmark_interval);
+                if let Some(rev) = watch.bookmark() {
+                    return Some((Ok(bookmark_frame(rev)), s));
+                }
+            }
+            e = watch.next() => match e {
+                None => return None,
+                Some(Err(e)) => {
+                    s.watch = None;
+                    return Some((Ok(error_frame(&e)), s));
+                }
+                Some(Ok(e)) => {
+                    if let Some(t) = translate(&s.params, s.ns.as_deref(), &e) {
+                        return Some((Ok(frame(t.as_str(), &e.object.json)), s));
+                    }
+                }
+            }
+        }
+    }
+}
+

@@ -1,0 +1,510 @@
+//! The API server on an ephemeral port, with a real SQLite file, over real HTTP.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use steward_store::{Config as StoreConfig, Store};
+
+const BASE: &str = "/apis/steward.dev/v1alpha1";
+
+struct TestServer {
+    url: String,
+    store: Store,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        Self::start_with(|_| {}, Default::default()).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut StoreConfig), api: steward_apiserver::Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(dir.path().join("steward.db"));
+        tune(&mut cfg);
+        let store = Store::open(cfg).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(steward_apiserver::serve(listener, store.clone(), api, async {
+            let _ = rx.await;
+        }));
+        TestServer { url, store, stop: Some(tx), done: Some(done), client: Client::new(), _dir: dir }
+    }
+
+    fn ns_url(&self, path: &str) -> String {
+        format!("{}{BASE}/namespaces/default/containers{path}", self.url)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(d) = self.done.take() {
+            tokio::time::timeout(Duration::from_secs(10), d).await.expect("shutdown hung").unwrap().unwrap();
+        }
+    }
+}
+
+fn container(name: &str) -> Value {
+    json!({
+        "apiVersion": "steward.dev/v1alpha1",
+        "kind": "Container",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"image": "127.0.0.1:5000/busybox:1.36", "args": ["sleep", "3600"]}
+    })
+}
+
+async fn body(r: Response) -> (StatusCode, Value) {
+    let code = r.status();
+    let text = r.text().await.unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn create(s: &TestServer, obj: &Value) -> Value {
+    let (code, v) = body(s.client.post(s.ns_url("")).json(obj).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    v
+}
+
+fn rv(v: &Value) -> i64 {
+    v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn crud_conflict_and_generation() {
+    let s = TestServer::start().await;
+    let c = create(&s, &container("web")).await;
+    assert_eq!(c["metadata"]["generation"], 1);
+    assert_eq!(c["metadata"]["namespace"], "default");
+    assert!(c["metadata"]["uid"].as_str().unwrap().len() > 10);
+    assert!(c["metadata"]["creationTimestamp"].is_string());
+    assert_eq!(c["spec"]["restartPolicy"], "Always", "defaults are filled in");
+
+    let (code, got) = body(s.client.get(s.ns_url("/web")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(got, c);
+
+    // Duplicate create.
+    let (code, st) = body(s.client.post(s.ns_url("")).json(&container("web")).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (409, Some("AlreadyExists")));
+    assert_eq!(st["kind"], "Status");
+
+    // Update with the current resourceVersion: generation moves with spec.
+    let mut upd = c.clone();
+    upd["spec"]["args"] = json!(["sleep", "10"]);
+    let (code, u) = body(s.client.put(s.ns_url("/web")).json(&upd).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{u}");
+    assert_eq!(u["metadata"]["generation"], 2);
+    assert!(rv(&u) > rv(&c));
+
+    // The same stale body again: Conflict.
+    let (code, st) = body(s.client.put(s.ns_url("/web")).json(&upd).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (409, Some("Conflict")));
+
+    // Label-only change keeps generation.
+    let mut lab = u.clone();
+    lab["metadata"]["labels"]["tier"] = json!("front");
+    let (_, l) = body(s.client.put(s.ns_url("/web")).json(&lab).send().await.unwrap()).await;
+    assert_eq!(l["metadata"]["generation"], 2);
+
+    // Delete without finalizers: gone at once.
+    let (code, _) = body(s.client.delete(s.ns_url("/web")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    let (code, st) = body(s.client.get(s.ns_url("/web")).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (404, Some("NotFound")));
+}
+
+#[tokio::test]
+async fn status_subresource_and_finalizers() {
+    let s = TestServer::start().await;
+    let mut obj = container("fin");
+    obj["metadata"]["finalizers"] = json!(["steward.dev/containerd"]);
+    obj["status"] = json!({"phase": "Running"});
+    let c = create(&s, &obj).await;
+    assert!(c.get("status").is_none(), "status is not written by create");
+
+    // Status through /status; spec in the same body is ignored.
+    let mut st = c.clone();
+    st["status"] = json!({"phase": "Running", "restartCount": 1, "state": {"running": {"startedAt": "2026-11-23T08:00:00Z"}}});
+    st["spec"]["image"] = json!("other");
+    let (code, after) = body(s.client.put(s.ns_url("/fin/status")).json(&st).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after["status"]["phase"], "Running");
+    assert_eq!(after["spec"]["image"], c["spec"]["image"]);
+    assert_eq!(after["metadata"]["generation"], 1);
+
+    // Status on the main resource is ignored.
+    let mut main = after.clone();
+    main["status"] = json!({"phase": "Failed"});
+    let (_, m) = body(s.client.put(s.ns_url("/fin")).json(&main).send().await.unwrap()).await;
+    assert_eq!(m["status"]["phase"], "Running");
+
+    // Invalid status: two states.
+    let (code, e) = body(
+        s.client
+            .patch(s.ns_url("/fin/status"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"status":{"state":{"waiting":{"reason":"X"}}}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code.as_u16(), e["reason"].as_str()), (422, Some("Invalid")), "{e}");
+    assert_eq!(e["details"]["causes"][0]["field"], "status.state");
+
+    // Delete: deletionTimestamp set, object stays.
+    let (code, d) = body(s.client.delete(s.ns_url("/fin")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    assert!(d["metadata"]["deletionTimestamp"].is_string());
+    let (code, _) = body(s.client.get(s.ns_url("/fin")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    // Removing the finalizer removes the object.
+    let (code, _) = body(
+        s.client
+            .patch(s.ns_url("/fin"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"metadata":{"finalizers":null}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = body(s.client.get(s.ns_url("/fin")).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+}
+
+async fn apply(s: &TestServer, name: &str, yaml: &str, dry: bool) -> (StatusCode, String, Value) {
+    let q = if dry { "?dryRun=All&fieldManager=t" } else { "?fieldManager=t" };
+    let r = s
+        .client
+        .patch(s.ns_url(&format!("/{name}{q}")))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(yaml.to_string())
+        .send()
+        .await
+        .unwrap();
+    let outcome = r.headers().get("x-steward-apply").map(|h| h.to_str().unwrap().to_string()).unwrap_or_default();
+    let (code, v) = body(r).await;
+    (code, outcome, v)
+}
+
+#[tokio::test]
+async fn apply_noop_writes_nothing_and_dry_run_stores_nothing() {
+    let s = TestServer::start().await;
+    let yaml = "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: a\nspec:\n  image: busybox\n";
+    let (code, out, _) = apply(&s, "a", yaml, true).await;
+    assert_eq!((code.as_u16(), out.as_str()), (201, "created"));
+    assert_eq!(s.store.revision(), 0, "dry run wrote");
+    let (code, out, v) = apply(&s, "a", yaml, false).await;
+    assert_eq!((code.as_u16(), out.as_str()), (201, "created"), "{v}");
+    let rev = s.store.revision();
+    for _ in 0..3 {
+        let (code, out, v2) = apply(&s, "a", yaml, false).await;
+        assert_eq!((code.as_u16(), out.as_str()), (200, "unchanged"));
+        assert_eq!(v2["metadata"]["resourceVersion"], v["metadata"]["resourceVersion"]);
+    }
+    assert_eq!(s.store.revision(), rev, "a no-op apply moved the revision");
+    let (_, out, v3) = apply(&s, "a", &yaml.replace("busybox", "alpine"), false).await;
+    assert_eq!(out, "configured");
+    assert_eq!(v3["metadata"]["generation"], 2);
+    // Dry-run update: answer shows the change, store keeps the old.
+    let (_, out, v4) = apply(&s, "a", &yaml.replace("busybox", "debian"), true).await;
+    assert_eq!((out.as_str(), v4["spec"]["image"].as_str()), ("configured", Some("debian")));
+    assert_eq!(s.store.revision(), rev + 1);
+    // JSON body works too (kubectl sends JSON).
+    let (code, out, _) = apply(&s, "b", &container("b").to_string(), false).await;
+    assert_eq!((code.as_u16(), out.as_str()), (201, "created"));
+}
+
+#[tokio::test]
+async fn error_codes() {
+    let s = TestServer::start_with(|_| {}, steward_apiserver::Config { max_body_bytes: 4096, ..Default::default() }).await;
+    let post = |b: String, ct: &str| s.client.post(s.ns_url("")).header("content-type", ct.to_string()).body(b).send();
+
+    // 400 malformed JSON, with line and column.
+    let (code, st) = body(post("{\n  \"metadata\": {".into(), "application/json").await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (400, Some("BadRequest")));
+    assert!(st["message"].as_str().unwrap().contains("line 2 column"), "{st}");
+    // 400 malformed YAML, with line and column.
+    let (code, st) = body(post("metadata: {name: a\nspec: [".into(), "application/yaml").await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(st["message"].as_str().unwrap().contains("line"), "{st}");
+    // 400 unknown field, named with its path.
+    let mut bad = container("x");
+    bad["spec"]["imag"] = json!("typo");
+    let (code, st) = body(post(bad.to_string(), "application/json").await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(st["message"].as_str().unwrap().contains("spec.imag: unknown field `imag`"), "{st}");
+    // 422 Invalid, every cause with its field path.
+    let mut inv = container("Bad_Name");
+    inv["spec"]["env"] = json!([{"name": "OK"}, {"name": "OK"}, {"name": "1x"}]);
+    inv["spec"]["image"] = json!("");
+    let (code, st) = body(post(inv.to_string(), "application/json").await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")));
+    let fields: Vec<&str> = st["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["metadata.name", "spec.image", "spec.env[1].name", "spec.env[2].name"]);
+    // 413 too large.
+    let mut big = container("big");
+    big["metadata"]["annotations"] = json!({"x": "y".repeat(8000)});
+    let (code, st) = body(post(big.to_string(), "application/json").await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
+    // 415 unsupported media type.
+    let (code, st) = body(post("x".into(), "text/plain").await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (415, Some("UnsupportedMediaType")));
+    // 404 on an unknown path, as a Status.
+    let (code, st) = body(s.client.get(format!("{}/api/v1", s.url)).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (404, Some("NotFound")));
+    // 405.
+    let (code, st) = body(s.client.post(s.ns_url("/x")).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (405, Some("MethodNotAllowed")));
+    // 400 bad selector and bad query value, naming the parameter.
+    let (code, st) = body(s.client.get(s.ns_url("?labelSelector=a%20b%3Dc")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(st["message"].as_str().unwrap().starts_with("labelSelector"), "{st}");
+    let (code, st) = body(s.client.get(s.ns_url("?limit=many")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    assert!(st["message"].as_str().unwrap().contains("limit"), "{st}");
+    // Name in body and URL disagree.
+    let (code, _) = body(s.client.put(s.ns_url("/other")).json(&container("x")).send().await.unwrap()).await;
+    assert_eq!(code, 400);
+    // Unknown parameters and a leading `?&` are ignored.
+    let (code, _) = body(s.client.get(s.ns_url("?&fieldValidation=Strict&timeout=32s")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn list_pagination_and_selectors() {
+    let s = TestServer::start().await;
+    for i in 0..25 {
+        let mut c = container(&format!("c{i:02}"));
+        c["metadata"]["labels"] = json!({"app": if i % 2 == 0 { "even" } else { "odd" }, "n": i.to_string()});
+        create(&s, &c).await;
+    }
+    // Another namespace.
+    let (code, _) = body(
+        s.client
+            .post(format!("{}{BASE}/namespaces/other/containers", s.url))
+            .json(&container("elsewhere"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201);
+
+    let mut names = Vec::new();
+    let mut cont = String::new();
+    let mut first_rv = None;
+    loop {
+        let (code, page) = body(s.client.get(s.ns_url(&format!("?limit=10&continue={cont}"))).send().await.unwrap()).await;
+        assert_eq!(code, 200);
+        assert_eq!(page["kind"], "ContainerList");
+        first_rv.get_or_insert(page["metadata"]["resourceVersion"].clone());
+        assert_eq!(page["metadata"]["resourceVersion"], *first_rv.as_ref().unwrap());
+        for it in page["items"].as_array().unwrap() {
+            assert_eq!(it["kind"], "Container");
+            names.push(it["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => cont = c.to_string(),
+            None => break,
+        }
+        // A write between pages does not disturb the pages.
+        create(&s, &container(&format!("z{}", names.len()))).await;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("c{i:02}")).chain(["z10".into(), "z20".into()]).collect();
+    assert_eq!(names, expected);
+
+    let count = |q: &'static str| {
+        let s = &s;
+        async move {
+            let (_, l) = body(s.client.get(format!("{}{BASE}/{q}", s.url)).send().await.unwrap()).await;
+            l["items"].as_array().map(|a| a.len()).unwrap_or(usize::MAX)
+        }
+    };
+    assert_eq!(count("namespaces/default/containers?labelSelector=app%3Deven").await, 13);
+    assert_eq!(count("namespaces/default/containers?labelSelector=app!%3Deven,n").await, 12);
+    assert_eq!(count("namespaces/default/containers?labelSelector=n%20in%20(1,2,3)").await, 3);
+    assert_eq!(count("namespaces/default/containers?labelSelector=n%20notin%20(1,2,3),n").await, 22);
+    assert_eq!(count("namespaces/default/containers?labelSelector=!n").await, 2);
+    assert_eq!(count("namespaces/default/containers?fieldSelector=metadata.name%3Dc03").await, 1);
+    assert_eq!(count("containers?fieldSelector=metadata.namespace%3Dother").await, 1);
+    assert_eq!(count("containers").await, 28);
+    assert_eq!(count("containers?fieldSelector=status.phase%3DRunning").await, 0);
+}
+
+/// Reads newline-delimited watch events.
+struct WatchReader {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+}
+
+impl WatchReader {
+    async fn open(s: &TestServer, query: &str) -> Self {
+        let r = s.client.get(s.ns_url(&format!("?watch=true&{query}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        WatchReader { stream: Box::pin(r.bytes_stream()), buf: Vec::new() }
+    }
+
+    /// The next event, or None when the server ended the stream.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.stream.next()).await.expect("watch stalled") {
+                Some(Ok(b)) => self.buf.extend_from_slice(&b),
+                Some(Err(e)) => panic!("{e}"),
+                None => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_from_revision_with_selectors_bookmarks_and_timeout() {
+    let s = TestServer::start_with(
+        |_| {},
+        steward_apiserver::Config { bookmark_interval: Duration::from_millis(200), ..Default::default() },
+    )
+    .await;
+    let a = create(&s, &container("a")).await;
+    let from = rv(&a);
+    let mut all = WatchReader::open(&s, &format!("resourceVersion={from}&allowWatchBookmarks=true")).await;
+    let mut only_b = WatchReader::open(&s, &format!("resourceVersion={from}&fieldSelector=metadata.name%3Db")).await;
+    let b = create(&s, &container("b")).await;
+    let mut b2 = b.clone();
+    b2["spec"]["image"] = json!("x");
+    s.client.put(s.ns_url("/b")).json(&b2).send().await.unwrap();
+    s.client.delete(s.ns_url("/a")).send().await.unwrap();
+
+    let mut types = Vec::new();
+    while types.len() < 3 {
+        let e = all.next().await.unwrap();
+        if e["type"] == "BOOKMARK" {
+            continue;
+        }
+        types.push((e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string(), rv(&e["object"])));
+    }
+    assert_eq!(
+        types,
+        [("ADDED".into(), "b".into(), from + 1), ("MODIFIED".into(), "b".into(), from + 2), ("DELETED".into(), "a".into(), from + 3)]
+    );
+    let e1 = only_b.next().await.unwrap();
+    let e2 = only_b.next().await.unwrap();
+    assert_eq!((e1["type"].as_str(), e2["type"].as_str()), (Some("ADDED"), Some("MODIFIED")));
+    // Idle: a bookmark carrying the current revision arrives.
+    loop {
+        let e = all.next().await.unwrap();
+        if e["type"] == "BOOKMARK" {
+            assert_eq!(rv(&e["object"]), from + 3);
+            break;
+        }
+    }
+    // timeoutSeconds ends the stream.
+    let mut t = WatchReader::open(&s, "resourceVersion=0&timeoutSeconds=1").await;
+    assert_eq!(t.next().await.unwrap()["type"], "ADDED");
+    assert!(t.next().await.is_none());
+}
+
+#[tokio::test]
+async fn watch_of_compacted_revision_gets_expired_in_a_200() {
+    let s = TestServer::start_with(|c| c.retention.max_events = 3, Default::default()).await;
+    for i in 0..10 {
+        create(&s, &container(&format!("c{i}"))).await;
+    }
+    s.store.compact().await.unwrap();
+    let mut w = WatchReader::open(&s, "resourceVersion=2").await;
+    let e = w.next().await.unwrap();
+    assert_eq!(e["type"], "ERROR");
+    assert_eq!((e["object"]["code"].as_i64(), e["object"]["reason"].as_str()), (Some(410), Some("Expired")));
+    assert!(w.next().await.is_none());
+}
+
+#[tokio::test]
+async fn slow_http_watcher_is_cut() {
+    let s = TestServer::start_with(|c| c.watch_buffer = 16, Default::default()).await;
+    // Open a watch and never read it while writes pile up.
+    let r = s.client.get(s.ns_url("?watch=true&resourceVersion=0")).send().await.unwrap();
+    assert_eq!(s.store.watchers(), 1);
+    let mut big = container("x");
+    big["metadata"]["annotations"] = json!({"pad": "p".repeat(100_000)});
+    for i in 0..200 {
+        let mut c = big.clone();
+        c["metadata"]["name"] = json!(format!("c{i}"));
+        create(&s, &c).await;
+        if s.store.watchers() == 0 {
+            break;
+        }
+    }
+    assert_eq!(s.store.watchers(), 0, "the unread watch was never cut");
+    // The stream ends with an ERROR 410 after what it had buffered.
+    let text = tokio::time::timeout(Duration::from_secs(20), r.text()).await.unwrap().unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!((last["type"].as_str(), last["object"]["code"].as_i64()), (Some("ERROR"), Some(410)));
+    assert!(text.lines().count() < 200);
+}
+
+#[tokio::test]
+async fn discovery_version_metrics_health() {
+    let s = TestServer::start().await;
+    create(&s, &container("m")).await;
+    let (_, v) = body(s.client.get(format!("{}/version", s.url)).send().await.unwrap()).await;
+    assert_eq!((v["major"].as_str(), v["minor"].as_str()), (Some("1"), Some("32")));
+    let (_, g) = body(s.client.get(format!("{}/apis", s.url)).send().await.unwrap()).await;
+    assert_eq!(g["groups"][0]["preferredVersion"]["version"], "v1alpha1");
+    let (_, r) = body(s.client.get(format!("{}{BASE}", s.url)).send().await.unwrap()).await;
+    assert_eq!(r["resources"][0]["kind"], "Container");
+    for p in ["/healthz", "/readyz"] {
+        assert_eq!(s.client.get(format!("{}{p}", s.url)).send().await.unwrap().status(), 200);
+    }
+    let m = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("steward_requests_total{verb=\"create\",code=\"201\"} 1"), "{m}");
+    assert!(m.contains("steward_request_duration_seconds_count{verb=\"create\",code=\"201\"} 1"), "{m}");
+    assert!(m.contains("steward_store_revision 1"), "{m}");
+    assert!(m.contains("steward_watchers 0"), "{m}");
+}
+
+#[tokio::test]
+async fn merge_and_json_patch() {
+    let s = TestServer::start().await;
+    create(&s, &container("p")).await;
+    let send = |ct: &'static str, b: &'static str| {
+        s.client.patch(s.ns_url("/p")).header("content-type", ct).body(b).send()
+    };
+    let (code, v) = body(send("application/merge-patch+json", r#"{"metadata":{"labels":{"app":null,"x":"y"}}}"#).await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["labels"], json!({"x": "y"}));
+    let (code, v) = body(send("application/json-patch+json", r#"[{"op":"replace","path":"/spec/image","value":"alpine"}]"#).await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!((v["spec"]["image"].as_str(), v["metadata"]["generation"].as_i64()), (Some("alpine"), Some(2)));
+    let (code, _) = body(send("application/strategic-merge-patch+json", r#"{"spec":{"workingDir":"/tmp"}}"#).await.unwrap()).await;
+    assert_eq!(code, 200);
+    // A patch that makes the object invalid is refused with the field.
+    let (code, st) = body(send("application/merge-patch+json", r#"{"spec":{"workingDir":"rel"}}"#).await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["details"]["causes"][0]["field"].as_str()), (422, Some("spec.workingDir")));
+    // A stale explicit resourceVersion conflicts.
+    let (code, _) = body(send("application/merge-patch+json", r#"{"metadata":{"resourceVersion":"1"},"spec":{"workingDir":"/"}}"#).await.unwrap()).await;
+    assert_eq!(code, 409);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_watches_and_keeps_writes() {
+    let mut s = TestServer::start().await;
+    create(&s, &container("g")).await;
+    let mut w = WatchReader::open(&s, "resourceVersion=0").await;
+    assert_eq!(w.next().await.unwrap()["type"], "ADDED");
+    s.stop().await;
+    assert!(w.next().await.is_none(), "watch did not end cleanly");
+    assert!(s.client.get(s.ns_url("")).send().await.is_err(), "still accepting");
+}
