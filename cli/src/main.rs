@@ -1,1 +1,163 @@
-fn main(){}
+//! `steward`: the API server and controllers (`steward serve`) and the
+//! client verbs that talk to it over HTTP (`apply get describe delete wait
+//! diff`).
+
+mod apply;
+mod client;
+mod delete;
+mod describe;
+mod diff;
+mod duration;
+mod get;
+mod manifests;
+mod resource;
+mod serve;
+mod table;
+mod wait;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use client::{api_status, Client, DEFAULT_SERVER};
+
+#[derive(Parser, Debug)]
+#[command(name = "steward", version, about = "A declarative container reconciler")]
+struct Cli {
+    /// URL of the steward API server.
+    #[arg(long, global = true, env = "STEWARD_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Namespace of the objects (default: `default`; manifests may name their own).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the API server and the controllers.
+    Serve(serve::ServeArgs),
+    /// Create or update objects from manifests.
+    Apply(apply::ApplyArgs),
+    /// List or watch containers.
+    Get(get::GetArgs),
+    /// Show one container in detail.
+    Describe(describe::DescribeArgs),
+    /// Delete containers.
+    Delete(delete::DeleteArgs),
+    /// Wait for a condition on a container, or for its deletion.
+    Wait(wait::WaitArgs),
+    /// Show what `apply` would change (exit 0: nothing, 1: changes, 2: error).
+    Diff(diff::DiffArgs),
+}
+
+/// What every client verb needs: the server and the namespace flag.
+pub struct Context {
+    pub client: Client,
+    /// `-n`, when given; manifests that name a namespace keep theirs.
+    pub namespace: Option<String>,
+}
+
+impl Context {
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// Marks a failed write to stdout (`steward get | head`): the reader is
+/// gone, so there is no one to tell.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to stdout and flushes, so `get -w` lines appear as they happen.
+/// Unlike `print!`, a closed pipe is an error to return, not a panic.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::anyhow!("cannot write to stdout: {e}")),
+    }
+}
+
+/// Prints an error as one line: server errors as kubectl does
+/// (`Error from server (NotFound): ...`), anything else as `error: ...`.
+pub fn report(e: &anyhow::Error) {
+    if e.downcast_ref::<StdoutClosed>().is_some() {
+        return;
+    }
+    if api_status(e).is_some() && e.chain().count() == 1 {
+        eprintln!("{e}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve(args) = cli.command {
+        serve::run(args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(ns) = &cli.namespace {
+        // It becomes part of every URL.
+        steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
+    }
+    let ctx = Context { client: Client::new(&cli.server)?, namespace: cli.namespace };
+    match cli.command {
+        Command::Serve(_) => Ok(ExitCode::SUCCESS),
+        Command::Apply(args) => apply::run(&ctx, args).await,
+        Command::Get(args) => get::run(&ctx, args).await,
+        Command::Describe(args) => describe::run(&ctx, args).await,
+        Command::Delete(args) => delete::run(&ctx, args).await,
+        Command::Wait(args) => wait::run(&ctx, args).await,
+        // diff has its own exit codes, errors included (2).
+        Command::Diff(args) => Ok(diff::run(&ctx, args).await),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_after_the_verb() {
+        let cli = Cli::try_parse_from(["steward", "get", "ct", "-n", "prod", "--server", "http://h:1"]).unwrap();
+        assert_eq!(cli.namespace.as_deref(), Some("prod"));
+        assert_eq!(cli.server, "http://h:1");
+        let cli = Cli::try_parse_from(["steward", "apply", "-f", "a.yaml", "b/", "--dry-run"]).unwrap();
+        assert!(matches!(cli.command, Command::Apply(_)));
+        assert!(Cli::try_parse_from(["steward", "apply", "-f", "a", "--prune"]).is_err());
+        assert!(Cli::try_parse_from(["steward", "wait", "container/a", "--for=delete", "--timeout", "2m"]).is_ok());
+        assert!(Cli::try_parse_from(["steward", "wait", "container/a", "--for=ready"]).is_err());
+        assert!(Cli::try_parse_from(["steward", "delete", "ct", "a", "-f", "x"]).is_err());
+    }
+}

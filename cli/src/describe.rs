@@ -1,0 +1,255 @@
+//! `steward describe container NAME...`: one object, for people.
+
+use std::fmt::Write;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use steward_schema::{Container, ContainerState, Time};
+
+use crate::resource::parse_targets;
+use crate::table::{human_age, status_text};
+use crate::{emit, Context};
+
+#[derive(clap::Args, Debug)]
+pub struct DescribeArgs {
+    /// `container NAME...`, or `container/NAME...`.
+    #[arg(required = true, value_name = "TYPE NAME...")]
+    targets: Vec<String>,
+}
+
+pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<ExitCode> {
+    let names = parse_targets(&args.targets)?;
+    if names.is_empty() {
+        bail!("name the container to describe: describe container NAME");
+    }
+    let mut failed = false;
+    let mut first = true;
+    for name in &names {
+        match ctx.client.get(ctx.namespace(), name).await? {
+            Some(c) => {
+                let sep = if first { "" } else { "\n\n" };
+                emit(&format!("{sep}{}", describe(&c, Utc::now())))?;
+                first = false;
+            }
+            None => {
+                eprintln!("Error from server (NotFound): containers.steward.dev {name:?} not found");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn time(t: &Option<Time>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => format!("{} ({} ago)", t.0.format("%a, %d %b %Y %H:%M:%S %z"), human_age(now - t.0)),
+        None => "<unset>".into(),
+    }
+}
+
+fn map_lines(m: &std::collections::BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        return "<none>".into();
+    }
+    // Continuation lines line up under the first value.
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(&format!("\n{:14}", ""))
+}
+
+fn or_none(s: Option<&str>) -> String {
+    match s {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => "<none>".into(),
+    }
+}
+
+fn write_state(out: &mut String, title: &str, state: &ContainerState, now: DateTime<Utc>) {
+    if let Some(w) = &state.waiting {
+        let _ = writeln!(out, "{title:<14}Waiting");
+        let _ = writeln!(out, "  Reason:     {}", w.reason);
+        if !w.message.is_empty() {
+            let _ = writeln!(out, "  Message:    {}", w.message);
+        }
+    } else if let Some(r) = &state.running {
+        let _ = writeln!(out, "{title:<14}Running");
+        let _ = writeln!(out, "  Started:    {}", time(&r.started_at, now));
+    } else if let Some(t) = &state.terminated {
+        let _ = writeln!(out, "{title:<14}Terminated");
+        let _ = writeln!(out, "  Reason:     {}", t.reason);
+        let _ = writeln!(out, "  Exit Code:  {}", t.exit_code);
+        if let Some(sig) = t.signal {
+            let _ = writeln!(out, "  Signal:     {sig}");
+        }
+        if !t.message.is_empty() {
+            let _ = writeln!(out, "  Message:    {}", t.message);
+        }
+        let _ = writeln!(out, "  Started:    {}", time(&t.started_at, now));
+        let _ = writeln!(out, "  Finished:   {}", time(&t.finished_at, now));
+    } else {
+        let _ = writeln!(out, "{title:<14}<none>");
+    }
+}
+
+/// The text of `describe`, in kubectl's layout: aligned `Key:  value`
+/// lines, nested sections indented by two.
+pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
+    let mut o = String::new();
+    let m = &c.metadata;
+    let s = &c.spec;
+    // Writing to a String cannot fail; the results are ignored on purpose.
+    let _ = writeln!(o, "Name:         {}", m.name);
+    let _ = writeln!(o, "Namespace:    {}", m.namespace);
+    let _ = writeln!(o, "Labels:       {}", map_lines(&m.labels));
+    let _ = writeln!(o, "Annotations:  {}", map_lines(&m.annotations));
+    let _ = writeln!(o, "UID:          {}", or_none(Some(&m.uid)));
+    let _ = writeln!(o, "Generation:   {}", m.generation);
+    let _ = writeln!(o, "Created:      {}", time(&m.creation_timestamp, now));
+    if m.deletion_timestamp.is_some() {
+        let _ = writeln!(o, "Deleting:     {}", time(&m.deletion_timestamp, now));
+    }
+    if !m.finalizers.is_empty() {
+        let _ = writeln!(o, "Finalizers:   {}", m.finalizers.join(", "));
+    }
+    let _ = writeln!(o, "Status:       {}", status_text(c));
+    let _ = writeln!(o, "Spec:");
+    let _ = writeln!(o, "  Image:              {}", s.image);
+    let _ = writeln!(o, "  Image Pull Policy:  {}", or_none(s.image_pull_policy.map(|p| format!("{p:?}")).as_deref()));
+    if !s.command.is_empty() {
+        let _ = writeln!(o, "  Command:");
+        for a in &s.command {
+            let _ = writeln!(o, "    {a}");
+        }
+    }
+    if !s.args.is_empty() {
+        let _ = writeln!(o, "  Args:");
+        for a in &s.args {
+            let _ = writeln!(o, "    {a}");
+        }
+    }
+    if let Some(wd) = &s.working_dir {
+        let _ = writeln!(o, "  Working Dir:        {wd}");
+    }
+    if let Some(u) = &s.user {
+        let _ = writeln!(o, "  User:               {u}");
+    }
+    let _ = writeln!(o, "  Restart Policy:     {}", or_none(s.restart_policy.map(|p| format!("{p:?}")).as_deref()));
+    let _ = writeln!(o, "  Stop Signal:        {}", or_none(s.stop_signal.as_deref()));
+    if let Some(g) = s.termination_grace_period_seconds {
+        let _ = writeln!(o, "  Grace Period:       {g}s");
+    }
+    let _ = writeln!(o, "  Network:            {}", or_none(s.network.map(|n| format!("{n:?}").to_lowercase()).as_deref()));
+    if let Some(l) = s.resources.as_ref().and_then(|r| r.limits.as_ref()) {
+        let _ = writeln!(o, "  Limits:");
+        if let Some(v) = &l.memory {
+            let _ = writeln!(o, "    memory:  {}", v.0);
+        }
+        if let Some(v) = &l.cpu {
+            let _ = writeln!(o, "    cpu:     {}", v.0);
+        }
+        if let Some(v) = l.pids {
+            let _ = writeln!(o, "    pids:    {v}");
+        }
+    }
+    if s.env.is_empty() {
+        let _ = writeln!(o, "  Environment:        <none>");
+    } else {
+        let _ = writeln!(o, "  Environment:");
+        for e in &s.env {
+            let _ = writeln!(o, "    {}: {}", e.name, e.value);
+        }
+    }
+    if s.mounts.is_empty() {
+        let _ = writeln!(o, "  Mounts:             <none>");
+    } else {
+        let _ = writeln!(o, "  Mounts:");
+        for mt in &s.mounts {
+            let kind = format!("{:?}", mt.mount_type).to_lowercase();
+            let src = mt.source.as_deref().unwrap_or(kind.as_str());
+            let ro = if mt.read_only { "ro" } else { "rw" };
+            let size = mt.size_limit.as_ref().map(|q| format!(", size {}", q.0)).unwrap_or_default();
+            let _ = writeln!(o, "    {} from {src} ({kind}, {ro}{size})", mt.target);
+        }
+    }
+    match &c.status {
+        None => {
+            let _ = writeln!(o, "State:        <not yet observed>");
+        }
+        Some(st) => {
+            let _ = writeln!(o, "Phase:        {}", or_none(st.phase.map(|p| format!("{p:?}")).as_deref()));
+            match &st.state {
+                Some(state) => write_state(&mut o, "State:", state, now),
+                None => {
+                    let _ = writeln!(o, "State:        <none>");
+                }
+            }
+            if let Some(last) = &st.last_state {
+                write_state(&mut o, "Last State:", last, now);
+            }
+            let _ = writeln!(o, "Restart Count: {}", st.restart_count);
+            let _ = writeln!(o, "Container ID: {}", or_none(st.container_id.as_deref()));
+            let _ = writeln!(o, "Image Digest: {}", or_none(st.image_digest.as_deref()));
+            let _ = writeln!(o, "PID:          {}", st.pid.map_or_else(|| "<none>".into(), |p| p.to_string()));
+            let observed = st.observed_generation.map_or_else(|| "<none>".into(), |g| g.to_string());
+            let _ = writeln!(o, "Observed Generation: {observed}");
+            if st.conditions.is_empty() {
+                let _ = writeln!(o, "Conditions:   <none>");
+            } else {
+                let _ = writeln!(o, "Conditions:");
+                let mut rows = vec![["Type", "Status", "Reason", "Message"].map(String::from).to_vec()];
+                for cond in &st.conditions {
+                    rows.push(vec![cond.type_.clone(), cond.status.clone(), cond.reason.clone(), cond.message.clone()]);
+                }
+                for line in crate::table::TableWriter::default().render(&rows).lines() {
+                    let _ = writeln!(o, "  {}", line.trim_end());
+                }
+            }
+        }
+    }
+    // There is no events API yet; the line keeps kubectl's layout.
+    let _ = writeln!(o, "Events:       <none>");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_schema::{Condition, ContainerStatus, Phase, StateRunning};
+
+    #[test]
+    fn describe_layout() {
+        let now = Utc::now();
+        let mut c = Container::default();
+        c.metadata.name = "web".into();
+        c.metadata.namespace = "default".into();
+        c.metadata.labels.insert("app".into(), "web".into());
+        c.metadata.labels.insert("tier".into(), "front".into());
+        c.spec.image = "busybox:1.36".into();
+        c.spec.args = vec!["sleep".into(), "3600".into()];
+        c.apply_defaults();
+        let text = describe(&c, now);
+        assert!(text.contains("Name:         web\n"), "{text}");
+        assert!(text.contains("Labels:       app=web\n              tier=front\n"), "{text}");
+        assert!(text.contains("  Restart Policy:     Always\n"), "{text}");
+        assert!(text.contains("State:        <not yet observed>\n"), "{text}");
+        assert!(text.ends_with("Events:       <none>\n"), "{text}");
+
+        c.status = Some(ContainerStatus {
+            phase: Some(Phase::Running),
+            state: Some(ContainerState {
+                running: Some(StateRunning { started_at: Some(Time(now)) }),
+                ..Default::default()
+            }),
+            restart_count: 1,
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Running".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let text = describe(&c, now);
+        assert!(text.contains("State:        Running\n  Started:    "), "{text}");
+        assert!(text.contains("Conditions:\n  Type    Status   Reason    Message\n  Ready   True     Running\n"), "{text}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The table `get` prints: NAME STATUS RESTARTS AGE (+ IMAGE CONTAINER-ID
+//! PID with `-o wide`, NAMESPACE first with `-A`), aligned like kubectl's
+//! tabwriter: each column as wide as its widest cell plus three spaces.
+
+use chrono::{DateTime, Utc};
+use steward_schema::Container;
+
+const PADDING: usize = 3;
+
+/// Which columns to print.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Columns {
+    pub namespace: bool,
+    pub wide: bool,
+}
+
+impl Columns {
+    pub fn header(&self) -> Vec<String> {
+        let mut h = Vec::new();
+        if self.namespace {
+            h.push("NAMESPACE");
+        }
+        h.extend(["NAME", "STATUS", "RESTARTS", "AGE"]);
+        if self.wide {
+            h.extend(["IMAGE", "CONTAINER-ID", "PID"]);
+        }
+        h.into_iter().map(String::from).collect()
+    }
+
+    pub fn row(&self, c: &Container, now: DateTime<Utc>) -> Vec<String> {
+        let mut r = Vec::new();
+        if self.namespace {
+            r.push(c.metadata.namespace.clone());
+        }
+        let status = c.status.as_ref();
+        r.push(c.metadata.name.clone());
+        r.push(status_text(c));
+        r.push(status.map_or(0, |s| s.restart_count).to_string());
+        r.push(c.metadata.creation_timestamp.map_or_else(|| "<unknown>".into(), |t| human_age(now - t.0)));
+        if self.wide {
+            r.push(or_none(&c.spec.image));
+            r.push(or_none(status.and_then(|s| s.container_id.as_deref()).unwrap_or_default()));
+            r.push(status.and_then(|s| s.pid).map_or_else(|| "<none>".into(), |p| p.to_string()));
+        }
+        r
+    }
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() { "<none>".into() } else { s.to_string() }
+}
+
+/// The STATUS column: `Terminating` while a delete waits for finalizers,
+/// else the waiting reason (`CrashLoopBackOff` says more than `Pending`),
+/// else the phase.
+pub fn status_text(c: &Container) -> String {
+    if c.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    let status = c.status.as_ref();
+    let waiting = status
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .map(|w| w.reason.as_str())
+        .filter(|r| !r.is_empty());
+    if let Some(reason) = waiting {
+        return reason.to_string();
+    }
+    match status.and_then(|s| s.phase) {
+        Some(p) => format!("{p:?}"),
+        None => "Pending".into(),
+    }
+}
+
+/// kubectl's `HumanDuration`: two significant units at most, coarser as
+/// the age grows (`45s`, `5m3s`, `47m`, `3h12m`, `2d4h`, `300d`, `2y10d`).
+pub fn human_age(d: chrono::TimeDelta) -> String {
+    let secs = d.num_seconds();
+    if secs < -1 {
+        // Clock skew between client and server.
+        return "<invalid>".into();
+    }
+    let secs = secs.max(0);
+    let (m, h, day, year) = (60, 3600, 86_400, 365 * 86_400);
+    if secs < 2 * m {
+        format!("{secs}s")
+    } else if secs < 10 * m {
+        let s = secs % m;
+        if s == 0 { format!("{}m", secs / m) } else { format!("{}m{s}s", secs / m) }
+    } else if secs < 3 * h {
+        format!("{}m", secs / m)
+    } else if secs < 8 * h {
+        let mm = (secs % h) / m;
+        if mm == 0 { format!("{}h", secs / h) } else { format!("{}h{mm}m", secs / h) }
+    } else if secs < 2 * day {
+        format!("{}h", secs / h)
+    } else if secs < 8 * day {
+        let hh = (secs % day) / h;
+        if hh == 0 { format!("{}d", secs / day) } else { format!("{}d{hh}h", secs / day) }
+    } else if secs < 2 * year {
+        format!("{}d", secs / day)
+    } else if secs < 8 * year {
+        let dd = (secs % year) / day;
+        if dd == 0 { format!("{}y", secs / year) } else { format!("{}y{dd}d", secs / year) }
+    } else {
+        format!("{}y", secs / year)
+    }
+}
+
+/// Aligns rows into columns. Widths only grow, so rows printed one at a
+/// time during `get -w` stay aligned with the header printed before them.
+#[derive(Debug, Default)]
+pub struct TableWriter {
+    widths: Vec<usize>,
+}
+
+impl TableWriter {
+    /// Formats rows (header included, if wanted), each ending in a newline.
+    pub fn render(&mut self, rows: &[Vec<String>]) -> String {
+        for row in rows {
+            for (i, cell) in row.iter().enumerate() {
+                let w = cell.chars().count();
+                match self.widths.get_mut(i) {
+                    Some(cur) => *cur = (*cur).max(w),
+                    None => self.widths.push(w),
+                }
+            }
+        }
+        let mut out = String::new();
+        for row in rows {
+            let last = row.len().saturating_sub(1);
+            for (i, cell) in row.iter().enumerate() {
+                out.push_str(cell);
+                if i < last {
+                    let pad = self.widths[i] + PADDING - cell.chars().count();
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use steward_schema::{ContainerState, ContainerStatus, Phase, StateWaiting, Time};
+
+    fn container(name: &str) -> Container {
+        let mut c = Container::default();
+        c.metadata.name = name.into();
+        c.metadata.namespace = "default".into();
+        c.spec.image = "busybox:1.36".into();
+        c
+    }
+
+    #[test]
+    fn ages() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (120, "2m"),
+            (303, "5m3s"),
+            (47 * 60 + 5, "47m"),
+            (3 * 3600 + 12 * 60, "3h12m"),
+            (5 * 3600, "5h"),
+            (30 * 3600, "30h"),
+            (2 * 86_400 + 4 * 3600, "2d4h"),
+            (300 * 86_400, "300d"),
+            (2 * 365 * 86_400 + 10 * 86_400, "2y10d"),
+            (9 * 365 * 86_400, "9y"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(human_age(TimeDelta::seconds(secs)), want, "{secs}s");
+        }
+        assert_eq!(human_age(TimeDelta::seconds(-60)), "<invalid>");
+    }
+
+    #[test]
+    fn status_column() {
+        let mut c = container("a");
+        assert_eq!(status_text(&c), "Pending");
+        c.status = Some(ContainerStatus { phase: Some(Phase::Running), ..Default::default() });
+        assert_eq!(status_text(&c), "Running");
+        c.status = Some(ContainerStatus {
+            phase: Some(Phase::Pending),
+            state: Some(ContainerState {
+                waiting: Some(StateWaiting { reason: "CrashLoopBackOff".into(), message: String::new() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(status_text(&c), "CrashLoopBackOff");
+        c.metadata.deletion_timestamp = Some(Time::now());
+        assert_eq!(status_text(&c), "Terminating");
+    }
+
+    #[test]
+    fn table_layout() {
+        let now = Utc::now();
+        let mut a = container("web");
+        a.metadata.creation_timestamp = Some(Time(now - TimeDelta::seconds(90)));
+        a.status = Some(ContainerStatus {
+            phase: Some(Phase::Running),
+            restart_count: 2,
+            container_id: Some("containerd://x".into()),
+            pid: Some(42),
+            ..Default::default()
+        });
+        let mut b = container("database");
+        b.metadata.namespace = "prod".into();
+        b.metadata.creation_timestamp = Some(Time(now - TimeDelta::seconds(5)));
+
+        let cols = Columns::default();
+        let mut t = TableWriter::default();
+        let out = t.render(&[cols.header(), cols.row(&a, now), cols.row(&b, now)]);
+        assert_eq!(
+            out,
+            "NAME       STATUS    RESTARTS   AGE\n\
+             web        Running   2          90s\n\
+             database   Pending   0          5s\n"
+        );
+        // A later row keeps the widths established by the header.
+        let mut c = container("x");
+        c.metadata.creation_timestamp = None;
+        assert_eq!(t.render(&[cols.row(&c, now)]), "x          Pending   0          <unknown>\n");
+
+        let cols = Columns { namespace: true, wide: true };
+        let out = TableWriter::default().render(&[cols.header(), cols.row(&a, now), cols.row(&b, now)]);
+        assert_eq!(
+            out,
+            "NAMESPACE   NAME       STATUS    RESTARTS   AGE   IMAGE          CONTAINER-ID     PID\n\
+             default     web        Running   2          90s   busybox:1.36   containerd://x   42\n\
+             prod        database   Pending   0          5s    busybox:1.36   <none>           <none>\n"
+        );
+    }
+}

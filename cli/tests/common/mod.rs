@@ -1,0 +1,178 @@
+//! Harness for tests that run the built `steward` binary against a real
+//! `steward serve` on a free loopback port.
+
+#![allow(dead_code)] // each test binary uses a different part of it
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long `steward serve` may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+/// A `steward serve --no-controller` process, killed on drop.
+pub struct TestServer {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl TestServer {
+    /// Starts a server storing its data under `data_dir` and waits until it
+    /// prints `listening on 127.0.0.1:PORT`.
+    pub fn start(data_dir: &Path) -> TestServer {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--no-controller"])
+            .env_remove("STEWARD_SERVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn steward serve");
+
+        // stdout is read line by line on a thread (and drained after the
+        // line we want, so the server never blocks on a full pipe).
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut seen = Vec::new();
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        break format!("http://{addr}");
+                    }
+                    seen.push(line);
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // Give the stderr thread a moment to collect the last words.
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "steward serve did not print `listening on` ({e:?}); stdout: {seen:?}; stderr:\n{}",
+                        stderr.lock().map(|s| s.clone()).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        // Keep draining stdout for the life of the server.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        TestServer { child, url, stderr }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// What the server wrote to stderr so far (for failure messages).
+    pub fn logs(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs `steward --server URL ARGS...`.
+    pub fn steward(&self, args: &[&str]) -> Output {
+        steward_at(&self.url, args, None)
+    }
+
+    /// Runs `steward --server URL ARGS...` with `input` on stdin.
+    pub fn steward_stdin(&self, args: &[&str], input: &str) -> Output {
+        steward_at(&self.url, args, Some(input))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the client against `url` (which need not be a live server).
+pub fn steward_at(url: &str, args: &[&str], input: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["--server", url])
+        .args(args)
+        .env_remove("STEWARD_SERVER")
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn steward");
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        // Dropping stdin closes it, so the client sees the end of input.
+    }
+    child.wait_with_output().expect("wait for steward")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with both streams unless the command exited with `code`.
+#[track_caller]
+pub fn expect_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit {code}, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A container manifest with a label `app=LABEL`.
+pub fn manifest(name: &str, image: &str, label: &str) -> String {
+    format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\n  labels: {{app: {label}}}\nspec:\n  image: {image}\n"
+    )
+}
