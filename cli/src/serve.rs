@@ -25,7 +25,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// How long the event log keeps history for watches (e.g. 10m, 1h).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub event_retention: Duration,
     /// Most events the event log keeps.
     #[arg(long, default_value_t = 100_000)]
@@ -33,22 +33,6 @@ pub struct ServeArgs {
     /// Events a watcher may fall behind before it is ended with 410 Expired.
     #[arg(long, default_value_t = 10_000)]
     pub watch_buffer: usize,
-}
-
-/// Parses `90s`, `10m`, `1h`, `500ms` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 1h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -102,19 +86,5 @@ async fn shutdown_signal() {
             Ok(()) => tracing::info!("SIGINT received"),
             Err(e) => tracing::error!(error = %e, "cannot listen for SIGINT"),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }
