@@ -8,5 +8,6 @@
 //! steward, the HTTP API ([`client`]), exactly as a third-party controller
 //! would; never the store.
 
+pub mod actual;
 pub mod client;
 pub mod runtime;

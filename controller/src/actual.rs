@@ -1,0 +1,144 @@
+//! Actual state, as the Container reconciler sees it: what a container
+//! runtime (containerd) holds for a managed object, and the operations the
+//! reconciler may perform on it. The containerd adapter implements
+//! [`Runtime`]; reconciler tests use an in-memory fake.
+//!
+//! Every runtime object steward creates carries the labels below and an id
+//! derived from the object's uid and spec hash, so anything a crash leaves
+//! behind can be found by label and finished or removed.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use steward_schema::{ContainerSpec, Time};
+
+pub const LABEL_MANAGED_BY: &str = "steward.dev/managed-by";
+pub const LABEL_UID: &str = "steward.dev/uid";
+pub const LABEL_NAMESPACE: &str = "steward.dev/namespace";
+pub const LABEL_NAME: &str = "steward.dev/name";
+pub const LABEL_SPEC_HASH: &str = "steward.dev/spec-hash";
+/// Set (RFC 3339) when steward sent the stop signal, so the grace period
+/// survives a steward restart.
+pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
+pub const MANAGED_BY: &str = "steward";
+
+/// The state of a task (the running process of a container).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskStatus {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub pid: u32,
+    pub status: TaskStatus,
+    /// Set once stopped.
+    pub exit_code: Option<u32>,
+    pub exited_at: Option<Time>,
+}
+
+/// One managed runtime container.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActualContainer {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub task: Option<Task>,
+    /// The image digest it was created from.
+    pub image_digest: Option<String>,
+}
+
+impl ActualContainer {
+    pub fn label(&self, k: &str) -> &str {
+        self.labels.get(k).map(String::as_str).unwrap_or_default()
+    }
+}
+
+/// What the image says about how to run it (entrypoint, cmd, ...).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageConfig {
+    pub digest: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    /// The snapshot (chain id) a container's rootfs is prepared from.
+    pub top_layer_chain_id: String,
+}
+
+/// Progress of an image pull, for `ImagePulling` status messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Why a runtime operation failed, as far as the reconciler cares.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not there and could not be fetched (`ErrImagePull`).
+    #[error("{0}")]
+    ImagePull(String),
+    /// The image is not present and the pull policy is `Never`.
+    #[error("{0}")]
+    ImageNeverPull(String),
+    /// Creating or starting the container failed (`CreateContainerError`):
+    /// bad command, missing mount source, limits runc refuses, ...
+    #[error("{0}")]
+    Create(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// containerd is unreachable or failed; retry with backoff.
+    #[error("container runtime: {0}")]
+    Unavailable(String),
+}
+
+/// What the reconciler asks of a container runtime. Every operation is
+/// idempotent: repeating it after a crash finishes or no-ops.
+pub trait Runtime: Send + Sync + 'static {
+    /// Every container labelled as managed by steward.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>>;
+
+    /// Makes the image present (pulling per policy), reporting progress.
+    fn ensure_image<'a>(
+        &'a self,
+        image: &'a str,
+        policy: steward_schema::PullPolicy,
+        progress: Box<dyn Fn(PullProgress) + Send + Sync + 'a>,
+    ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>>;
+
+    /// Creates container `id` (rootfs snapshot and OCI spec) with `labels`;
+    /// its output goes to `log_path`. Does nothing if it exists.
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        spec: &'a ContainerSpec,
+        image: &'a ImageConfig,
+        labels: BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Creates and starts the task of container `id`; returns its pid.
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, RuntimeError>>;
+
+    /// Sends `signal` to the task (all its processes when `all`).
+    fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Records when a stop was requested (label on the container).
+    fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Deletes a stopped task.
+    fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Deletes the container, its snapshot and its logs (the task must be gone).
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Ids of containers whose task changed state (exit, start, OOM),
+    /// re-subscribed across runtime restarts. Events are hints: the
+    /// reconciler re-reads actual state.
+    fn events(&self) -> BoxStream<'static, String>;
+}
