@@ -104,6 +104,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container labelled as managed by steward.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>>;
 
+    /// The managed containers of one object (label `steward.dev/uid`),
+    /// with their tasks: what one reconcile pass reads.
+    fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>>;
+
     /// Makes the image present (pulling per policy), reporting progress.
     fn ensure_image<'a>(
         &'a self,
