@@ -10,4 +10,5 @@
 
 pub mod actual;
 pub mod client;
+pub mod container;
 pub mod runtime;
