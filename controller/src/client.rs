@@ -112,6 +112,24 @@ impl<K: Resource> Api<K> {
         r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
     }
 
+    /// Merge-patches the status subresource (no precondition: for progress
+    /// messages that may race nothing but themselves).
+    pub async fn patch_status(&self, ns: &str, name: &str, patch: &Value) -> Result<K, SourceError> {
+        let url = format!("{}/status", self.object_url(ns, name));
+        let r = self
+            .http
+            .patch(url)
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .map_err(transport)?;
+        if !r.status().is_success() {
+            return Err(status_error(r).await);
+        }
+        r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
+    }
+
     pub async fn merge_patch(&self, ns: &str, name: &str, patch: &Value) -> Result<K, SourceError> {
         let r = self
             .http

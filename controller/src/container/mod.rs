@@ -3,3 +3,4 @@
 //! ([`plan`]), writes status when it changed, and takes the step.
 
 pub mod plan;
+pub mod reconciler;

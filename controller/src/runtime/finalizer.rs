@@ -2,8 +2,10 @@
 //!
 //! An object without `deletionTimestamp` gets the finalizer first (that
 //! write's watch event brings the next reconcile), then `Apply`. A deleting
-//! object gets `Cleanup`; when that succeeds the finalizer is removed and
-//! the store deletes the object once no finalizer is left.
+//! object gets `Cleanup`. Clean-up may take several passes (a grace period,
+//! say): it returns `Requeue(d)` while work remains and `AwaitChange` when
+//! done; only then is the finalizer removed, and the store deletes the
+//! object once no finalizer is left.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,12 +51,14 @@ where
             api.set_finalizers(&obj, list).await.map_err(FinalizerError::Api)?;
             Ok(Action::AwaitChange)
         }
-        (true, true) => {
-            let action = f(FinalizerEvent::Cleanup(obj.clone())).await.map_err(FinalizerError::Reconcile)?;
-            let list = obj.meta().finalizers.iter().filter(|f| *f != name).cloned().collect();
-            api.set_finalizers(&obj, list).await.map_err(FinalizerError::Api)?;
-            Ok(action)
-        }
+        (true, true) => match f(FinalizerEvent::Cleanup(obj.clone())).await.map_err(FinalizerError::Reconcile)? {
+            Action::AwaitChange => {
+                let list = obj.meta().finalizers.iter().filter(|f| *f != name).cloned().collect();
+                api.set_finalizers(&obj, list).await.map_err(FinalizerError::Api)?;
+                Ok(Action::AwaitChange)
+            }
+            more => Ok(more),
+        },
         // Being deleted, and our part is done (or never started).
         (true, false) => Ok(Action::AwaitChange),
     }
@@ -114,6 +118,18 @@ mod tests {
 
         c.metadata.finalizers.retain(|f| f != F);
         assert_eq!(run(c, &api).await.1, "none");
+    }
+
+    #[tokio::test]
+    async fn unfinished_cleanup_keeps_the_finalizer() {
+        let api = Recorder::default();
+        let mut c = Container::default();
+        c.metadata.finalizers = vec![F.into()];
+        c.metadata.deletion_timestamp = Some(Time::now());
+        let d = std::time::Duration::from_secs(3);
+        let r = finalizer(&api, F, Arc::new(c), |_| async move { Ok::<_, String>(Action::Requeue(d)) }).await;
+        assert_eq!(r.unwrap(), Action::Requeue(d));
+        assert!(api.0.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,0 +1,281 @@
+//! Carries out the plan: writes status, then takes exactly one step
+//! against the runtime, and says when to look again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use steward_schema::{Container, ContainerState, ContainerStatus, PullPolicy, StateWaiting, Time};
+
+use super::plan::{
+    plan, signal_number, spec_hash, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL, REASON_PULLING,
+    REASON_PULL_BACKOFF,
+};
+use crate::actual::{
+    PullProgress, Runtime, RuntimeError, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH, LABEL_UID,
+    MANAGED_BY,
+};
+use crate::client::Api;
+use crate::runtime::controller::{Action, Cache};
+use crate::runtime::finalizer::{finalizer, FinalizerError, FinalizerEvent};
+use crate::runtime::{ObjectRef, SourceError};
+
+/// Kept on every Container until its runtime objects are gone.
+pub const FINALIZER: &str = "steward.dev/containerd";
+
+/// Safety net while waiting for a task to die after SIGKILL (the exit
+/// event normally comes first).
+const KILL_RECHECK: Duration = Duration::from_secs(2);
+/// How often pull progress is written to status.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Api(#[from] SourceError),
+}
+
+impl From<FinalizerError<ReconcileError>> for ReconcileError {
+    fn from(e: FinalizerError<ReconcileError>) -> Self {
+        match e {
+            FinalizerError::Reconcile(e) => e,
+            FinalizerError::Api(e) => ReconcileError::Api(e),
+        }
+    }
+}
+
+pub struct Context<R> {
+    pub api: Api<Container>,
+    pub runtime: Arc<R>,
+}
+
+/// The reconcile function handed to the controller runtime.
+pub async fn reconcile<R: Runtime>(obj: Arc<Container>, ctx: Arc<Context<R>>) -> Result<Action, ReconcileError> {
+    let c = ctx.clone();
+    Ok(finalizer(&ctx.api, FINALIZER, obj, move |ev| async move {
+        match ev {
+            FinalizerEvent::Apply(o) => apply(&o, &c).await,
+            FinalizerEvent::Cleanup(o) => cleanup(&o, &c).await,
+        }
+    })
+    .await?)
+}
+
+async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
+    let actual = ctx.runtime.find(&obj.metadata.uid).await?;
+    let now = Time::now();
+    let Plan { step, status } = plan(obj, &actual, &now);
+    tracing::debug!(?step, "planned");
+    let obj = write_status(ctx, obj, status).await?;
+    execute(ctx, &obj, step).await
+}
+
+/// Deleting: tear every container of the object down, a step per pass;
+/// `AwaitChange` (finalizer removed) once nothing is left.
+async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
+    let actual = ctx.runtime.find(&obj.metadata.uid).await?;
+    let Some(c) = actual.first() else {
+        return Ok(Action::AwaitChange);
+    };
+    let spec = &obj.spec;
+    let signal = signal_number(spec.stop_signal.as_deref().unwrap_or("SIGTERM"));
+    let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64);
+    match execute(ctx, obj, teardown(c, signal, grace, &Time::now())).await? {
+        // Not done until the containers are gone.
+        Action::AwaitChange => Ok(Action::Requeue(KILL_RECHECK)),
+        a => Ok(a),
+    }
+}
+
+/// Writes `status` through the status subresource when it differs.
+async fn write_status<R>(ctx: &Context<R>, obj: &Container, status: ContainerStatus) -> Result<Container, ReconcileError> {
+    if obj.status.as_ref() == Some(&status) {
+        return Ok(obj.clone());
+    }
+    let mut o = obj.clone();
+    o.status = Some(status);
+    Ok(ctx.api.replace_status(&o).await?)
+}
+
+async fn set_waiting<R>(ctx: &Context<R>, obj: &Container, reason: &str, message: String) -> Result<(), ReconcileError> {
+    let mut s = obj.status.clone().unwrap_or_default();
+    s.state = Some(ContainerState { waiting: Some(StateWaiting { reason: reason.into(), message }), ..Default::default() });
+    write_status(ctx, obj, s).await.map(|_| ())
+}
+
+fn waiting_reason(obj: &Container) -> &str {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .map(|w| w.reason.as_str())
+        .unwrap_or_default()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> Result<Action, ReconcileError> {
+    let rt = &ctx.runtime;
+    match step {
+        Step::Nothing { requeue } => Ok(requeue.map_or(Action::AwaitChange, Action::Requeue)),
+        Step::Create { id } => {
+            let image = match pull(ctx, obj).await {
+                Ok(i) => i,
+                Err(e @ (RuntimeError::ImagePull(_) | RuntimeError::ImageNeverPull(_))) => {
+                    let reason = match waiting_reason(obj) {
+                        REASON_ERR_PULL | REASON_PULL_BACKOFF => REASON_PULL_BACKOFF,
+                        _ => REASON_ERR_PULL,
+                    };
+                    set_waiting(ctx, obj, reason, e.to_string()).await?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let m = &obj.metadata;
+            let labels = BTreeMap::from([
+                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                (LABEL_UID.to_string(), m.uid.clone()),
+                (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
+                (LABEL_NAME.to_string(), m.name.clone()),
+                (LABEL_SPEC_HASH.to_string(), spec_hash(&obj.spec)),
+            ]);
+            match rt.create(&id, &obj.spec, &image, labels).await {
+                Ok(()) => Ok(Action::Requeue(Duration::ZERO)),
+                Err(e @ RuntimeError::Create(_)) => {
+                    set_waiting(ctx, obj, REASON_CREATE_ERROR, e.to_string()).await?;
+                    Err(e.into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::Start { id } => match rt.start(&id).await {
+            Ok(pid) => {
+                tracing::info!(container = %id, pid, "started");
+                Ok(Action::Requeue(Duration::ZERO))
+            }
+            Err(e @ RuntimeError::Create(_)) => {
+                set_waiting(ctx, obj, REASON_CREATE_ERROR, e.to_string()).await?;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Step::Stop { id, signal } => {
+            // Signal first, then record it: a crash in between re-signals,
+            // rather than SIGKILLing a container that was never asked.
+            rt.kill(&id, signal, false).await?;
+            rt.mark_stopping(&id, Time::now()).await?;
+            let grace = obj.spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64;
+            tracing::info!(container = %id, signal, grace, "stopping");
+            Ok(Action::Requeue(Duration::from_secs(grace)))
+        }
+        Step::Kill { id } => {
+            rt.kill(&id, 9, true).await?;
+            Ok(Action::Requeue(KILL_RECHECK))
+        }
+        Step::DeleteTask { id } => {
+            rt.delete_task(&id).await?;
+            Ok(Action::Requeue(Duration::ZERO))
+        }
+        Step::Remove { id } => {
+            rt.remove(&id).await?;
+            tracing::info!(container = %id, "removed");
+            Ok(Action::Requeue(Duration::ZERO))
+        }
+    }
+}
+
+/// Ensures the image, writing `ImagePulling` progress to status meanwhile.
+async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::actual::ImageConfig, RuntimeError> {
+    let (tx, mut rx) = tokio::sync::watch::channel(PullProgress::default());
+    let image = obj.spec.image.clone();
+    let policy = obj.spec.image_pull_policy.unwrap_or(PullPolicy::IfNotPresent);
+    let api = ctx.api.clone();
+    let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
+    let reporter = tokio::spawn({
+        let image = image.clone();
+        async move {
+            while rx.changed().await.is_ok() {
+                let p = *rx.borrow_and_update();
+                let msg = if p.total > 0 {
+                    format!("pulling {image}: {} of {}", mib(p.done), mib(p.total))
+                } else {
+                    format!("pulling {image}")
+                };
+                let patch = json!({"status": {"state": {"waiting": {"reason": REASON_PULLING, "message": msg}}}});
+                if let Err(e) = api.patch_status(&ns, &name, &patch).await {
+                    tracing::debug!(error = %e, "pull progress not written");
+                }
+                tokio::time::sleep(PROGRESS_EVERY).await;
+            }
+        }
+    });
+    let result = ctx.runtime.ensure_image(&image, policy, Box::new(move |p| {
+        let _ = tx.send(p);
+    }))
+    .await;
+    reporter.abort();
+    result
+}
+
+/// Removes every managed container whose object is gone (or is another
+/// incarnation with the same name). Returns how many were collected.
+/// Call only once `cache` holds a complete list.
+pub async fn collect_garbage<R: Runtime>(runtime: &R, cache: &Cache<Container>) -> Result<usize, RuntimeError> {
+    let all = runtime.list().await?;
+    // Read the cache after listing: a container created meanwhile belongs
+    // to an object already in the cache.
+    let live: HashSet<String> = cache.list().iter().map(|o| o.metadata.uid.clone()).collect();
+    let mut collected = 0;
+    for c in all.iter().filter(|c| !live.contains(c.label(LABEL_UID))) {
+        tracing::info!(container = %c.id, uid = c.label(LABEL_UID), "collecting garbage");
+        let mut c = c.clone();
+        // No object says how to stop it: SIGKILL, then delete.
+        for _ in 0..20 {
+            match teardown(&c, 9, Duration::ZERO, &Time::now()) {
+                Step::Remove { id } => {
+                    runtime.remove(&id).await?;
+                    collected += 1;
+                    break;
+                }
+                Step::DeleteTask { id } => runtime.delete_task(&id).await?,
+                Step::Kill { id } | Step::Stop { id, .. } => {
+                    runtime.kill(&id, 9, true).await?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Step::Nothing { .. } | Step::Create { .. } | Step::Start { .. } => {}
+            }
+            match runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
+                Some(fresh) => c = fresh,
+                None => {
+                    collected += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(collected)
+}
+
+/// The object a runtime container id belongs to (`ns.name.tag`).
+pub fn object_of(container_id: &str) -> Option<ObjectRef> {
+    let mut parts = container_id.rsplitn(2, '.');
+    let _tag = parts.next()?;
+    let (ns, name) = parts.next()?.split_once('.')?;
+    Some(ObjectRef::new(ns, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_map_back_to_objects() {
+        assert_eq!(object_of("default.web.0123456789ab"), Some(ObjectRef::new("default", "web")));
+        assert_eq!(object_of("garbage"), None);
+    }
+}
