@@ -1,0 +1,341 @@
+//! The Container reconciler and the controller runtime against the real API
+//! server (real SQLite store, real HTTP), with an in-memory fake runtime in
+//! place of containerd: the whole loop from apply to status, restarts,
+//! spec changes, deletion through the finalizer, and garbage collection.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use steward_controller::actual::*;
+use steward_controller::client::Api;
+use steward_controller::container::reconciler::{collect_garbage, object_of, reconcile, Context, FINALIZER};
+use steward_controller::runtime::controller::{Config, Controller};
+use steward_schema::{Container, ContainerSpec, PullPolicy, Time};
+use tokio::sync::broadcast;
+
+#[derive(Default)]
+struct FakeState {
+    containers: BTreeMap<String, ActualContainer>,
+    next_pid: u32,
+    /// Commands whose processes exit at once with this code.
+    exit_codes: BTreeMap<String, u32>,
+    log: Vec<String>,
+}
+
+struct Fake {
+    s: Mutex<FakeState>,
+    events: broadcast::Sender<String>,
+}
+
+impl Fake {
+    fn new() -> Arc<Self> {
+        Arc::new(Fake { s: Mutex::new(FakeState { next_pid: 100, ..Default::default() }), events: broadcast::channel(1024).0 })
+    }
+    fn exit(&self, id: &str, code: u32) {
+        let mut s = self.s.lock().unwrap();
+        if let Some(t) = s.containers.get_mut(id).and_then(|c| c.task.as_mut()) {
+            t.status = TaskStatus::Stopped;
+            t.exit_code = Some(code);
+            t.exited_at = Some(Time::now());
+        }
+        drop(s);
+        let _ = self.events.send(id.to_string());
+    }
+    fn ids(&self) -> Vec<String> {
+        self.s.lock().unwrap().containers.keys().cloned().collect()
+    }
+    fn task(&self, id: &str) -> Option<Task> {
+        self.s.lock().unwrap().containers.get(id).and_then(|c| c.task.clone())
+    }
+}
+
+fn ok<T: Send + 'static>(v: T) -> BoxFuture<'static, Result<T, RuntimeError>> {
+    Box::pin(async move { Ok(v) })
+}
+
+impl Runtime for Fake {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {
+        ok(self.s.lock().unwrap().containers.values().cloned().collect())
+    }
+    fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>> {
+        ok(self.s.lock().unwrap().containers.values().filter(|c| c.label(LABEL_UID) == uid).cloned().collect())
+    }
+    fn ensure_image<'a>(
+        &'a self,
+        image: &'a str,
+        _: PullPolicy,
+        progress: Box<dyn Fn(PullProgress) + Send + Sync + 'a>,
+    ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>> {
+        Box::pin(async move {
+            if image.contains("missing") {
+                return Err(RuntimeError::ImagePull(format!("pull {image}: manifest unknown")));
+            }
+            progress(PullProgress { done: 5, total: 10 });
+            Ok(ImageConfig { digest: "sha256:feed".into(), cmd: vec!["sh".into()], ..Default::default() })
+        })
+    }
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        spec: &'a ContainerSpec,
+        image: &'a ImageConfig,
+        labels: BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        if spec.command.first().is_some_and(|c| c == "nonexistent") {
+            return Box::pin(async { Err(RuntimeError::Create("exec: \"nonexistent\": executable file not found in $PATH".into())) });
+        }
+        s.log.push(format!("create {id}"));
+        if let Some(code) = spec.args.first().and_then(|a| a.strip_prefix("exit=")).and_then(|c| c.parse().ok()) {
+            s.exit_codes.insert(id.to_string(), code);
+        }
+        s.containers.entry(id.to_string()).or_insert(ActualContainer {
+            id: id.to_string(),
+            labels,
+            task: None,
+            image_digest: Some(image.digest.clone()),
+        });
+        ok(())
+    }
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.next_pid += 1;
+        let pid = s.next_pid;
+        s.log.push(format!("start {id}"));
+        let code = s.exit_codes.get(id).copied();
+        let Some(c) = s.containers.get_mut(id) else {
+            return Box::pin(async { Err(RuntimeError::NotFound("container".into())) });
+        };
+        c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None });
+        drop(s);
+        if let Some(code) = code {
+            // Exits right after starting, as a crashing process would.
+            self.exit(id, code);
+        }
+        ok(pid)
+    }
+    fn kill<'a>(&'a self, id: &'a str, signal: u32, _: bool) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        self.s.lock().unwrap().log.push(format!("kill {id} {signal}"));
+        self.exit(id, 128 + signal);
+        ok(())
+    }
+    fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        if let Some(c) = self.s.lock().unwrap().containers.get_mut(id) {
+            c.labels.insert(LABEL_STOP_REQUESTED.into(), serde_json::to_value(at).unwrap().as_str().unwrap().into());
+        }
+        ok(())
+    }
+    fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("delete-task {id}"));
+        if let Some(c) = s.containers.get_mut(id) {
+            c.task = None;
+        }
+        ok(())
+    }
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("remove {id}"));
+        s.containers.remove(id);
+        ok(())
+    }
+    fn events(&self) -> BoxStream<'static, String> {
+        let rx = self.events.subscribe();
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(id) => return Some((id, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+struct Harness {
+    url: String,
+    http: reqwest::Client,
+    fake: Arc<Fake>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+const BASE: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = steward_store::Store::open(steward_store::Config::new(dir.path().join("s.db"))).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(steward_apiserver::serve(listener, store, Default::default(), std::future::pending()));
+        let fake = Fake::new();
+        let api: Api<Container> = Api::all(&url);
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone() });
+        let cfg = Config { error_backoff: (Duration::from_millis(50), Duration::from_millis(400)), ..Default::default() };
+        let events = fake.events().filter_map(|id| async move { object_of(&id) });
+        let ctl = Controller::new(Arc::new(api), cfg).trigger(events);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ctl.run(move |o| reconcile(o, ctx.clone()), async move {
+            let _ = rx.await;
+        }));
+        Harness { url, http: reqwest::Client::new(), fake, stop: Some(tx), _dir: dir }
+    }
+
+    async fn apply(&self, name: &str, spec: Value) {
+        let body = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": name}, "spec": spec});
+        let r = self
+            .http
+            .patch(format!("{}{BASE}/{name}", self.url))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
+    async fn get(&self, name: &str) -> Option<Value> {
+        let r = self.http.get(format!("{}{BASE}/{name}", self.url)).send().await.unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        Some(r.json().await.unwrap())
+    }
+
+    /// Polls until `check` accepts the object (or its absence), with a deadline.
+    async fn wait_for(&self, name: &str, what: &str, check: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let o = self.get(name).await;
+            if check(o.as_ref()) {
+                return o;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {name}: {what}; last: {o:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn phase(o: Option<&Value>) -> &str {
+    o.and_then(|o| o.pointer("/status/phase")).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn waiting(o: Option<&Value>) -> &str {
+    o.and_then(|o| o.pointer("/status/state/waiting/reason")).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_runs_spec_change_replaces_delete_cleans_up() {
+    let h = Harness::start().await;
+    h.apply("web", json!({"image": "busybox", "args": ["sleep", "1"]})).await;
+    let o = h.wait_for("web", "Running", |o| phase(o) == "Running").await.unwrap();
+    assert_eq!(o["metadata"]["finalizers"], json!([FINALIZER]));
+    let id1 = o["status"]["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
+    assert_eq!(h.fake.task(&id1).unwrap().pid, o["status"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(o["status"]["conditions"][0]["status"], "True");
+    assert_eq!(o["status"]["imageDigest"], "sha256:feed");
+    assert_eq!(o["status"]["observedGeneration"], 1);
+
+    // Spec change: the old container is stopped and removed, a new one runs.
+    h.apply("web", json!({"image": "busybox", "args": ["sleep", "2"]})).await;
+    let o = h
+        .wait_for("web", "new container running", |o| {
+            phase(o) == "Running" && o.unwrap()["status"]["observedGeneration"] == 2 && o.unwrap()["status"]["pid"].is_u64()
+        })
+        .await
+        .unwrap();
+    let id2 = o["status"]["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
+    assert_ne!(id1, id2);
+    assert_eq!(h.fake.ids(), [id2.clone()], "old container left behind");
+    let log = h.fake.s.lock().unwrap().log.clone();
+    let stop = log.iter().position(|l| l == &format!("kill {id1} 15")).expect("old container not signalled");
+    let create = log.iter().position(|l| l == &format!("create {id2}")).unwrap();
+    assert!(stop < create, "new container created before the old one was stopped: {log:?}");
+
+    // Delete: the object goes only after the container is gone.
+    let r = h.http.delete(format!("{}{BASE}/web", h.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.wait_for("web", "deleted", |o| o.is_none()).await;
+    assert!(h.fake.ids().is_empty(), "container outlived its object");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_follow_the_restart_policy() {
+    let h = Harness::start().await;
+    h.apply("job", json!({"image": "busybox", "args": ["exit=0"], "restartPolicy": "OnFailure"})).await;
+    h.apply("never", json!({"image": "busybox", "args": ["exit=3"], "restartPolicy": "Never"})).await;
+    h.apply("crash", json!({"image": "busybox", "args": ["exit=1"], "restartPolicy": "Always"})).await;
+    let o = h.wait_for("job", "Succeeded", |o| phase(o) == "Succeeded").await.unwrap();
+    assert_eq!(o["status"]["state"]["terminated"]["exitCode"], 0);
+    let o = h.wait_for("never", "Failed", |o| phase(o) == "Failed").await.unwrap();
+    assert_eq!(o["status"]["state"]["terminated"]["exitCode"], 3);
+    // Always + exit 1: restarted once at once, then CrashLoopBackOff (10 s).
+    let o = h.wait_for("crash", "CrashLoopBackOff", |o| waiting(o) == "CrashLoopBackOff").await.unwrap();
+    assert_eq!(o["status"]["restartCount"], 1);
+    assert_eq!(o["status"]["lastState"]["terminated"]["exitCode"], 1);
+    assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("back-off 10s"));
+    assert_eq!(o["status"]["phase"], "Running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
+    let h = Harness::start().await;
+    h.apply("nope", json!({"image": "127.0.0.1:5000/missing:1"})).await;
+    h.apply("badcmd", json!({"image": "busybox", "command": ["nonexistent"]})).await;
+    h.apply("fine", json!({"image": "busybox"})).await;
+    let o = h.wait_for("nope", "ImagePullBackOff", |o| waiting(o) == "ImagePullBackOff").await.unwrap();
+    assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("manifest unknown"));
+    let o = h.wait_for("badcmd", "CreateContainerError", |o| waiting(o) == "CreateContainerError").await.unwrap();
+    assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("nonexistent"));
+    h.wait_for("fine", "Running", |o| phase(o) == "Running").await;
+    // Deleting the failed ones leaves nothing behind.
+    for n in ["nope", "badcmd"] {
+        h.http.delete(format!("{}{BASE}/{n}", h.url)).send().await.unwrap();
+        h.wait_for(n, "deleted", |o| o.is_none()).await;
+    }
+    assert_eq!(h.fake.ids().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_without_a_live_object_is_collected() {
+    let h = Harness::start().await;
+    h.apply("keep", json!({"image": "busybox"})).await;
+    h.wait_for("keep", "Running", |o| phase(o) == "Running").await;
+    // A container left by an object that no longer exists.
+    let stray = ActualContainer {
+        id: "default.gone.000000000000".into(),
+        labels: BTreeMap::from([(LABEL_UID.to_string(), "dead-uid".to_string()), (LABEL_MANAGED_BY.to_string(), "steward".to_string())]),
+        task: Some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None }),
+        image_digest: None,
+    };
+    h.fake.s.lock().unwrap().containers.insert(stray.id.clone(), stray);
+    // A controller whose only job here is to load the cache.
+    let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
+    let cache = ctl.cache();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(ctl.run(|_| async { Ok::<_, String>(steward_controller::runtime::controller::Action::AwaitChange) }, async move {
+        let _ = rx.await;
+    }));
+    cache.wait_ready().await;
+    assert_eq!(collect_garbage(h.fake.as_ref(), &cache).await.unwrap(), 1);
+    assert_eq!(h.fake.ids().len(), 1);
+    assert!(h.fake.ids()[0].starts_with("default.keep."));
+    let _ = tx.send(());
+    run.await.unwrap();
+}
