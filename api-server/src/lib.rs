@@ -9,6 +9,7 @@
 mod containers;
 mod discovery;
 mod error;
+mod logs;
 mod metrics;
 mod query;
 mod watch;
@@ -34,6 +35,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How often a watch that asked for bookmarks gets one when idle.
     pub bookmark_interval: Duration,
+    /// Where the container log driver writes (`None`: no controller, no logs).
+    pub logs_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
         Config {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(10),
+            logs_dir: None,
         }
     }
 }
@@ -86,6 +90,7 @@ pub fn router(app: AppState) -> Router {
             &format!("{base}/namespaces/{{ns}}/containers/{{name}}/status"),
             get(containers::read).put(containers::replace_status).patch(containers::patch_status),
         )
+        .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
