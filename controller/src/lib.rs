@@ -11,4 +11,5 @@
 pub mod actual;
 pub mod client;
 pub mod container;
+pub mod manager;
 pub mod runtime;
