@@ -6,7 +6,7 @@ DATA_DIR  ?= $(CURDIR)/data
 LISTEN    ?= 127.0.0.1:7420
 APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test deps build release schema fmt lint clean
+.PHONY: run test deps build release schema fmt lint clean bench-store deps-bench
 
 # Build-time needs: a C compiler for SQLite (bundled by sqlx) and the Rust
 # toolchain the machine ships. Tests need no other service yet.
@@ -33,6 +33,18 @@ test: deps
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+# etcd 3.4 (Debian package etcd-server), the reference bench-store compares with.
+deps-bench:
+	@command -v etcd >/dev/null || { $(APT_GET) update && $(APT_GET) install -y etcd-server; }
+
+# Store benchmark: durable creates/s (1 and 64 clients) against etcd 3.4,
+# unchanged apply, watch latency with 100 watchers, list and RSS at 10,000
+# objects. Prints a markdown table; under a minute. Knobs: BENCH_SECS,
+# BENCH_CLIENTS, BENCH_WATCHERS, BENCH_WATCH_RATE, BENCH_OBJECTS, BENCH_TMPDIR.
+bench-store: deps deps-bench
+	$(CARGO) build --release -p steward
+	$(CARGO) run --release -p steward --example bench_store
 
 # Regenerates manifests/schema/container.json from the code.
 schema:
