@@ -400,6 +400,20 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Opens the container's log (`text/plain`), streamed when following.
+    pub async fn logs(&self, ns: &str, name: &str, query: &[(&str, String)]) -> Result<Response, ClientError> {
+        // No request timeout: a followed log is open-ended.
+        let req = self.http.get(format!("{}/log", self.object_url(ns, name))).query(query);
+        self.send(req).await
+    }
+
+    /// Maps a failure while reading a response body.
+    pub fn body_error(&self, e: &reqwest::Error) -> ClientError {
+        transport_error(&self.server, e)
+    }
+}
+
 /// A transport failure as one line, with the innermost cause in words.
 fn transport_error(server: &str, e: &reqwest::Error) -> ClientError {
     let reason = root_reason(e);

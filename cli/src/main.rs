@@ -1,6 +1,6 @@
 //! `steward`: the API server and controllers (`steward serve`) and the
 //! client verbs that talk to it over HTTP (`apply get describe delete wait
-//! diff`).
+//! diff logs`).
 
 mod apply;
 mod client;
@@ -9,6 +9,7 @@ mod describe;
 mod diff;
 mod duration;
 mod get;
+mod logs;
 mod manifests;
 mod resource;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Wait(wait::WaitArgs),
     /// Show what `apply` would change (exit 0: nothing, 1: changes, 2: error).
     Diff(diff::DiffArgs),
+    /// Print a container's output.
+    Logs(logs::LogsArgs),
 }
 
 /// What every client verb needs: the server and the namespace flag.
@@ -122,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Wait(args) => wait::run(&ctx, args).await,
         // diff has its own exit codes, errors included (2).
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
+        Command::Logs(args) => logs::run(&ctx, args).await,
     }
 }
 
