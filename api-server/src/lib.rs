@@ -114,6 +114,12 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections, ending watches");
         let _ = tx.send(true);
     };
+    // Watch events and small responses must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, router(app)).with_graceful_shutdown(signal).await;
     store.shutdown().await;
     result

@@ -7,9 +7,13 @@
 //!
 //! Every write goes through one writer task ([`writer`]) that groups the
 //! writes waiting at that moment into one transaction (group commit), so
-//! one fsync acknowledges many writes. Committed objects are also kept in
-//! memory, so reads and lists never touch SQLite; watches replay older
-//! history from the event log, then follow live writes.
+//! one fsync acknowledges many writes. A commit appends to the event log
+//! only (sequential pages); the objects table is a snapshot brought up to
+//! date every few seconds and on shutdown, and opening the store replays
+//! the log after it, as etcd does with its WAL and snapshots. Committed
+//! objects are also kept in memory, so reads and lists never touch SQLite;
+//! watches replay older history from the event log, then follow live
+//! writes.
 //!
 //! It knows nothing of HTTP or of any kind's spec: validation belongs to
 //! `steward-schema`, request handling to `steward-apiserver`.
@@ -89,6 +93,9 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Most writes grouped into one transaction.
     pub max_batch: usize,
+    /// How often the objects table (the snapshot the event log is replayed
+    /// onto at start) is brought up to date.
+    pub snapshot_interval: Duration,
 }
 
 impl Config {
@@ -99,6 +106,7 @@ impl Config {
             compact_interval: Duration::from_secs(10),
             watch_buffer: 10_000,
             max_batch: 256,
+            snapshot_interval: Duration::from_secs(2),
         }
     }
 }
@@ -165,8 +173,9 @@ const SCHEMA: &[&str] = &[
 ];
 
 impl Store {
-    /// Opens (creating if needed) the store at `config.path`, loads every
-    /// object into memory and starts the writer task.
+    /// Opens (creating if needed) the store at `config.path`, loads the
+    /// latest snapshot of every object and replays the event log after it,
+    /// then starts the writer task.
     pub async fn open(config: Config) -> Result<Store, StoreError> {
         let opts = SqliteConnectOptions::new()
             .filename(&config.path)
@@ -174,45 +183,66 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
+            // Checkpoints run on their own connection, off the commit path.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864")
+            .pragma("cache_size", "-16000")
             .log_statements(tracing::log::LevelFilter::Trace);
         let mut conn = opts.connect().await?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&mut conn).await?;
         }
+        let corrupt = |what: String, e: serde_json::Error| StoreError::Internal(format!("corrupt {what} in {}: {e}", config.path.display()));
         let meta = |k: &'static str| sqlx::query("SELECT value FROM meta WHERE key = ?").bind(k);
-        let stored_rev: i64 = meta("revision").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
+        let snapshot: i64 = meta("snapshot").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let compacted: i64 = meta("compacted").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
-        let max_event: i64 = sqlx::query("SELECT COALESCE(MAX(rv), 0) FROM events")
-            .fetch_one(&mut conn)
-            .await?
-            .get(0);
         let mut objects = BTreeMap::new();
-        let rows = sqlx::query("SELECT resource, namespace, name, data FROM objects")
-            .fetch_all(&mut conn)
-            .await?;
-        let mut max_obj = 0;
-        for row in rows {
+        for row in sqlx::query("SELECT resource, namespace, name, data FROM objects").fetch_all(&mut conn).await? {
             let key = Key::new(row.get(0), row.get(1), row.get(2));
             let data: String = row.get(3);
-            let object: Object = serde_json::from_str(&data)
-                .map_err(|e| StoreError::Internal(format!("corrupt object {key} in {}: {e}", config.path.display())))?;
+            let object: Object = serde_json::from_str(&data).map_err(|e| corrupt(format!("object {key}"), e))?;
             let stored = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(e.to_string()))?;
-            max_obj = max_obj.max(stored.revision);
             objects.insert(key, stored);
         }
-        let revision = stored_rev.max(max_event).max(max_obj).max(compacted);
+        // Every write after the snapshot is in the event log (compaction
+        // never passes the snapshot): replay it.
+        let mut dirty = std::collections::HashMap::new();
+        let mut revision = snapshot.max(compacted);
+        let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data FROM events WHERE rv > ? ORDER BY rv")
+            .bind(snapshot)
+            .fetch_all(&mut conn)
+            .await?;
+        for row in rows {
+            let rv: i64 = row.get(0);
+            let key = Key::new(row.get(2), row.get(3), row.get(4));
+            let data: String = row.get(5);
+            let object: Object = serde_json::from_str(&data).map_err(|e| corrupt(format!("event {rv}"), e))?;
+            let stored = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let ty: String = row.get(1);
+            let after = (ty != EventType::Deleted.as_str()).then_some(stored);
+            match &after {
+                Some(s) => objects.insert(key.clone(), s.clone()),
+                None => objects.remove(&key),
+            };
+            dirty.insert(key, after);
+            revision = revision.max(rv);
+        }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone().create_if_missing(false).read_only(true))
             .await?;
-        tracing::info!(path = %config.path.display(), objects = objects.len(), revision, compacted, "store opened");
+        let checkpointer = opts.clone().create_if_missing(false).connect().await?;
+        tracing::info!(
+            path = %config.path.display(), objects = objects.len(), revision, snapshot, replayed = dirty.len(), compacted,
+            "store opened"
+        );
         let shared = Arc::new(Shared {
             state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new() }),
             config,
             readers,
         });
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(conn, shared.clone(), rx));
+        tokio::spawn(writer::run(conn, checkpointer, shared.clone(), rx, dirty, snapshot));
         Ok(Store { shared, commands: tx })
     }
 

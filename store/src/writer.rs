@@ -40,9 +40,26 @@ pub(crate) enum Control {
 /// SQLite's bound-parameter limit is 32766; stay well below it.
 const ROWS_PER_STATEMENT: usize = 200;
 
-pub(crate) async fn run(mut conn: SqliteConnection, shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>) {
-    let mut tick = tokio::time::interval(shared.config.compact_interval);
-    tick.tick().await;
+/// Objects changed since the last snapshot (None = deleted).
+type Dirty = HashMap<Key, Option<Arc<Stored>>>;
+
+/// Snapshot early when this many objects changed, to bound both the work
+/// of one snapshot and the replay at the next start.
+const SNAPSHOT_DIRTY_MAX: usize = 20_000;
+
+pub(crate) async fn run(
+    mut conn: SqliteConnection,
+    checkpointer: SqliteConnection,
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Command>,
+    mut dirty: Dirty,
+    mut snapshot_rv: i64,
+) {
+    let mut compact_tick = tokio::time::interval(shared.config.compact_interval);
+    compact_tick.tick().await;
+    let mut snapshot_tick = tokio::time::interval(shared.config.snapshot_interval);
+    snapshot_tick.tick().await;
+    let checkpoints = tokio::spawn(checkpoint_loop(checkpointer));
     let mut shutdown = None;
     while shutdown.is_none() {
         let first = tokio::select! {
@@ -50,10 +67,14 @@ pub(crate) async fn run(mut conn: SqliteConnection, shared: Arc<Shared>, mut rx:
                 Some(cmd) => cmd,
                 None => break,
             },
-            _ = tick.tick() => {
-                if let Err(e) = compact(&mut conn, &shared).await {
+            _ = compact_tick.tick() => {
+                if let Err(e) = compact(&mut conn, &shared, snapshot_rv).await {
                     tracing::warn!(error = %e, "event log compaction failed");
                 }
+                continue;
+            }
+            _ = snapshot_tick.tick() => {
+                take_snapshot(&mut conn, &shared, &mut dirty, &mut snapshot_rv).await;
                 continue;
             }
         };
@@ -73,11 +94,15 @@ pub(crate) async fn run(mut conn: SqliteConnection, shared: Arc<Shared>, mut rx:
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &shared, batch).await;
+            commit_batch(&mut conn, &shared, batch, &mut dirty).await;
+            if dirty.len() >= SNAPSHOT_DIRTY_MAX {
+                take_snapshot(&mut conn, &shared, &mut dirty, &mut snapshot_rv).await;
+            }
         }
         match control {
             Some(Control::Compact(reply)) => {
-                let _ = reply.send(compact(&mut conn, &shared).await);
+                take_snapshot(&mut conn, &shared, &mut dirty, &mut snapshot_rv).await;
+                let _ = reply.send(compact(&mut conn, &shared, snapshot_rv).await);
             }
             Some(Control::Shutdown(reply)) => shutdown = Some(reply),
             None => {}
@@ -87,10 +112,12 @@ pub(crate) async fn run(mut conn: SqliteConnection, shared: Arc<Shared>, mut rx:
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
         if let Command::Write(r) = cmd {
-            commit_batch(&mut conn, &shared, vec![r]).await;
+            commit_batch(&mut conn, &shared, vec![r], &mut dirty).await;
         }
     }
     shared.write().watchers.clear();
+    checkpoints.abort();
+    take_snapshot(&mut conn, &shared, &mut dirty, &mut snapshot_rv).await;
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
@@ -107,7 +134,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<Request>) {
+async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<Request>, dirty: &mut Dirty) {
     let base = shared.read().revision;
     let now = Time::now();
     let mut rev = base;
@@ -137,13 +164,14 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
         replies.push((req.reply, answer));
     }
     if !events.is_empty() {
-        if let Err(e) = persist(conn, &overlay, &events, rev).await {
+        if let Err(e) = persist(conn, &events).await {
             tracing::error!(error = %e, "commit failed; failing the batch");
             for (reply, _) in replies {
                 let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
             }
             return;
         }
+        dirty.extend(overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
         publish(shared, overlay, events, rev);
     }
     for (reply, answer) in replies {
@@ -151,12 +179,9 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
     }
 }
 
-async fn persist(
-    conn: &mut SqliteConnection,
-    overlay: &HashMap<Key, Option<Arc<Stored>>>,
-    events: &[Event],
-    revision: i64,
-) -> Result<(), sqlx::Error> {
+/// Appends the batch's events in one transaction: the only write on the
+/// commit path, and an append (the event table is keyed by revision).
+async fn persist(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sqlx::Error> {
     let ts = now_ms();
     let mut tx = conn.begin().await?;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
@@ -176,7 +201,16 @@ async fn persist(
         }
         q.execute(&mut *tx).await?;
     }
-    let upserts: Vec<&Arc<Stored>> = overlay.values().flatten().collect();
+    tx.commit().await
+}
+
+/// Brings the objects table up to the current revision from the objects
+/// changed since the last snapshot, in key order (neighbouring B-tree
+/// pages), and records the revision it reflects.
+async fn write_snapshot(conn: &mut SqliteConnection, dirty: &Dirty, revision: i64) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let mut upserts: Vec<&Arc<Stored>> = dirty.values().flatten().collect();
+    upserts.sort_by(|a, b| a.key.cmp(&b.key));
     for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from("INSERT INTO objects (resource, namespace, name, rv, data) VALUES ");
         sql.push_str(&vec!["(?,?,?,?,?)"; chunk.len()].join(","));
@@ -192,7 +226,7 @@ async fn persist(
         }
         q.execute(&mut *tx).await?;
     }
-    let deletes: Vec<&Key> = overlay.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
+    let deletes: Vec<&Key> = dirty.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k).collect();
     for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from("DELETE FROM objects WHERE (resource, namespace, name) IN (VALUES ");
         sql.push_str(&vec!["(?,?,?)"; chunk.len()].join(","));
@@ -203,11 +237,40 @@ async fn persist(
         }
         q.execute(&mut *tx).await?;
     }
-    sqlx::query("INSERT INTO meta (key, value) VALUES ('revision', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('snapshot', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .bind(revision)
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+async fn take_snapshot(conn: &mut SqliteConnection, shared: &Shared, dirty: &mut Dirty, snapshot_rv: &mut i64) {
+    if dirty.is_empty() {
+        return;
+    }
+    // Only the writer changes state, so this revision covers `dirty` exactly.
+    let revision = shared.read().revision;
+    match write_snapshot(conn, dirty, revision).await {
+        Ok(()) => {
+            tracing::debug!(revision, objects = dirty.len(), "snapshot written");
+            dirty.clear();
+            *snapshot_rv = revision;
+        }
+        // The event log still has everything; try again next time.
+        Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+    }
+}
+
+/// Copies committed WAL frames into the database file in the background
+/// (PASSIVE never blocks the writer), so commits never pay for it.
+async fn checkpoint_loop(mut conn: SqliteConnection) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+            tracing::debug!(error = %e, "checkpoint");
+        }
+    }
 }
 
 fn json_str(b: &bytes::Bytes) -> &str {
@@ -248,8 +311,9 @@ fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: 
 }
 
 /// Deletes events outside the retention window; returns the oldest
-/// revision a watch can still start from.
-async fn compact(conn: &mut SqliteConnection, shared: &Shared) -> Result<i64, StoreError> {
+/// revision a watch can still start from. Never past the snapshot: the
+/// events after it are how the objects table catches up at the next start.
+async fn compact(conn: &mut SqliteConnection, shared: &Shared, snapshot_rv: i64) -> Result<i64, StoreError> {
     let retention = &shared.config.retention;
     let (revision, compacted) = {
         let st = shared.read();
@@ -262,7 +326,7 @@ async fn compact(conn: &mut SqliteConnection, shared: &Shared) -> Result<i64, St
         .fetch_one(&mut *conn)
         .await?
         .get(0);
-    let cut = by_count.max(by_age).min(revision);
+    let cut = by_count.max(by_age).min(revision).min(snapshot_rv);
     if cut <= compacted {
         return Ok(compacted);
     }
