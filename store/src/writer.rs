@@ -39,6 +39,8 @@ pub(crate) enum Control {
 
 /// SQLite's bound-parameter limit is 32766; stay well below it.
 const ROWS_PER_STATEMENT: usize = 200;
+/// 7 parameters a row: one statement holds a whole default batch (256).
+const EVENTS_PER_STATEMENT: usize = 1000;
 
 /// Objects changed since the last snapshot (None = deleted).
 type Dirty = HashMap<Key, Option<Arc<Stored>>>;
@@ -179,29 +181,39 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
     }
 }
 
-/// Appends the batch's events in one transaction: the only write on the
-/// commit path, and an append (the event table is keyed by revision).
+/// Appends the batch's events atomically: the only write on the commit
+/// path, and an append (the event table is keyed by revision). A batch
+/// that fits one statement needs no explicit transaction: a statement is
+/// atomic, and that saves two round trips to SQLite's thread per commit.
 async fn persist(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sqlx::Error> {
     let ts = now_ms();
+    let chunks: Vec<&[Event]> = events.chunks(EVENTS_PER_STATEMENT).collect();
+    if let [only] = chunks.as_slice() {
+        return insert_events(&mut *conn, only, ts).await;
+    }
     let mut tx = conn.begin().await?;
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts) VALUES ");
-        sql.push_str(&vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(","));
-        let mut q = sqlx::query(&sql);
-        for e in chunk {
-            let k = &e.object.key;
-            q = q
-                .bind(e.revision)
-                .bind(e.event_type.as_str())
-                .bind(k.resource.as_str())
-                .bind(k.namespace.as_str())
-                .bind(k.name.as_str())
-                .bind(json_str(&e.object.json))
-                .bind(ts);
-        }
-        q.execute(&mut *tx).await?;
+    for chunk in chunks {
+        insert_events(&mut *tx, chunk, ts).await?;
     }
     tx.commit().await
+}
+
+async fn insert_events(conn: &mut SqliteConnection, chunk: &[Event], ts: i64) -> Result<(), sqlx::Error> {
+    let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts) VALUES ");
+    sql.push_str(&vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(","));
+    let mut q = sqlx::query(&sql);
+    for e in chunk {
+        let k = &e.object.key;
+        q = q
+            .bind(e.revision)
+            .bind(e.event_type.as_str())
+            .bind(k.resource.as_str())
+            .bind(k.namespace.as_str())
+            .bind(k.name.as_str())
+            .bind(json_str(&e.object.json))
+            .bind(ts);
+    }
+    q.execute(conn).await.map(|_| ())
 }
 
 /// Brings the objects table up to the current revision from the objects
