@@ -9,6 +9,7 @@
 mod containers;
 mod discovery;
 mod error;
+mod images;
 mod logs;
 mod metrics;
 mod query;
@@ -24,12 +25,13 @@ use steward_store::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use images::ImageImporter;
 pub use metrics::Metrics;
 
 /// Version of this build, reported by `/version`.
 pub const STEWARD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: usize,
@@ -37,6 +39,12 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Where the container log driver writes (`None`: no controller, no logs).
     pub logs_dir: Option<std::path::PathBuf>,
+    /// Imports image archives (`None`: no container runtime).
+    pub images: Option<Arc<dyn ImageImporter>>,
+    /// Where uploaded archives wait while they are imported.
+    pub upload_dir: Option<std::path::PathBuf>,
+    /// Largest image archive accepted.
+    pub max_image_bytes: usize,
 }
 
 impl Default for Config {
@@ -45,6 +53,9 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(10),
             logs_dir: None,
+            images: None,
+            upload_dir: None,
+            max_image_bytes: 4 << 30,
         }
     }
 }
@@ -91,6 +102,7 @@ pub fn router(app: AppState) -> Router {
             get(containers::read).put(containers::replace_status).patch(containers::patch_status),
         )
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
+        .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))

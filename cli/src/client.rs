@@ -408,6 +408,19 @@ impl Client {
         self.send(req).await
     }
 
+    /// Uploads an OCI archive to the server's runtime; returns image names.
+    pub async fn import_image(&self, file: tokio::fs::File) -> Result<Vec<String>, ClientError> {
+        let body = reqwest::Body::wrap_stream(file_chunks(file));
+        let req = self
+            .http
+            .post(format!("{}{API_ROOT}/images/import", self.server))
+            .header("content-type", "application/x-tar")
+            .body(body);
+        let resp = self.send(req).await?;
+        let v: serde_json::Value = self.json(resp).await?;
+        Ok(v["images"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect())
+    }
+
     /// Maps a failure while reading a response body.
     pub fn body_error(&self, e: &reqwest::Error) -> ClientError {
         transport_error(&self.server, e)
@@ -557,4 +570,20 @@ mod tests {
         let e = Wrap(std::io::Error::other("Name or service not known"));
         assert_eq!(root_reason(&e), "name or service not known");
     }
+}
+
+/// A file as a stream of chunks, for streaming uploads.
+fn file_chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
 }

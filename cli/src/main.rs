@@ -9,6 +9,7 @@ mod describe;
 mod diff;
 mod duration;
 mod get;
+mod image;
 mod logs;
 mod manifests;
 mod resource;
@@ -54,6 +55,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Print a container's output.
     Logs(logs::LogsArgs),
+    /// Manage images in the container runtime.
+    Image(image::ImageArgs),
 }
 
 /// What every client verb needs: the server and the namespace flag.
@@ -126,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // diff has its own exit codes, errors included (2).
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Image(args) => image::run(&ctx, args).await,
     }
 }
 
