@@ -11,5 +11,6 @@
 pub mod actual;
 pub mod client;
 pub mod container;
+pub mod containerd;
 pub mod manager;
 pub mod runtime;

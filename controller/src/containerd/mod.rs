@@ -1,0 +1,2 @@
+//! The containerd adapter.
+pub mod spec;
