@@ -1,2 +1,612 @@
-//! The containerd adapter.
+//! The containerd adapter: [`ContainerdRuntime`] implements
+//! [`crate::actual::Runtime`] over containerd's gRPC API (containerd-client,
+//! tonic, a unix socket), for containerd 1.6.
+//!
+//! Module map:
+//! - [`spec`]: the OCI runtime spec, a pure function (table-tested);
+//! - [`registry`]: a small registry v2 client; [`archive`]: OCI layout tars;
+//!   [`store`]: either one into containerd (content, GC labels, unpack, record);
+//! - [`logdriver`]: the `binary://` log driver and log reading;
+//! - [`events`]: task events across containerd restarts;
+//! - [`supervisor`]: a private containerd, restarted when it dies.
+//!
+//! Every request carries the namespace as gRPC metadata; work that creates
+//! unreferenced content or snapshots runs under a lease (`containerd-lease`
+//! header) so containerd's GC cannot collect it half-way.
+
+pub mod archive;
+pub(crate) mod content;
+pub mod errors;
+mod events;
+pub mod image;
+pub mod logdriver;
+pub mod registry;
 pub mod spec;
+pub(crate) mod store;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
+    GetRequest as GetTaskRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest,
+};
+use containerd_client::tonic::metadata::MetadataValue;
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request};
+use containerd_client::types::Mount;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use steward_schema::{ContainerSpec, MountType, PullPolicy, Time};
+use tracing::Instrument;
+
+use crate::actual::{
+    ActualContainer, ImageConfig, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
+    LABEL_NAME, LABEL_STOP_REQUESTED, MANAGED_BY,
+};
+use errors::{create_error, from_status};
+use logdriver::LogDriverConfig;
+
+/// The label recording which image digest a container was created from.
+pub const LABEL_IMAGE_DIGEST: &str = "steward.dev/image-digest";
+const RUNC_V2: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// Leases expire on their own if steward dies holding one.
+const LEASE_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// How to reach containerd and where container output goes.
+#[derive(Clone, Debug)]
+pub struct ContainerdConfig {
+    pub socket: PathBuf,
+    /// The containerd namespace (`steward` by default).
+    pub namespace: String,
+    pub snapshotter: String,
+    /// Logs: `LOG_ROOT/<namespace>/<id>.log` (+ rotation settings).
+    pub logs: LogDriverConfig,
+    /// The executable the shim runs as log driver (`exe log-driver ARG`):
+    /// steward itself by default.
+    pub log_driver_exe: PathBuf,
+}
+
+impl ContainerdConfig {
+    pub fn new(socket: impl Into<PathBuf>, log_root: impl Into<PathBuf>) -> Self {
+        ContainerdConfig {
+            socket: socket.into(),
+            namespace: "steward".into(),
+            snapshotter: "overlayfs".into(),
+            logs: LogDriverConfig::new(log_root),
+            log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
+        }
+    }
+}
+
+/// What every request needs: the channel, the namespace, optionally a lease.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub channel: Channel,
+    pub namespace: String,
+    pub snapshotter: String,
+    pub lease: Option<String>,
+}
+
+impl Ctx {
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut req = Request::new(msg);
+        // Validated at construction, so these parse.
+        if let Ok(v) = MetadataValue::try_from(self.namespace.as_str()) {
+            req.metadata_mut().insert("containerd-namespace", v);
+        }
+        if let Some(lease) = &self.lease {
+            if let Ok(v) = MetadataValue::try_from(lease.as_str()) {
+                // NOT `containerd.lease`, which containerd silently ignores.
+                req.metadata_mut().insert("containerd-lease", v);
+            }
+        }
+        req
+    }
+}
+
+/// The containerd [`Runtime`]. Cheap to clone.
+#[derive(Clone)]
+pub struct ContainerdRuntime {
+    pub(crate) ctx: Ctx,
+    cfg: Arc<ContainerdConfig>,
+    http: reqwest::Client,
+}
+
+fn valid_namespace(ns: &str) -> bool {
+    !ns.is_empty()
+        && ns.len() <= 76
+        && ns.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl ContainerdRuntime {
+    /// Connects (and checks the connection with Version).
+    pub async fn connect(cfg: ContainerdConfig) -> Result<Self, RuntimeError> {
+        if !valid_namespace(&cfg.namespace) {
+            return Err(RuntimeError::Unavailable(format!("invalid containerd namespace {:?}", cfg.namespace)));
+        }
+        let channel = containerd_client::connect(&cfg.socket).await.map_err(|e| {
+            RuntimeError::Unavailable(format!("cannot connect to containerd at {}: {e}", cfg.socket.display()))
+        })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| RuntimeError::Unavailable(format!("http client: {e}")))?;
+        let rt = ContainerdRuntime {
+            ctx: Ctx { channel, namespace: cfg.namespace.clone(), snapshotter: cfg.snapshotter.clone(), lease: None },
+            cfg: Arc::new(cfg),
+            http,
+        };
+        rt.version().await?;
+        Ok(rt)
+    }
+
+    pub fn config(&self) -> &ContainerdConfig {
+        &self.cfg
+    }
+
+    /// containerd's version (also a liveness check).
+    pub async fn version(&self) -> Result<String, RuntimeError> {
+        let mut v = VersionClient::new(self.ctx.channel.clone());
+        let r = v.version(()).await.map_err(|s| from_status("version", "", &s))?;
+        Ok(r.into_inner().version)
+    }
+
+    /// Runs `f` under a fresh lease, deleted afterwards (it expires on its
+    /// own if we die first).
+    async fn with_lease<T, F, Fut>(&self, f: F) -> Result<T, RuntimeError>
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+    {
+        let id = format!("steward-{}", image::unique_suffix());
+        let expire = (chrono::Utc::now() + LEASE_TTL).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut leases = LeasesClient::new(self.ctx.channel.clone());
+        leases
+            .create(self.ctx.req(CreateLeaseRequest {
+                id: id.clone(),
+                labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
+            }))
+            .await
+            .map_err(|s| from_status("create lease", &id, &s))?;
+        let ctx = Ctx { lease: Some(id.clone()), ..self.ctx.clone() };
+        let result = f(ctx).await;
+        if let Err(s) = leases.delete(self.ctx.req(DeleteLeaseRequest { id: id.clone(), sync: false })).await {
+            tracing::warn!(lease = %id, error = %s, "could not delete lease (it expires on its own)");
+        }
+        result
+    }
+
+    /// The image as stored locally, if complete (unpacking again if its
+    /// snapshots were removed).
+    async fn local_image(&self, name: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+        let pull_err = |e: String| RuntimeError::ImagePull(format!("image {name}: {e}"));
+        let Some(target) = image::get_record(&self.ctx, name).await.map_err(|s| from_status("get image", name, &s))? else {
+            return Ok(None);
+        };
+        let Some((manifest, config)) = image::load_local(&self.ctx, &target).await.map_err(|e| pull_err(e.to_string()))? else {
+            return Ok(None);
+        };
+        let cfg = image::image_config(&target.digest, &config).map_err(pull_err)?;
+        if !image::snapshot_exists(&self.ctx, &cfg.top_layer_chain_id).await.map_err(|s| from_status("stat snapshot", name, &s))? {
+            self.with_lease(|ctx| async move {
+                image::unpack(&ctx, &manifest, &config).await.map_err(|e| pull_err(e.to_string()))
+            })
+            .await?;
+        }
+        Ok(Some(cfg))
+    }
+
+    async fn pull(&self, image: &str, name: &str, progress: &(dyn Fn(PullProgress) + Send + Sync)) -> Result<ImageConfig, RuntimeError> {
+        let reference = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?;
+        let perr = |e: String| RuntimeError::ImagePull(format!("pull {image}: {e}"));
+        let reg = registry::Registry::new(self.http.clone(), reference).map_err(perr)?;
+        let started = std::time::Instant::now();
+        let (top, top_bytes) = reg.fetch_top().await.map_err(perr)?;
+        let cfg = self
+            .with_lease(|ctx| async move {
+                store::store_image(&ctx, &reg, name, &top, top_bytes, progress).await.map_err(|e| store_error(image, e))
+            })
+            .await?;
+        tracing::info!(image, digest = %cfg.digest, elapsed = ?started.elapsed(), "pulled");
+        Ok(cfg)
+    }
+
+    /// Imports every image of an OCI image-layout tar archive; returns the
+    /// names given to them (normalised, e.g. `docker.io/library/busybox:1.36`).
+    pub async fn import_archive(&self, path: &Path) -> Result<Vec<String>, RuntimeError> {
+        let p = path.to_path_buf();
+        let archive = tokio::task::spawn_blocking(move || archive::Archive::open(&p))
+            .await
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
+            .map_err(RuntimeError::ImagePull)?;
+        let images = archive.named_images().map_err(RuntimeError::ImagePull)?;
+        let archive = &archive;
+        let mut names = Vec::new();
+        for (annotated, desc) in images {
+            let name = registry::Reference::parse(&annotated)
+                .map_err(|e| RuntimeError::ImagePull(format!("{}: {e}", path.display())))?
+                .full_name();
+            let top_bytes = store::BlobSource::fetch_bytes(archive, &desc).await.map_err(RuntimeError::ImagePull)?;
+            let n = name.clone();
+            self.with_lease(|ctx| async move {
+                store::store_image(&ctx, archive, &n, &desc, top_bytes, &|_| {}).await.map_err(|e| store_error(&n, e))
+            })
+            .await?;
+            tracing::info!(image = %name, archive = %path.display(), "imported");
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Ids of all managed containers.
+    pub(crate) async fn list_ids(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.list_containers().await?.into_iter().map(|c| c.id).collect())
+    }
+
+    async fn list_containers(&self) -> Result<Vec<Container>, RuntimeError> {
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        let filter = format!("labels.\"{LABEL_MANAGED_BY}\"=={MANAGED_BY}");
+        let r = c
+            .list(self.ctx.req(ListContainersRequest { filters: vec![filter] }))
+            .await
+            .map_err(|s| from_status("list containers", "", &s))?;
+        Ok(r.into_inner().containers)
+    }
+
+    async fn get_task(&self, id: &str) -> Result<Option<Task>, RuntimeError> {
+        let mut t = TasksClient::new(self.ctx.channel.clone());
+        match t.get(self.ctx.req(GetTaskRequest { container_id: id.to_string(), exec_id: String::new() })).await {
+            Ok(r) => Ok(r.into_inner().process.map(|p| {
+                use containerd_client::types::v1::Status as S;
+                let status = match S::try_from(p.status) {
+                    Ok(S::Created) => TaskStatus::Created,
+                    Ok(S::Running) => TaskStatus::Running,
+                    Ok(S::Stopped) => TaskStatus::Stopped,
+                    Ok(S::Paused) | Ok(S::Pausing) => TaskStatus::Paused,
+                    _ => TaskStatus::Unknown,
+                };
+                let stopped = status == TaskStatus::Stopped;
+                Task {
+                    pid: p.pid,
+                    status,
+                    exit_code: stopped.then_some(p.exit_status),
+                    exited_at: p.exited_at.filter(|_| stopped).and_then(|t| {
+                        chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time)
+                    }),
+                }
+            })),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(from_status("get task", id, &s)),
+        }
+    }
+
+    async fn get_container(&self, id: &str) -> Result<Option<Container>, RuntimeError> {
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        match c.get(self.ctx.req(GetContainerRequest { id: id.to_string() })).await {
+            Ok(r) => Ok(r.into_inner().container),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(from_status("get container", id, &s)),
+        }
+    }
+
+    /// The container's rootfs snapshot, prepared if missing; its mounts.
+    async fn ensure_snapshot(&self, ctx: &Ctx, id: &str, parent: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Mount>, RuntimeError> {
+        let mut s = SnapshotsClient::new(ctx.channel.clone());
+        let req = PrepareSnapshotRequest {
+            snapshotter: ctx.snapshotter.clone(),
+            key: id.to_string(),
+            parent: parent.to_string(),
+            labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        match s.prepare(ctx.req(req)).await {
+            Ok(r) => Ok(r.into_inner().mounts),
+            Err(st) if st.code() == Code::AlreadyExists => self.snapshot_mounts(id).await,
+            Err(st) if st.code() == Code::NotFound => Err(RuntimeError::ImagePull(format!(
+                "the image's layers ({parent}) are not unpacked any more; pull the image again"
+            ))),
+            Err(st) => Err(from_status("prepare snapshot", id, &st)),
+        }
+    }
+
+    async fn snapshot_mounts(&self, id: &str) -> Result<Vec<Mount>, RuntimeError> {
+        let mut s = SnapshotsClient::new(self.ctx.channel.clone());
+        let r = s
+            .mounts(self.ctx.req(MountsRequest { snapshotter: self.ctx.snapshotter.clone(), key: id.to_string() }))
+            .await
+            .map_err(|st| from_status("snapshot mounts", id, &st))?;
+        Ok(r.into_inner().mounts)
+    }
+
+    async fn create_inner(&self, id: &str, spec: &ContainerSpec, image: &ImageConfig, mut labels: BTreeMap<String, String>) -> Result<(), RuntimeError> {
+        if self.get_container(id).await?.is_some() {
+            // Finish a create that crashed between container and snapshot.
+            let ctx = self.ctx.clone();
+            self.ensure_snapshot(&ctx, id, &image.top_layer_chain_id, &labels).await?;
+            return Ok(());
+        }
+        // A bind source that does not exist would otherwise surface from
+        // runc as an opaque mount error, and only at start.
+        for (i, m) in spec.mounts.iter().enumerate() {
+            if m.mount_type == MountType::Bind {
+                if let Some(src) = m.source.as_deref() {
+                    if let Err(e) = std::fs::metadata(src) {
+                        return Err(RuntimeError::Create(format!(
+                            "spec.mounts[{i}].source: bind mount source {src:?} does not exist on the host ({e})"
+                        )));
+                    }
+                }
+            }
+        }
+        labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+        labels.insert(LABEL_IMAGE_DIGEST.into(), image.digest.clone());
+        let hostname = spec::hostname_for(labels.get(LABEL_NAME).map(String::as_str), id);
+        let host = spec::HostLimits::current();
+        self.with_lease(|ctx| async move {
+            let mounts = self.ensure_snapshot(&ctx, id, &image.top_layer_chain_id, &labels).await?;
+            let user_str = spec::effective_user(spec, image);
+            let user = if user_str.split(':').all(|p| p.parse::<u32>().is_ok()) {
+                spec::resolve_user(user_str, None, None)
+            } else {
+                let (passwd, group) = read_user_db(&mounts);
+                spec::resolve_user(user_str, passwd.as_deref(), group.as_deref())
+            }
+            .map_err(|e| RuntimeError::Create(e.0))?;
+            let inputs = spec::SpecInputs { id, namespace: &ctx.namespace, hostname: &hostname, spec, image, user, host };
+            let oci = spec::build(&inputs).map_err(|e| RuntimeError::Create(e.0))?;
+            let spec_bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Create(e.to_string()))?;
+            let container = Container {
+                id: id.to_string(),
+                labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                image: String::new(),
+                runtime: Some(ContainerRuntimeInfo { name: RUNC_V2.into(), options: None }),
+                spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec_bytes }),
+                snapshotter: ctx.snapshotter.clone(),
+                snapshot_key: id.to_string(),
+                ..Default::default()
+            };
+            let mut c = ContainersClient::new(ctx.channel.clone());
+            match c.create(ctx.req(CreateContainerRequest { container: Some(container) })).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+                Err(s) => Err(from_status("create container", id, &s)),
+            }
+        })
+        .await
+    }
+
+    async fn start_inner(&self, id: &str) -> Result<u32, RuntimeError> {
+        if let Some(task) = self.get_task(id).await? {
+            match task.status {
+                TaskStatus::Running | TaskStatus::Paused => return Ok(task.pid),
+                TaskStatus::Created => return self.start_task(id).await,
+                // A stopped task must be deleted first (the reconciler does).
+                _ => {
+                    return Err(RuntimeError::Create(format!(
+                        "container {id} has a {:?} task; delete it before starting again",
+                        task.status
+                    )))
+                }
+            }
+        }
+        if self.get_container(id).await?.is_none() {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        }
+        let rootfs = self.snapshot_mounts(id).await?;
+        let log_dir = self.cfg.logs.root.join(&self.ctx.namespace);
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| RuntimeError::Create(format!("cannot create log directory {}: {e}", log_dir.display())))?;
+        // stdout and stderr must both be set (an empty stderr crashes the
+        // 1.6 shim); with binary:// one driver gets both streams.
+        let uri = self.cfg.logs.binary_uri(&self.cfg.log_driver_exe);
+        let mut t = TasksClient::new(self.ctx.channel.clone());
+        let req = CreateTaskRequest {
+            container_id: id.to_string(),
+            rootfs,
+            stdout: uri.clone(),
+            stderr: uri,
+            ..Default::default()
+        };
+        t.create(self.ctx.req(req)).await.map_err(|s| create_error(id, &s))?;
+        self.start_task(id).await
+    }
+
+    async fn start_task(&self, id: &str) -> Result<u32, RuntimeError> {
+        let mut t = TasksClient::new(self.ctx.channel.clone());
+        match t.start(self.ctx.req(StartRequest { container_id: id.to_string(), exec_id: String::new() })).await {
+            Ok(r) => Ok(r.into_inner().pid),
+            Err(s) => {
+                // Leave no half-started task behind: the next attempt creates anew.
+                let _ = t.delete(self.ctx.req(DeleteTaskRequest { container_id: id.to_string() })).await;
+                Err(create_error(id, &s))
+            }
+        }
+    }
+
+    async fn remove_inner(&self, id: &str) -> Result<(), RuntimeError> {
+        // containerd 1.6 lets a container be deleted under a live task,
+        // orphaning it (notes/containerd.md): refuse instead.
+        if let Some(task) = self.get_task(id).await? {
+            return Err(RuntimeError::Unavailable(format!(
+                "container {id} still has a {:?} task (pid {}); stop and delete it first",
+                task.status, task.pid
+            )));
+        }
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        match c.delete(self.ctx.req(DeleteContainerRequest { id: id.to_string() })).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(from_status("delete container", id, &s)),
+        }
+        let mut s = SnapshotsClient::new(self.ctx.channel.clone());
+        match s.remove(self.ctx.req(RemoveSnapshotRequest { snapshotter: self.ctx.snapshotter.clone(), key: id.to_string() })).await {
+            Ok(_) => {}
+            Err(st) if st.code() == Code::NotFound => {}
+            Err(st) => return Err(from_status("remove snapshot", id, &st)),
+        }
+        let base = logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id);
+        logdriver::remove_logs(&base).map_err(|e| RuntimeError::Unavailable(format!("remove logs of {id}: {e}")))?;
+        Ok(())
+    }
+
+    /// The log file of container `id` (rotated files are `.1`, `.2`, ...).
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id)
+    }
+}
+
+/// `/etc/passwd` and `/etc/group` of a prepared rootfs, read straight from
+/// the overlay layers (upper first, then lower dirs top to bottom) so no
+/// mount is needed. Whiteouts are ignored: good enough for user lookup.
+fn read_user_db(mounts: &[Mount]) -> (Option<String>, Option<String>) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            dirs.push(PathBuf::from(&m.source));
+        } else if m.r#type == "overlay" {
+            for o in &m.options {
+                if let Some(u) = o.strip_prefix("upperdir=") {
+                    dirs.insert(0, PathBuf::from(u));
+                } else if let Some(l) = o.strip_prefix("lowerdir=") {
+                    dirs.extend(l.split(':').map(PathBuf::from));
+                }
+            }
+        }
+    }
+    let find = |rel: &str| dirs.iter().find_map(|d| std::fs::read_to_string(d.join(rel)).ok());
+    (find("etc/passwd"), find("etc/group"))
+}
+
+/// A failed image store as an `ErrImagePull` message.
+fn store_error(image: &str, e: store::StoreError) -> RuntimeError {
+    match e {
+        store::StoreError::Image(image::ImageError::Status(s)) if s.code() == Code::Unavailable => {
+            from_status("pull", image, &s)
+        }
+        other => RuntimeError::ImagePull(format!("pull {image}: {other}")),
+    }
+}
+
+impl Runtime for ContainerdRuntime {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for c in self.list_containers().await? {
+                let task = self.get_task(&c.id).await?;
+                let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
+                let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
+                out.push(ActualContainer { id: c.id, labels, task, image_digest });
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+    }
+
+    fn ensure_image<'a>(
+        &'a self,
+        image: &'a str,
+        policy: PullPolicy,
+        progress: Box<dyn Fn(PullProgress) + Send + Sync + 'a>,
+    ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>> {
+        Box::pin(
+            async move {
+                let name = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?.full_name();
+                if policy != PullPolicy::Always {
+                    if let Some(cfg) = self.local_image(&name).await? {
+                        return Ok(cfg);
+                    }
+                    if policy == PullPolicy::Never {
+                        return Err(RuntimeError::ImageNeverPull(format!(
+                            "image {image} is not present and imagePullPolicy is Never"
+                        )));
+                    }
+                }
+                self.pull(image, &name, &*progress).await
+            }
+            .instrument(tracing::info_span!("ensure_image", image)),
+        )
+    }
+
+    fn create<'a>(
+        &'a self,
+        id: &'a str,
+        spec: &'a ContainerSpec,
+        image: &'a ImageConfig,
+        labels: BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.create_inner(id, spec, image, labels).instrument(tracing::info_span!("create", container = id)))
+    }
+
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u32, RuntimeError>> {
+        Box::pin(self.start_inner(id).instrument(tracing::info_span!("start", container = id)))
+    }
+
+    fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(
+            async move {
+                let mut t = TasksClient::new(self.ctx.channel.clone());
+                t.kill(self.ctx.req(KillRequest { container_id: id.to_string(), exec_id: String::new(), signal, all }))
+                    .await
+                    .map_err(|s| from_status("kill", id, &s))?;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("kill", container = id, signal)),
+        )
+    }
+
+    fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(
+            async move {
+                let value = at.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let container = Container {
+                    id: id.to_string(),
+                    labels: HashMap::from([(LABEL_STOP_REQUESTED.to_string(), value)]),
+                    ..Default::default()
+                };
+                // Only this label: the other fields and labels stay as created.
+                let mask = prost_types::FieldMask { paths: vec![format!("labels.{LABEL_STOP_REQUESTED}")] };
+                let mut c = ContainersClient::new(self.ctx.channel.clone());
+                c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
+                    .await
+                    .map_err(|s| from_status("update container", id, &s))?;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("mark_stopping", container = id)),
+        )
+    }
+
+    fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(
+            async move {
+                let mut t = TasksClient::new(self.ctx.channel.clone());
+                match t.delete(self.ctx.req(DeleteTaskRequest { container_id: id.to_string() })).await {
+                    Ok(_) => Ok(()),
+                    Err(s) if s.code() == Code::NotFound => Ok(()),
+                    Err(s) => Err(from_status("delete task", id, &s)),
+                }
+            }
+            .instrument(tracing::info_span!("delete_task", container = id)),
+        )
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.remove_inner(id).instrument(tracing::info_span!("remove", container = id)))
+    }
+
+    fn events(&self) -> BoxStream<'static, String> {
+        events::stream(self.clone())
+    }
+}
+

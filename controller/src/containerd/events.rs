@@ -1,0 +1,119 @@
+//! Task events (exit, start, OOM, delete) as a stream of container ids that
+//! survives containerd restarts.
+//!
+//! Contract: the stream yields the id of every container whose task
+//! started, exited, was OOM-killed or deleted. containerd does not replay
+//! events, so after every (re)subscription (including the first) the stream
+//! also yields the id of EVERY managed container, once the subscription is
+//! known to be live: an exit during an outage then still reaches the
+//! reconciler, which re-reads actual state for each id anyway. The stream
+//! never ends on its own; it stops when dropped.
+
+use std::time::Duration;
+
+use containerd_client::events::{TaskDelete, TaskExit, TaskOom, TaskStart};
+use containerd_client::services::v1::events_client::EventsClient;
+use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use super::ContainerdRuntime;
+
+const TOPICS: &[&str] = &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete"];
+/// Our own marker event: seeing it proves the subscription is registered.
+const SYNC_TOPIC: &str = "/steward/sync";
+
+pub(crate) fn stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
+    let (tx, rx) = mpsc::channel::<String>(1024);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match subscribe_once(&rt, &tx).await {
+                // The receiver is gone: nobody wants events any more.
+                Ok(()) => return,
+                Err(e) => {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "containerd event stream lost; re-subscribing");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|id| (id, rx)) }).boxed()
+}
+
+/// One subscription, until containerd goes away (Err) or the receiver does (Ok).
+async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Result<(), String> {
+    let ns = rt.ctx.namespace.clone();
+    let mut filters: Vec<String> = TOPICS.iter().map(|t| format!("namespace==\"{ns}\",topic==\"{t}\"")).collect();
+    filters.push(format!("namespace==\"{ns}\",topic==\"{SYNC_TOPIC}\""));
+    let mut client = EventsClient::new(rt.ctx.channel.clone());
+    // Subscribe resolves only when the first event arrives, so it runs in
+    // its own task while we publish a marker event to make one arrive.
+    let sub = {
+        let req = rt.ctx.req(SubscribeRequest { filters });
+        tokio::spawn(async move { client.subscribe(req).await })
+    };
+    let publisher = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let mut p = EventsClient::new(rt.ctx.channel.clone());
+            // Repeat until the subscription sees one (it may not be registered
+            // yet when the first is published).
+            for _ in 0..50 {
+                let ev = prost_types::Any { type_url: "steward.dev/Sync".into(), value: Vec::new() };
+                let _ = p.publish(rt.ctx.req(PublishRequest { topic: SYNC_TOPIC.into(), event: Some(ev) })).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let result = async {
+        let mut events = sub.await.map_err(|e| e.to_string())?.map_err(|s| s.to_string())?.into_inner();
+        let mut synced = false;
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|s| s.to_string())?;
+            if ev.topic == SYNC_TOPIC {
+                if !synced {
+                    synced = true;
+                    publisher.abort();
+                    // Live now: whatever happened before is in actual state.
+                    let all = rt.list_ids().await.map_err(|e| e.to_string())?;
+                    tracing::info!(containers = all.len(), "containerd events subscribed; resyncing all");
+                    for id in all {
+                        if tx.send(id).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(any) = ev.event else { continue };
+            let id = match ev.topic.as_str() {
+                "/tasks/exit" => TaskExit::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/tasks/start" => TaskStart::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/tasks/oom" => TaskOom::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/tasks/delete" => TaskDelete::decode(any.value.as_slice()).map(|e| e.container_id),
+                _ => continue,
+            };
+            match id {
+                Ok(id) if !id.is_empty() => {
+                    tracing::debug!(container = %id, topic = %ev.topic, "task event");
+                    if tx.send(id).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(topic = %ev.topic, error = %e, "undecodable containerd event"),
+            }
+        }
+        Err("event stream ended".to_string())
+    }
+    .await;
+    publisher.abort();
+    result
+}
