@@ -160,7 +160,7 @@ async fn spec_limits_are_visible_inside_the_container() {
         "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); ",
         "echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us); ",
         "echo pids=$(cat /sys/fs/cgroup/pids/pids.max); ",
-        "grep -E '^(Uid|Gid|NoNewPrivs|CapEff)' /proc/self/status; ",
+        "grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff)' /proc/self/status; ",
         "echo cwd=$(pwd); echo host=$(hostname); echo greeting=$GREETING; echo path=$PATH; ",
         "echo bind=$(cat /data/hello.txt); touch /data/x 2>/dev/null && echo bind-writable || echo bind-readonly; ",
         "touch /scratch/y && echo tmpfs-ok; grep ' /scratch ' /proc/mounts; ",
@@ -213,6 +213,7 @@ async fn spec_limits_are_visible_inside_the_container() {
     t.wait_stopped(&id2, Duration::from_secs(10)).await;
     let out2 = t.wait_log(&id2, Duration::from_secs(5), |l| l.contains("uid=")).await;
     assert!(out2.contains("uid=33(www) gid=33(www) groups=33(www),50(staff)"), "{out2}");
+    assert!(out.contains("Groups:\t1000"), "{out}");
     let mut spec3 = sh("id");
     spec3.user = Some("ghost".into());
     let e = t.rt.create(&unique("ghost"), &spec3, &image, labels("ghost")).await.unwrap_err();
@@ -383,3 +384,4 @@ async fn supervisor_restarts_containerd_and_events_resume() {
     t.wait_stopped(&id, Duration::from_secs(10)).await;
     t.cleanup().await;
 }
+

@@ -17,8 +17,12 @@ use crate::actual::ImageConfig;
 /// (Docker's and containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Below this, runc cannot even start its init process in the cgroup (the
-/// kernel refuses a limit under the current usage); Docker refuses < 6 MB too.
+/// The smallest memory limit accepted. Measured here (runc 1.1.5, cgroup v1):
+/// runc's init already uses 2-3 MiB when runc sets the limit, and the kernel
+/// refuses a limit under current usage, so 64Ki..2Mi fail at Tasks.Create
+/// with `unable to set memory limit to N (current usage: 2588672, ...)`
+/// and 3Mi passes only sometimes. Docker's minimum, 6 MB, leaves a margin;
+/// below it the error names the field before anything is created.
 pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
 /// The default CFS period; the quota is `cpu cores x period`.
@@ -172,12 +176,12 @@ pub fn effective_user<'a>(spec: &'a ContainerSpec, image: &'a ImageConfig) -> &'
 /// Resolves `user[:group]` (names or numbers) to ids. `passwd` and `group`
 /// are the contents of the image's `/etc/passwd` and `/etc/group`, when it
 /// has them. As Docker: a numeric uid without a group takes the gid of its
-/// passwd entry if there is one, else 0; additional gids come from
-/// `/etc/group` memberships of the user's name.
+/// passwd entry if there is one, else 0; additional gids are the primary
+/// gid and the `/etc/group` memberships of the user's name.
 pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<UserIds, SpecError> {
     let user = user.trim();
     if user.is_empty() {
-        return Ok(UserIds::default());
+        return Ok(UserIds { uid: 0, gid: 0, additional_gids: vec![0] });
     }
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -233,12 +237,15 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
             },
         },
     };
-    let mut additional_gids: Vec<u32> = match name {
-        Some(name) => group_entries.iter().filter(|e| e.2.contains(&name) && e.1 != gid).map(|e| e.1).collect(),
-        None => Vec::new(),
-    };
-    additional_gids.sort_unstable();
-    additional_gids.dedup();
+    // As Docker: the primary group first, then the user's memberships.
+    let mut additional_gids = vec![gid];
+    if let Some(name) = name {
+        for e in group_entries.iter().filter(|e| e.2.contains(&name)) {
+            if !additional_gids.contains(&e.1) {
+                additional_gids.push(e.1);
+            }
+        }
+    }
     Ok(UserIds { uid, gid, additional_gids })
 }
 
@@ -483,13 +490,13 @@ mod tests {
         let group = "root:x:0:\ndata:x:34:\nextra:x:50:www,other\n";
         let ids = |uid, gid, add: &[u32]| Ok(UserIds { uid, gid, additional_gids: add.to_vec() });
         let cases: Vec<(&str, Option<&str>, Option<&str>, Result<UserIds, ()>)> = vec![
-            ("", None, None, ids(0, 0, &[])),
-            ("1000", None, None, ids(1000, 0, &[])),
-            ("1000:1000", None, None, ids(1000, 1000, &[])),
-            ("33", Some(passwd), Some(group), ids(33, 34, &[50])),
-            ("www", Some(passwd), Some(group), ids(33, 34, &[50])),
-            ("www:root", Some(passwd), Some(group), ids(33, 0, &[50])),
-            ("www:7", Some(passwd), Some(group), ids(33, 7, &[50])),
+            ("", None, None, ids(0, 0, &[0])),
+            ("1000", None, None, ids(1000, 0, &[0])),
+            ("1000:1000", None, None, ids(1000, 1000, &[1000])),
+            ("33", Some(passwd), Some(group), ids(33, 34, &[34, 50])),
+            ("www", Some(passwd), Some(group), ids(33, 34, &[34, 50])),
+            ("www:root", Some(passwd), Some(group), ids(33, 0, &[0, 50])),
+            ("www:7", Some(passwd), Some(group), ids(33, 7, &[7, 50])),
             ("nobody", Some(passwd), Some(group), Err(())),
             ("www", None, None, Err(())),
             ("1:nogroup", Some(passwd), None, Err(())),
