@@ -153,6 +153,8 @@ impl Drop for TestContainerd {
         })
         .join();
         drop(self.supervisor.take());
+        // runc's per-namespace state directory (empty once all is deleted).
+        let _ = std::fs::remove_dir(format!("/run/containerd/runc/{}", self.namespace));
     }
 }
 
