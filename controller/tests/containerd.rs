@@ -112,6 +112,10 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
     let task = c.task.clone().expect("task");
     assert_eq!((task.status, task.pid, task.exit_code), (TaskStatus::Running, pid, None));
 
+    let found = t.rt.find("u-1").await.unwrap();
+    assert_eq!(found.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    assert!(t.rt.find("someone-else").await.unwrap().is_empty());
+
     t.rt.mark_stopping(&id, steward_schema::Time(chrono::Utc::now())).await.expect("mark");
     let c = t.rt.list().await.unwrap().into_iter().find(|c| c.id == id).unwrap();
     assert!(!c.label(LABEL_STOP_REQUESTED).is_empty());

@@ -21,7 +21,9 @@
 //! exits at end of file, so the last lines are never lost.
 //!
 //! Files: `ROOT/<namespace>/<id>.log`, rotated by size to `.log.1` ...
-//! `.log.<max-files - 1>`; lines in the CRI format
+//! `.log.<max-files - 1>`. A driver starting for a new task of the same
+//! container first moves the last task's files to `<id>.previous.log*`
+//! (what `logs --previous` reads). Lines in the CRI format
 //! `2026-11-25T10:00:00.123456789Z stdout F hello` (`P` = partial line, the
 //! rest follows in the next record).
 
@@ -134,8 +136,44 @@ pub fn log_files(base: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Removes a container's log files; missing ones are fine.
+/// `<id>.previous.log` for `<id>.log`.
+pub fn previous_base(base: &Path) -> PathBuf {
+    let name = base.file_name().and_then(|n| n.to_str()).unwrap_or("x.log");
+    let stem = name.strip_suffix(".log").unwrap_or(name);
+    base.with_file_name(format!("{stem}.previous.log"))
+}
+
+/// Moves the files of the last task to `<id>.previous.log*`, replacing any
+/// older previous files.
+pub fn keep_as_previous(base: &Path) -> io::Result<()> {
+    let current = log_files(base);
+    if current.is_empty() {
+        return Ok(());
+    }
+    let prev = previous_base(base);
+    remove_files(&log_files(&prev))?;
+    let base_name = base.to_string_lossy().into_owned();
+    let prev_name = prev.to_string_lossy().into_owned();
+    for f in current {
+        let suffix = f.to_string_lossy()[base_name.len()..].to_string();
+        std::fs::rename(&f, format!("{prev_name}{suffix}"))?;
+    }
+    Ok(())
+}
+
+fn remove_files(files: &[PathBuf]) -> io::Result<()> {
+    for f in files {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes a container's log files (current and previous); missing ones are fine.
 pub fn remove_logs(base: &Path) -> io::Result<()> {
+    remove_files(&log_files(&previous_base(base)))?;
     for f in log_files(base) {
         match std::fs::remove_file(&f) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -253,6 +291,7 @@ pub fn run_log_driver(log_root: &Path) -> io::Result<()> {
         if let Some(dir) = base.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        keep_as_previous(&base)?;
         RotatingLog::open(base.clone(), cfg.max_size, cfg.max_files)
     })();
     // Ready (or failed): the shim waits for this before starting the task.
@@ -395,8 +434,13 @@ mod tests {
         let future = Utc::now() + chrono::Duration::seconds(60);
         let none = read_logs(dir.path(), "ns", "c1", &LogOptions { since: Some(future), ..Default::default() }).unwrap();
         assert_eq!(none, "");
-        remove_logs(&base).unwrap();
+        keep_as_previous(&base).unwrap();
         assert!(log_files(&base).is_empty());
+        let prev = log_files(&previous_base(&base));
+        assert_eq!(prev.len(), 3, "{prev:?}");
+        assert!(prev.last().unwrap().ends_with("c1.previous.log"));
+        remove_logs(&base).unwrap();
+        assert!(log_files(&previous_base(&base)).is_empty());
     }
 
     #[test]

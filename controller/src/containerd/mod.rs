@@ -53,7 +53,7 @@ use tracing::Instrument;
 
 use crate::actual::{
     ActualContainer, ImageConfig, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_STOP_REQUESTED, MANAGED_BY,
+    LABEL_NAME, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
 };
 use errors::{create_error, from_status};
 use logdriver::LogDriverConfig;
@@ -257,8 +257,12 @@ impl ContainerdRuntime {
     }
 
     async fn list_containers(&self) -> Result<Vec<Container>, RuntimeError> {
+        self.list_filtered(format!("labels.\"{LABEL_MANAGED_BY}\"==\"{MANAGED_BY}\"")).await
+    }
+
+    /// Containers matching one containerd filter (comma = AND).
+    async fn list_filtered(&self, filter: String) -> Result<Vec<Container>, RuntimeError> {
         let mut c = ContainersClient::new(self.ctx.channel.clone());
-        let filter = format!("labels.\"{LABEL_MANAGED_BY}\"=={MANAGED_BY}");
         let r = c
             .list(self.ctx.req(ListContainersRequest { filters: vec![filter] }))
             .await
@@ -499,19 +503,38 @@ fn store_error(image: &str, e: store::StoreError) -> RuntimeError {
     }
 }
 
+impl ContainerdRuntime {
+    /// Containers with their tasks (Tasks.Get each: Tasks.List ignores
+    /// filters and leaves `container_id` empty on 1.6).
+    async fn with_tasks(&self, containers: Vec<Container>) -> Result<Vec<ActualContainer>, RuntimeError> {
+        let mut out = Vec::new();
+        for c in containers {
+            let task = self.get_task(&c.id).await?;
+            let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
+            let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
+            out.push(ActualContainer { id: c.id, labels, task, image_digest });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
 impl Runtime for ContainerdRuntime {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            for c in self.list_containers().await? {
-                let task = self.get_task(&c.id).await?;
-                let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
-                let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
-                out.push(ActualContainer { id: c.id, labels, task, image_digest });
+        Box::pin(async move { self.with_tasks(self.list_containers().await?).await })
+    }
+
+    fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>> {
+        Box::pin(
+            async move {
+                let uid_q = uid.replace('\\', "\\\\").replace('"', "\\\"");
+                let filter = format!(
+                    "labels.\"{LABEL_MANAGED_BY}\"==\"{MANAGED_BY}\",labels.\"{LABEL_UID}\"==\"{uid_q}\""
+                );
+                self.with_tasks(self.list_filtered(filter).await?).await
             }
-            out.sort_by(|a, b| a.id.cmp(&b.id));
-            Ok(out)
-        })
+            .instrument(tracing::debug_span!("find", uid)),
+        )
     }
 
     fn ensure_image<'a>(
