@@ -396,6 +396,7 @@ pub fn hostname_for(name: Option<&str>, id: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
     use steward_schema::quantity::Quantity;
