@@ -6,13 +6,21 @@ DATA_DIR  ?= $(CURDIR)/data
 LISTEN    ?= 127.0.0.1:7420
 APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test deps build release schema fmt lint clean bench-store deps-bench
+.PHONY: run test deps deps-e2e build release schema fmt lint clean bench-store deps-bench
 
-# Build-time needs: a C compiler for SQLite (bundled by sqlx) and the Rust
-# toolchain the machine ships. Tests need no other service yet.
+# Debian packages: gcc (SQLite, bundled by sqlx), protoc (containerd's gRPC
+# API), containerd and runc (what steward drives), and for the e2e suite a
+# local registry, skopeo to push to it, and busybox for the test image.
+DEB_PACKAGES := gcc protobuf-compiler containerd runc docker-registry skopeo busybox-static
+DEB_PROBES   := cc protoc containerd runc docker-registry skopeo /bin/busybox
+
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
-	@command -v cc >/dev/null || { $(APT_GET) update && $(APT_GET) install -y gcc; }
+	@missing=0; for p in $(DEB_PROBES); do command -v $$p >/dev/null 2>&1 || [ -x $$p ] || missing=1; done; \
+	if [ $$missing = 1 ]; then $(APT_GET) update && $(APT_GET) install -y $(DEB_PACKAGES); fi
+
+# What the e2e suite needs (the same list: `make test` runs it).
+deps-e2e: deps
 
 build: deps
 	$(CARGO) build --workspace
@@ -20,7 +28,8 @@ build: deps
 release: deps
 	$(CARGO) build --release -p steward
 
-# Starts steward in the foreground on $(LISTEN) with its state in $(DATA_DIR).
+# Starts steward in the foreground on $(LISTEN) with its state in $(DATA_DIR),
+# supervising its own containerd under $(DATA_DIR)/containerd.
 run: release
 	./target/release/steward serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 

@@ -57,6 +57,13 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Manage images in the container runtime.
     Image(image::ImageArgs),
+    /// containerd's shim runs this as the containers' log driver
+    /// (`binary://` log URI); not for people.
+    #[command(hide = true)]
+    LogDriver {
+        /// Log root, with optional `?max-size=BYTES&max-files=N`.
+        arg: String,
+    },
 }
 
 /// What every client verb needs: the server and the namespace flag.
@@ -130,13 +137,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
+        Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    if let Command::LogDriver { arg } = &cli.command {
+        // Plain blocking I/O in its own process: no async runtime needed.
+        return match steward_controller::containerd::logdriver::run_log_driver(std::path::Path::new(arg)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("steward log-driver: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if matches!(cli.command, Command::Serve(_)) {
+        init_logging();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
@@ -144,6 +171,15 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs of `serve` go to stderr through `tracing`; `RUST_LOG` filters
+/// (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
 }
 
 #[cfg(test)]

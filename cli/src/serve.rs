@@ -1,13 +1,19 @@
-//! `steward serve`: the API server on a durable store, in one process.
-//!
-//! Controllers (and the supervised containerd) join this process in the
-//! next step; until then `serve` runs the API alone.
+//! `steward serve`: the API server on a durable store and the controllers,
+//! in one process. Without `--containerd-socket` it starts and supervises
+//! its own containerd under `DATA/containerd`. Stopping steward never stops
+//! containers: containerd's shims keep them, and the next start adopts them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use futures_util::future::BoxFuture;
+use steward_controller::containerd::supervisor::Supervisor;
+use steward_controller::containerd::{ContainerdConfig, ContainerdRuntime};
+use steward_controller::manager::{self, ManagerConfig};
 use tokio::net::TcpListener;
 
 #[derive(clap::Args, Debug)]
@@ -21,6 +27,15 @@ pub struct ServeArgs {
     /// Run without controllers (API and store only).
     #[arg(long)]
     pub no_controller: bool,
+    /// Use this containerd instead of starting one under DATA/containerd.
+    #[arg(long, env = "STEWARD_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+    /// The containerd namespace steward's containers live in.
+    #[arg(long, default_value = "steward")]
+    pub containerd_namespace: String,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -57,18 +72,81 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
+    let mut api = steward_apiserver::Config { max_body_bytes: args.max_body_bytes, ..Default::default() };
+
+    // The runtime first: the API serves logs and image imports through it.
+    let mut supervisor = None;
+    let mut runtime = None;
     if !args.no_controller {
-        tracing::warn!("controllers are not part of this build yet; serving the API only");
+        let socket = match &args.containerd_socket {
+            Some(s) => s.clone(),
+            None => {
+                let sup = Supervisor::start(&args.data_dir).await.context("starting containerd")?;
+                let s = sup.socket().to_path_buf();
+                supervisor = Some(sup);
+                s
+            }
+        };
+        let log_root = args.data_dir.join("logs");
+        let mut cfg = ContainerdConfig::new(&socket, &log_root);
+        cfg.namespace = args.containerd_namespace.clone();
+        let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
+        api.logs_dir = Some(log_root.join(&args.containerd_namespace));
+        api.images = Some(Arc::new(Importer(rt.clone())));
+        api.upload_dir = Some(args.data_dir.join("tmp"));
+        runtime = Some(Arc::new(rt));
     }
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "steward serving");
+
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), controllers = runtime.is_some(), "steward serving");
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {addr}");
 
-    let api = steward_apiserver::Config { max_body_bytes: args.max_body_bytes, ..Default::default() };
-    steward_apiserver::serve(listener, store, api, shutdown_signal()).await?;
+    // On a signal the controllers stop first (finishing reconciles in
+    // flight, which talk to the API), then the API server.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (controllers_done_tx, controllers_done) = tokio::sync::oneshot::channel::<()>();
+    if let Some(rt) = runtime {
+        let server = format!("http://{addr}");
+        let mut cfg = ManagerConfig::default();
+        cfg.controller.concurrency = args.concurrency;
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            manager::run(&server, rt, cfg, stop).await;
+            let _ = controllers_done_tx.send(());
+        });
+    } else {
+        drop(controllers_done_tx);
+    }
+    let api_stop = {
+        let stop = stopped(stop_rx);
+        async move {
+            stop.await;
+            let _ = controllers_done.await;
+        }
+    };
+    steward_apiserver::serve(listener, store, api, api_stop).await?;
+    if let Some(sup) = supervisor {
+        sup.shutdown().await;
+    }
     drop(lock);
-    tracing::info!("steward stopped");
+    tracing::info!("steward stopped; containers keep running");
     Ok(())
+}
+
+/// Image archives uploaded to the API go into containerd.
+struct Importer(ContainerdRuntime);
+
+impl steward_apiserver::ImageImporter for Importer {
+    fn import<'a>(&'a self, path: &'a std::path::Path) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move { self.0.import_archive(path).await.map_err(|e| e.to_string()) })
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,319 @@
+//! End-to-end harness: REAL components, really started. A local registry
+//! (Debian's `docker-registry`) serving a busybox test image, and a
+//! `steward serve` that supervises its own containerd, driven as a user
+//! would: through the `steward` CLI and the HTTP API, with containerd
+//! checked directly through `ctr`.
+//!
+//! A missing dependency fails the test with the command that installs it;
+//! nothing is skipped.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const INSTALL: &str = "apt-get install -y containerd runc docker-registry skopeo busybox-static (or: make deps-e2e)";
+
+/// Fails (never skips) when a tool the suite needs is missing.
+pub fn require_tools() {
+    for tool in ["containerd", "runc", "ctr", "docker-registry", "skopeo"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(found, "e2e needs `{tool}` on PATH: {INSTALL}");
+    }
+    assert!(Path::new("/bin/busybox").is_file(), "e2e needs /bin/busybox: {INSTALL}");
+}
+
+/// The `steward` binary of this workspace (built by `make test` before the
+/// suite runs), or `$STEWARD_BIN`.
+pub fn steward_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STEWARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/steward");
+    assert!(bin.is_file(), "{} not built: run `cargo build -p steward` (make test does)", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` saying `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process killed on drop, with its output kept for failure messages.
+pub struct Proc {
+    pub child: Child,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| {
+            panic!("cannot start {cmd:?}: {e}; {INSTALL}")
+        });
+        let output = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let out = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut o) = out.lock() {
+                        o.push_str(&line);
+                        o.push('\n');
+                    }
+                }
+            });
+        }
+        Proc { child, output }
+    }
+
+    pub fn logs(&self) -> String {
+        self.output.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A local registry on loopback serving `busybox:1.36`.
+pub struct Registry {
+    pub addr: String,
+    pub archive: PathBuf,
+    _proc: Proc,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .expect("write registry config");
+        let proc = Proc::spawn(Command::new("docker-registry").arg("serve").arg(&config));
+        wait_for("the registry to answer", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok()
+        });
+        let image = steward_testimage::build_busybox_oci_archive_named(dir, &format!("{addr}/busybox:1.36"))
+            .expect("build the busybox test image");
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", image.archive.display()))
+            .arg(format!("docker://{addr}/busybox:1.36"))
+            .output()
+            .unwrap_or_else(|e| panic!("skopeo: {e}; {INSTALL}"));
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+        Registry { addr, archive: image.archive, _proc: proc }
+    }
+
+    pub fn image(&self) -> String {
+        format!("{}/busybox:1.36", self.addr)
+    }
+}
+
+/// `steward serve` with its own supervised containerd (the `make run` path).
+pub struct Steward {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub proc: Proc,
+}
+
+impl Steward {
+    pub fn start(data_dir: &Path) -> Steward {
+        let (url, proc) = Self::spawn(data_dir);
+        Steward { url, data_dir: data_dir.to_path_buf(), proc }
+    }
+
+    /// SIGKILLs steward (containers and containerd live on) and starts a
+    /// new one on the same data dir.
+    pub fn kill_and_restart(&mut self) {
+        self.proc.kill();
+        let (url, proc) = Self::spawn(&self.data_dir);
+        self.url = url;
+        self.proc = proc;
+    }
+
+    fn spawn(data_dir: &Path) -> (String, Proc) {
+        let mut cmd = Command::new(steward_bin());
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        let mut proc = Proc::spawn(&mut cmd);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => format!("http://{}", line.trim_start_matches("listening on ").trim()),
+            Err(_) => panic!("steward serve did not start:\n{}", proc.logs()),
+        };
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        (url, proc)
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(steward_bin()).arg("--server").arg(&self.url).args(args).output().expect("run steward")
+    }
+
+    /// Runs the CLI, panicking with its output unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "steward {args:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.proc.logs()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn apply(&self, dir: &Path, name: &str, yaml: &str) -> String {
+        let f = dir.join(format!("{name}.yaml"));
+        std::fs::write(&f, yaml).expect("write manifest");
+        self.ok(&["apply", "-f", &f.to_string_lossy()])
+    }
+
+    pub fn get(&self, name: &str) -> Option<Value> {
+        let o = self.cli(&["get", "containers", name, "-o", "json"]);
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).ok()).flatten()
+    }
+
+    /// Waits until the object satisfies `check`.
+    pub fn wait(&self, name: &str, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let o = self.get(name);
+            if let Some(v) = &o {
+                if check(v) {
+                    return v.clone();
+                }
+            }
+            last = o.or(last);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name}: {what}\nlast: {last:#?}\nserver log (tail):\n{}",
+                tail(&self.proc.logs(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ctr` against this steward's containerd.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        let sock = self.data_dir.join("containerd/containerd.sock");
+        let o = Command::new("ctr")
+            .arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "steward"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ctr: {e}; {INSTALL}"));
+        assert!(o.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Ids (first column, header dropped) of `ctr <what> ls -q`-style output.
+    pub fn ctr_ids(&self, what: &str) -> Vec<String> {
+        self.ctr(&[what, "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+impl Drop for Steward {
+    /// Containers outlive steward by design, so a test must remove its own:
+    /// stop steward (else it restarts what we delete), force-delete every
+    /// task and container through the containerd it leaves running, then
+    /// stop that containerd and anything else of this data dir.
+    fn drop(&mut self) {
+        self.proc.kill();
+        let sock = self.data_dir.join("containerd/containerd.sock");
+        let ctr = |args: &[&str]| {
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&sock)
+                .args(["--namespace", "steward"])
+                .args(args)
+                .output()
+                .ok()
+                .map(|o| {
+                    if !o.status.success() {
+                        eprintln!("cleanup: ctr {args:?}: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    }
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                })
+                .unwrap_or_default()
+        };
+        for id in ctr(&["containers", "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()) {
+            ctr(&["tasks", "delete", "--force", id]);
+            ctr(&["containers", "rm", id]);
+        }
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        for pid in pids_mentioning(&dir) {
+            // SAFETY: kill(2) takes plain integers; no memory is shared.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn phase(v: &Value) -> &str {
+    v.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default()
+}
+
+pub fn waiting_reason(v: &Value) -> &str {
+    v.pointer("/status/state/waiting/reason").and_then(Value::as_str).unwrap_or_default()
+}

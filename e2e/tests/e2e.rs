@@ -1,0 +1,191 @@
+//! steward end to end: real containerd, real registry, real `steward serve`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use steward_e2e::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Fields drop in order: steward (which removes its containers) before the
+/// registry, and both before the directory they live in.
+struct Env {
+    steward: Steward,
+    registry: Registry,
+    dir: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let steward = Steward::start(&dir.path().join("data"));
+    Env { steward, registry, dir }
+}
+
+fn manifest(name: &str, image: &str, extra: &str) -> String {
+    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
+}
+
+fn container_id(v: &Value) -> String {
+    v.pointer("/status/containerID").and_then(Value::as_str).unwrap_or_default().trim_start_matches("containerd://").to_string()
+}
+
+#[test]
+fn runs_with_env_args_workdir_user_limits_and_logs() {
+    let e = env();
+    let s = &e.steward;
+    let script = "echo hello from steward; echo GREETING=$GREETING; id; pwd; cat /proc/self/cgroup; \
+                  for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max; do \
+                  [ -f $f ] && echo $f=$(cat $f); done; exec sleep 3600";
+    let out = s.apply(
+        e.dir.path(),
+        "web",
+        &manifest(
+            "web",
+            &e.registry.image(),
+            &format!(
+                "  command: [/bin/sh, -c]\n  args: [\"{script}\"]\n  env: [{{name: GREETING, value: bonjour}}]\n  workingDir: /tmp\n  user: \"1000:1000\"\n  resources:\n    limits: {{memory: 64Mi, cpu: \"500m\", pids: 128}}\n"
+            ),
+        ),
+    );
+    assert!(out.contains("container.steward.dev/web created"), "{out}");
+    let v = s.wait("web", "Running", T, |v| phase(v) == "Running");
+    let pid = v["status"]["pid"].as_u64().expect("pid") as u32;
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} is not a live process");
+    // The task containerd runs has that pid.
+    let tasks = s.ctr(&["tasks", "ls"]);
+    let id = container_id(&v);
+    assert!(tasks.lines().any(|l| l.contains(&id) && l.contains(&pid.to_string()) && l.contains("RUNNING")), "{tasks}");
+    assert!(v["status"]["imageDigest"].as_str().unwrap_or_default().starts_with("sha256:"));
+    assert_eq!(v["status"]["conditions"][0]["status"], "True");
+
+    let logs = wait_for("the container's output", T, || {
+        let l = s.ok(&["logs", "web"]);
+        l.contains("pids").then_some(l)
+    });
+    assert!(logs.contains("hello from steward"), "{logs}");
+    assert!(logs.contains("GREETING=bonjour"), "{logs}");
+    assert!(logs.contains("uid=1000 gid=1000"), "{logs}");
+    assert!(logs.lines().any(|l| l == "/tmp"), "workingDir: {logs}");
+    assert!(logs.contains(&(64 * 1024 * 1024).to_string()), "memory limit not applied: {logs}");
+    assert!(logs.lines().any(|l| l.contains("pids") && l.ends_with("=128")), "pids limit not applied: {logs}");
+    // Timestamps and tail.
+    let ts = s.ok(&["logs", "web", "--timestamps", "--tail", "1"]);
+    assert_eq!(ts.lines().count(), 1, "{ts}");
+    assert!(ts.starts_with("20"), "{ts}");
+}
+
+#[test]
+fn exits_follow_restart_policies_with_crash_loop_backoff() {
+    let e = env();
+    let s = &e.steward;
+    let img = e.registry.image();
+    s.apply(e.dir.path(), "ok", &manifest("ok", &img, "  command: [/bin/sh, -c, \"echo done; exit 0\"]\n  restartPolicy: OnFailure\n"));
+    s.apply(e.dir.path(), "crash", &manifest("crash", &img, "  command: [/bin/sh, -c, \"echo crashing; exit 1\"]\n  restartPolicy: Always\n"));
+    let v = s.wait("ok", "Succeeded", T, |v| phase(v) == "Succeeded");
+    assert_eq!(v["status"]["state"]["terminated"]["exitCode"], 0);
+    let v = s.wait("crash", "CrashLoopBackOff after a restart", T, |v| {
+        waiting_reason(v) == "CrashLoopBackOff" && v["status"]["restartCount"].as_i64() >= Some(1)
+    });
+    assert_eq!(v["status"]["lastState"]["terminated"]["exitCode"], 1);
+    // The 10 s backoff passes and it restarts again.
+    let v = s.wait("crash", "a second restart", Duration::from_secs(40), |v| v["status"]["restartCount"].as_i64() >= Some(2));
+    assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains("back-off") || phase(&v) == "Running");
+    let prev = s.ok(&["logs", "crash", "--previous"]);
+    assert!(prev.contains("crashing"), "{prev}");
+}
+
+#[test]
+fn spec_change_replaces_the_container_and_delete_cleans_containerd() {
+    let e = env();
+    let s = &e.steward;
+    let img = e.registry.image();
+    s.apply(e.dir.path(), "app", &manifest("app", &img, "  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 2\n"));
+    let v1 = s.wait("app", "Running", T, |v| phase(v) == "Running");
+    let old = container_id(&v1);
+    let out = s.apply(e.dir.path(), "app", &manifest("app", &img, "  command: [sleep, \"3601\"]\n  terminationGracePeriodSeconds: 2\n"));
+    assert!(out.contains("configured"), "{out}");
+    let v2 = s.wait("app", "a new container running", T, |v| phase(v) == "Running" && container_id(v) != old && v["status"]["pid"].is_u64());
+    let new = container_id(&v2);
+    let containers = s.ctr_ids("containers");
+    assert_eq!(containers, [new.clone()], "old container {old} still in containerd");
+
+    let out = s.ok(&["delete", "containers", "app", "--wait", "--timeout", "60s"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(s.get("app").is_none());
+    assert!(s.ctr_ids("containers").is_empty(), "container left in containerd");
+    assert!(s.ctr(&["tasks", "ls"]).lines().skip(1).all(|l| l.trim().is_empty()), "task left in containerd");
+    let snaps = s.ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"]);
+    assert!(!snaps.lines().any(|l| l.contains(&new) || l.contains(&old)), "snapshot left: {snaps}");
+}
+
+#[test]
+fn image_import_then_run_without_a_registry() {
+    let e = env();
+    let s = &e.steward;
+    let built = steward_testimage::build_busybox_oci_archive_named(&e.dir.path().join("airgap"), "airgap.local/busybox:offline").expect("image");
+    let out = s.ok(&["image", "import", &built.archive.to_string_lossy()]);
+    assert!(out.contains("airgap.local/busybox:offline"), "{out}");
+    s.apply(
+        e.dir.path(),
+        "offline",
+        &manifest("offline", "airgap.local/busybox:offline", "  imagePullPolicy: Never\n  command: [sleep, \"3600\"]\n"),
+    );
+    s.wait("offline", "Running", T, |v| phase(v) == "Running");
+}
+
+#[test]
+fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
+    let e = env();
+    let s = &e.steward;
+    let img = e.registry.image();
+    let dir = e.dir.path();
+    s.apply(dir, "nope", &manifest("nope", &format!("{}/nope:1", e.registry.addr), ""));
+    let port = free_port();
+    s.apply(dir, "unreach", &manifest("unreach", &format!("127.0.0.1:{port}/busybox:1"), ""));
+    s.apply(dir, "nocmd", &manifest("nocmd", &img, "  command: [/no/such/binary]\n"));
+    s.apply(dir, "nomount", &manifest("nomount", &img, "  command: [sleep, \"3600\"]\n  mounts: [{type: bind, source: /no/such/dir, target: /data}]\n"));
+    s.apply(dir, "tinymem", &manifest("tinymem", &img, "  command: [sleep, \"3600\"]\n  resources: {limits: {memory: 1Ki}}\n"));
+    s.apply(dir, "good", &manifest("good", &img, "  command: [sleep, \"3600\"]\n"));
+
+    let v = s.wait("nope", "ImagePullBackOff", T, |v| waiting_reason(v) == "ImagePullBackOff");
+    let msg = v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("nope"), "{msg}");
+    let v = s.wait("unreach", "ErrImagePull/ImagePullBackOff", T, |v| waiting_reason(v).contains("ImagePull"));
+    assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains(&port.to_string()));
+    let v = s.wait("nocmd", "CreateContainerError", T, |v| waiting_reason(v) == "CreateContainerError");
+    assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains("/no/such/binary"), "{v:#?}");
+    let v = s.wait("nomount", "CreateContainerError", T, |v| waiting_reason(v) == "CreateContainerError");
+    assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains("/no/such/dir"), "{v:#?}");
+    s.wait("tinymem", "an error state", T, |v| {
+        waiting_reason(v) == "CreateContainerError" || waiting_reason(v) == "CrashLoopBackOff" || phase(v) == "Failed"
+    });
+    s.wait("good", "Running", T, |v| phase(v) == "Running");
+
+    for n in ["nope", "unreach", "nocmd", "nomount", "tinymem"] {
+        s.ok(&["delete", "containers", n, "--wait", "--timeout", "60s"]);
+    }
+    let left = s.ctr_ids("containers");
+    assert_eq!(left.len(), 1, "leaked containers: {left:?}");
+    assert!(left[0].starts_with("default.good."), "{left:?}");
+}
+
+#[test]
+fn containers_outlive_steward_and_are_adopted() {
+    let mut e = env();
+    let img = e.registry.image();
+    e.steward.apply(e.dir.path(), "survivor", &manifest("survivor", &img, "  command: [sleep, \"3600\"]\n"));
+    let v = e.steward.wait("survivor", "Running", T, |v| phase(v) == "Running");
+    let pid = v["status"]["pid"].as_u64().expect("pid");
+    // SIGKILL steward: the container keeps running; a new steward on the
+    // same data dir adopts it: same pid, no restart.
+    e.steward.kill_and_restart();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the container died with steward");
+    let v = e.steward.wait("survivor", "Running after restart", T, |v| phase(v) == "Running");
+    assert_eq!(v["status"]["pid"].as_u64(), Some(pid));
+    assert_eq!(v["status"]["restartCount"].as_i64().unwrap_or(0), 0);
+    e.steward.ok(&["delete", "containers", "survivor", "--wait"]);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true));
+}
