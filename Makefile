@@ -6,13 +6,13 @@ DATA_DIR  ?= $(CURDIR)/data
 LISTEN    ?= 127.0.0.1:7420
 APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test deps deps-e2e build release schema fmt lint clean bench-store deps-bench
+.PHONY: run registry test deps deps-e2e build release schema fmt lint clean bench-store deps-bench bench-reconcile
 
 # Debian packages: gcc (SQLite, bundled by sqlx), protoc (containerd's gRPC
 # API), containerd and runc (what steward drives), and for the e2e suite a
 # local registry, skopeo to push to it, and busybox for the test image.
-DEB_PACKAGES := gcc protobuf-compiler containerd runc docker-registry skopeo busybox-static
-DEB_PROBES   := cc protoc containerd runc docker-registry skopeo /bin/busybox
+DEB_PACKAGES := gcc curl protobuf-compiler containerd runc docker-registry skopeo busybox-static
+DEB_PROBES   := cc curl protoc containerd runc docker-registry skopeo /bin/busybox
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }
@@ -29,9 +29,30 @@ release: deps
 	$(CARGO) build --release -p steward
 
 # Starts steward in the foreground on $(LISTEN) with its state in $(DATA_DIR),
-# supervising its own containerd under $(DATA_DIR)/containerd.
-run: release
+# supervising its own containerd under $(DATA_DIR)/containerd. First makes
+# sure a local registry serves $(REGISTRY)/busybox:1.36, the image of the
+# example manifests.
+run: release registry
 	./target/release/steward serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+REGISTRY ?= 127.0.0.1:5000
+
+# A local registry (Debian's docker-registry, state in $(DATA_DIR)/registry)
+# holding a busybox image built from busybox-static; left running.
+registry: deps
+	@mkdir -p $(DATA_DIR)/registry
+	@if ! curl -sf http://$(REGISTRY)/v2/ >/dev/null 2>&1; then \
+		printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' \
+			$(DATA_DIR)/registry/storage $(REGISTRY) > $(DATA_DIR)/registry/config.yml; \
+		nohup docker-registry serve $(DATA_DIR)/registry/config.yml > $(DATA_DIR)/registry/registry.log 2>&1 & \
+		for i in $$(seq 50); do curl -sf http://$(REGISTRY)/v2/ >/dev/null 2>&1 && break; sleep 0.1; done; \
+	fi
+	@curl -sf http://$(REGISTRY)/v2/ >/dev/null || { echo "error: no registry at $(REGISTRY); see $(DATA_DIR)/registry/registry.log" >&2; exit 1; }
+	@if ! curl -sf -o /dev/null http://$(REGISTRY)/v2/busybox/manifests/1.36 -H 'Accept: application/vnd.oci.image.index.v1+json'; then \
+		$(CARGO) run -q --release -p steward-testimage --bin build-busybox-image -- $(DATA_DIR)/images $(REGISTRY)/busybox:1.36 >/dev/null && \
+		skopeo copy --quiet --dest-tls-verify=false oci-archive:$(DATA_DIR)/images/busybox-oci.tar docker://$(REGISTRY)/busybox:1.36 && \
+		echo "pushed $(REGISTRY)/busybox:1.36"; \
+	fi
 
 # Every test: unit, API integration, CLI against the real binary, and the
 # crash-durability test (SIGKILL under load, 20+ cycles).
@@ -54,6 +75,15 @@ deps-bench:
 bench-store: deps deps-bench
 	$(CARGO) build --release -p steward
 	$(CARGO) run --release -p steward --example bench_store
+
+# Reconciler benchmark on one containerd (steward's supervised one): 50
+# sleepers by `ctr run` (the floor) vs one `steward apply` until all Running,
+# deletes of both, steward's idle CPU and RSS with the 50 running, and podman
+# when installed. Prints a markdown table; about 2 minutes. Knobs: BENCH_N,
+# BENCH_IDLE_SECS, BENCH_STEWARD_LOG (with RUST_LOG=steward_controller=debug).
+bench-reconcile: deps
+	$(CARGO) build --release -p steward
+	STEWARD_BIN=$(CURDIR)/target/release/steward $(CARGO) run --release -p steward-e2e --example bench_reconcile
 
 # Regenerates manifests/schema/container.json from the code.
 schema:
