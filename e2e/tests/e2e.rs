@@ -152,7 +152,7 @@ fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
 
     let v = s.wait("nope", "ImagePullBackOff", T, |v| waiting_reason(v) == "ImagePullBackOff");
     let msg = v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
-    assert!(msg.contains("nope"), "{msg}");
+    assert!(msg.contains("nope") && msg.contains("manifest unknown"), "the registry's message is not shown: {msg}");
     let v = s.wait("unreach", "ErrImagePull/ImagePullBackOff", T, |v| waiting_reason(v).contains("ImagePull"));
     assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains(&port.to_string()));
     let v = s.wait("nocmd", "CreateContainerError", T, |v| waiting_reason(v) == "CreateContainerError");

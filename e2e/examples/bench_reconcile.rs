@@ -1,0 +1,607 @@
+//! `make bench-reconcile`: how fast steward brings 50 containers up and
+//! down compared with driving the SAME containerd (steward's supervised
+//! one) directly with `ctr`, and with podman when it is installed; plus
+//! steward's idle CPU and RSS with the 50 running. Prints a markdown table.
+//!
+//! (a) `ctr -n bench run -d IMAGE ID sleep 3600`, 50 one after another
+//!     (namespace `bench`, which steward does not watch): the floor.
+//! (b) one `steward apply -f DIR` of 50 manifests, timed until a watch
+//!     has seen all 50 with `status.phase == Running`.
+//! (c) deletes: ctr `tasks kill -s SIGKILL` + `tasks delete` +
+//!     `containers delete`, one after another; `steward delete containers
+//!     <50> --wait`. The manifests set `terminationGracePeriodSeconds: 0`
+//!     so steward, too, SIGKILLs at once (`sleep` as PID 1 ignores SIGTERM:
+//!     with the default 10 s grace steward would wait 10 s by design).
+//! (d) CPU of steward and of containerd over 30 s idle, 50 running.
+//! (e) steward's VmRSS, 50 running.
+//! (f) podman: `podman run -d` of the 50, then `podman rm -f -t 0`.
+//!
+//! Run with the release steward: `STEWARD_BIN=target/release/steward`.
+//! Knobs: BENCH_N (50), BENCH_IDLE_SECS (30), BENCH_STEWARD_LOG (a file to
+//! write steward's stderr to at the end; set RUST_LOG to choose what).
+//! Everything it starts is removed on exit, success or panic; every
+//! external command has a time limit; all traffic is to 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use steward_e2e::*;
+
+const BENCH_NS: &str = "bench";
+const LIST_PATH: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs `cmd`, killing it after `limit`. Never hangs the benchmark.
+fn run_limited(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let (mut out, mut err) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+    let o = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let e = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let s = child.wait().expect("wait");
+            eprintln!("warning: {cmd:?} killed after {limit:?}");
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Output { status, stdout: o.join().unwrap_or_default(), stderr: e.join().unwrap_or_default() }
+}
+
+fn must(what: &str, o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `ctr` in namespace `bench` of steward's containerd.
+struct Ctr {
+    sock: PathBuf,
+}
+
+impl Ctr {
+    fn run(&self, args: &[&str]) -> Output {
+        run_limited(
+            Command::new("ctr").arg("--address").arg(&self.sock).args(["--namespace", BENCH_NS]).args(args),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn ids(&self, what: &str) -> Vec<String> {
+        let o = self.run(&[what, "ls", "-q"]);
+        String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+
+    /// SIGKILL, delete the task once it has exited, delete the container.
+    fn remove(&self, id: &str) -> bool {
+        let _ = self.run(&["tasks", "kill", "-s", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = self.run(&["tasks", "delete", id]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() || err.contains("not found") {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("ctr tasks delete {id}: {}", err.trim());
+                let _ = self.run(&["tasks", "delete", "--force", id]);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.run(&["containers", "delete", id]).status.success()
+    }
+}
+
+/// Removes whatever is left in namespace `bench` (and the namespace) on
+/// drop: declared after the Steward, so it runs before steward's clean-up
+/// stops containerd.
+struct BenchNsGuard(Ctr);
+
+impl Drop for BenchNsGuard {
+    fn drop(&mut self) {
+        let c = &self.0;
+        for id in c.ids("containers") {
+            c.remove(&id);
+        }
+        for img in c.ids("images") {
+            let _ = c.run(&["images", "rm", &img]);
+        }
+        let _ = run_limited(
+            Command::new("ctr").arg("--address").arg(&c.sock).args(["namespaces", "rm", BENCH_NS]),
+            Duration::from_secs(10),
+        );
+        // runc keeps its state here whatever containerd's root; remove the
+        // namespace dir only if nothing else uses it.
+        let _ = std::fs::remove_dir(format!("/run/containerd/runc/{BENCH_NS}"));
+    }
+}
+
+/// podman containers and image this run created, removed on drop.
+struct PodmanGuard {
+    names: Vec<String>,
+    image: Option<String>,
+}
+
+impl Drop for PodmanGuard {
+    fn drop(&mut self) {
+        if !self.names.is_empty() {
+            let _ = run_limited(Command::new("podman").args(["rm", "-f", "-t", "0", "--ignore"]).args(&self.names), Duration::from_secs(120));
+        }
+        if let Some(img) = &self.image {
+            let _ = run_limited(Command::new("podman").args(["rmi", "-f", img]), Duration::from_secs(60));
+        }
+    }
+}
+
+/// One HTTP/1.1 GET to steward (127.0.0.1), whole body.
+fn http_get(url: &str, path: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).expect("connect to steward");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").expect("send");
+    let mut r = BufReader::new(s);
+    let chunked = read_headers(&mut r);
+    let mut body = Vec::new();
+    if chunked {
+        while let Some(chunk) = read_chunk(&mut r) {
+            body.extend(chunk);
+        }
+    } else {
+        let _ = r.read_to_end(&mut body);
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Reads status line and headers; true when the body is chunked.
+fn read_headers(r: &mut impl BufRead) -> bool {
+    let mut chunked = false;
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    assert!(line.contains(" 200 "), "steward answered: {line}");
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            return chunked;
+        }
+        let l = line.to_ascii_lowercase();
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+    }
+}
+
+/// One chunk of a chunked body; None at the end (or on error).
+fn read_chunk(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+    if size == 0 {
+        return None;
+    }
+    let mut buf = vec![0; size + 2];
+    r.read_exact(&mut buf).ok()?;
+    buf.truncate(size);
+    Some(buf)
+}
+
+/// A watch on the default namespace's containers: sends (name, phase,
+/// when) for every event, from a thread. Dropping it closes the connection.
+struct Watch {
+    stream: TcpStream,
+    rx: mpsc::Receiver<(String, String, Instant)>,
+}
+
+impl Watch {
+    fn open(url: &str) -> Watch {
+        let addr = url.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).expect("connect to steward");
+        write!(s, "GET {LIST_PATH}?watch=true HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        // The response has started: the watch is registered.
+        let chunked = read_headers(&mut r);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut pending: Vec<u8> = Vec::new();
+            loop {
+                let data = if chunked {
+                    match read_chunk(&mut r) {
+                        Some(c) => c,
+                        None => return,
+                    }
+                } else {
+                    let mut b = vec![0; 65536];
+                    match r.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            b.truncate(n);
+                            b
+                        }
+                    }
+                };
+                let now = Instant::now();
+                pending.extend(data);
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                    let obj = &ev["object"];
+                    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let mut ph = phase(obj).to_string();
+                    if ev["type"] == "DELETED" {
+                        ph = "DELETED".into();
+                    }
+                    if tx.send((name, ph, now)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Watch { stream: s, rx }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// (utime + stime) in seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime 15.
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// VmRSS in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+fn cmdline(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn manifest(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 0\n"
+    )
+}
+
+fn running_names(url: &str) -> usize {
+    let list: Value = serde_json::from_str(&http_get(url, LIST_PATH)).unwrap_or_default();
+    list["items"].as_array().map(|a| a.iter().filter(|o| phase(o) == "Running").count()).unwrap_or(0)
+}
+
+struct Row {
+    measure: String,
+    steward: String,
+    ctr: String,
+    podman: String,
+    ratio: String,
+    target: String,
+    met: String,
+}
+
+fn main() {
+    let started = Instant::now();
+    let n = env_num("BENCH_N", 50) as usize;
+    let idle = Duration::from_secs(env_num("BENCH_IDLE_SECS", 30));
+    require_tools();
+    let bin = steward_bin();
+    println!("steward binary: {}", bin.display());
+    let busy: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&p| matches!(comm(p).as_str(), "containerd" | "steward" | "rustc" | "cargo" | "podman" | "conmon"))
+        .map(|p| format!("{p} {}", cmdline(p)))
+        .collect();
+    if !busy.is_empty() {
+        println!("note: other possibly busy processes are running (results may be noisy):");
+        for b in &busy {
+            println!("  {b}");
+        }
+    }
+
+    // Drop order (reverse of declaration): podman, bench namespace,
+    // steward (its containers, containerd), registry, temp dir.
+    let dir = tempfile::Builder::new().prefix("steward-bench-").tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let image = registry.image();
+    let steward = Steward::start(&dir.path().join("data"));
+    let sock = dir.path().join("data/containerd/containerd.sock");
+    let ctr = Ctr { sock: sock.clone() };
+    let _bench_ns = BenchNsGuard(Ctr { sock: sock.clone() });
+    let mut podman_guard = PodmanGuard { names: Vec::new(), image: None };
+    let url = steward.url.clone();
+    let steward_pid = steward.proc.child.id();
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let containerd_pid = wait_for("steward's containerd", Duration::from_secs(30), || {
+        pids_mentioning(&data).into_iter().find(|&p| comm(p) == "containerd")
+    }) as u32;
+
+    // Image present on both sides before any timing.
+    must("ctr images pull", ctr.run(&["images", "pull", "--plain-http", &image]));
+    let mdir = dir.path().join("manifests");
+    std::fs::create_dir_all(&mdir).expect("mkdir");
+    let warm = dir.path().join("warmup.yaml");
+    std::fs::write(&warm, manifest("warmup", &image)).expect("write");
+    steward.ok(&["apply", "-f", &warm.to_string_lossy()]);
+    steward.wait("warmup", "Running", Duration::from_secs(60), |v| phase(v) == "Running");
+    steward.ok(&["delete", "containers", "warmup", "--wait", "--timeout", "60s"]);
+
+    // (a) the floor: ctr run, one after another.
+    let tag = std::process::id();
+    let ids: Vec<String> = (0..n).map(|i| format!("bench-{tag}-{i:02}")).collect();
+    let t = Instant::now();
+    for id in &ids {
+        must("ctr run", ctr.run(&["run", "-d", &image, id, "sleep", "3600"]));
+    }
+    let ctr_create = t.elapsed();
+    let running_tasks = String::from_utf8_lossy(&ctr.run(&["tasks", "ls"]).stdout).matches("RUNNING").count();
+    assert_eq!(running_tasks, n, "ctr: not all tasks are running");
+    println!("(a) ctr run x{n}: {}", secs(ctr_create));
+
+    // (c, ctr) delete them before steward's run, so each side has the
+    // machine to itself.
+    let t = Instant::now();
+    for id in &ids {
+        assert!(ctr.remove(id), "ctr could not delete {id}");
+    }
+    let ctr_delete = t.elapsed();
+    println!("(c) ctr kill+delete x{n}: {}", secs(ctr_delete));
+
+    // (b) steward apply of n manifests, until all are Running.
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:02}")).collect();
+    for name in &names {
+        std::fs::write(mdir.join(format!("{name}.yaml")), manifest(name, &image)).expect("write manifest");
+    }
+    let watch = Watch::open(&url);
+    let t = Instant::now();
+    let apply_out = run_limited(
+        Command::new(&bin).arg("--server").arg(&url).args(["apply", "-f"]).arg(&mdir),
+        Duration::from_secs(60),
+    );
+    let apply_took = t.elapsed();
+    must("steward apply", apply_out);
+    let mut running_at: std::collections::HashMap<String, Duration> = Default::default();
+    let deadline = t + Duration::from_secs(120);
+    while running_at.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match watch.rx.recv_timeout(left) {
+            Ok((name, ph, when)) => {
+                if ph == "Running" && names.contains(&name) {
+                    running_at.entry(name).or_insert(when.duration_since(t));
+                }
+            }
+            Err(_) => panic!(
+                "only {} of {n} Running after 120 s\nserver log (tail):\n{}",
+                running_at.len(),
+                tail(&steward.proc.logs(), 40)
+            ),
+        }
+    }
+    let steward_create = running_at.values().max().copied().unwrap_or_default();
+    drop(watch);
+    let mut times: Vec<Duration> = running_at.values().copied().collect();
+    times.sort();
+    let first_running = times[0];
+    let median_running = times[times.len() / 2];
+    assert_eq!(running_names(&url), n, "the list disagrees with the watch");
+    println!(
+        "(b) steward apply x{n} until all Running: {} (apply command {}, first Running {}, median {})",
+        secs(steward_create),
+        secs(apply_took),
+        secs(first_running),
+        secs(median_running)
+    );
+
+    // (d, e) idle CPU and RSS with the n running.
+    std::thread::sleep(Duration::from_secs(2));
+    let drivers: Vec<u32> = pids_mentioning("log-driver")
+        .into_iter()
+        .filter(|&p| comm(p) == "steward" && cmdline(p).contains(&data))
+        .map(|p| p as u32)
+        .collect();
+    let (s0, c0, d0) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), drivers.iter().map(|&p| cpu_secs(p)).sum::<f64>());
+    let t = Instant::now();
+    std::thread::sleep(idle);
+    let wall = t.elapsed().as_secs_f64();
+    let (s1, c1, d1) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), drivers.iter().map(|&p| cpu_secs(p)).sum::<f64>());
+    let steward_cpu = (s1 - s0) / wall * 100.0;
+    let containerd_cpu = (c1 - c0) / wall * 100.0;
+    let drivers_cpu = (d1 - d0) / wall * 100.0;
+    let steward_rss = rss_kib(steward_pid);
+    let containerd_rss = rss_kib(containerd_pid);
+    let drivers_rss: u64 = drivers.iter().map(|&p| rss_kib(p)).sum();
+    println!(
+        "(d) idle {:.0} s: steward {steward_cpu:.3} % of a core, containerd {containerd_cpu:.3} %, {} log drivers {drivers_cpu:.3} %",
+        wall,
+        drivers.len()
+    );
+    println!("(e) VmRSS: steward {:.1} MiB, containerd {:.1} MiB, log drivers {:.1} MiB in all", steward_rss as f64 / 1024.0, containerd_rss as f64 / 1024.0, drivers_rss as f64 / 1024.0);
+
+    // (c, steward) one delete --wait of all n.
+    let t = Instant::now();
+    let mut args = vec!["--server".to_string(), url.clone(), "delete".into(), "containers".into()];
+    args.extend(names.iter().cloned());
+    args.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    must("steward delete --wait", run_limited(Command::new(&bin).args(&args), Duration::from_secs(130)));
+    let steward_delete = t.elapsed();
+    let left = steward.ctr_ids("containers");
+    assert!(left.is_empty(), "steward left containers behind: {left:?}");
+    println!("(c) steward delete x{n} --wait: {}", secs(steward_delete));
+
+    // (f) podman, when installed.
+    let mut podman: Option<(Duration, Duration)> = None;
+    let has_podman = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("podman").is_file()))
+        .unwrap_or(false);
+    if !has_podman {
+        println!("(f) podman is not installed: skipped");
+    } else {
+        let pull = run_limited(Command::new("podman").args(["pull", "-q", "--tls-verify=false", &image]), Duration::from_secs(60));
+        podman_guard.image = Some(image.clone());
+        if !pull.status.success() {
+            println!("(f) podman pull failed, skipped: {}", String::from_utf8_lossy(&pull.stderr).trim());
+        } else {
+            let pnames: Vec<String> = (0..n).map(|i| format!("steward-bench-{tag}-{i:02}")).collect();
+            let t = Instant::now();
+            let mut ok = true;
+            for name in &pnames {
+                podman_guard.names.push(name.clone());
+                let o = run_limited(
+                    Command::new("podman").args([
+                        "run", "-d", "--name", name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", &image,
+                        "sleep", "3600",
+                    ]),
+                    Duration::from_secs(30),
+                );
+                if !o.status.success() {
+                    println!("(f) podman run failed, skipped: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    ok = false;
+                    break;
+                }
+            }
+            let create = t.elapsed();
+            if ok {
+                println!("(f) podman run x{n}: {}", secs(create));
+                let t = Instant::now();
+                for name in &pnames {
+                    must("podman rm", run_limited(Command::new("podman").args(["rm", "-f", "-t", "0", name]), Duration::from_secs(30)));
+                }
+                let delete = t.elapsed();
+                podman_guard.names.clear();
+                println!("(f) podman rm -f x{n}: {}", secs(delete));
+                podman = Some((create, delete));
+            }
+        }
+    }
+
+    // The table.
+    let per = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0 / n as f64);
+    let pod = |f: fn(&(Duration, Duration)) -> Duration| podman.as_ref().map(|p| secs(f(p))).unwrap_or_else(|| "skipped".into());
+    let create_ratio = steward_create.as_secs_f64() / ctr_create.as_secs_f64();
+    let delete_ratio = steward_delete.as_secs_f64() / ctr_delete.as_secs_f64();
+    let met = |ok: bool| if ok { "met".to_string() } else { "MISSED".to_string() };
+    let rows = [
+        Row {
+            measure: format!("create {n} until Running (b vs a)"),
+            steward: secs(steward_create),
+            ctr: secs(ctr_create),
+            podman: pod(|p| p.0),
+            ratio: format!("{create_ratio:.2}x"),
+            target: "≤ 0.5x ctr".into(),
+            met: met(create_ratio <= 0.5),
+        },
+        Row {
+            measure: format!("delete {n} (c)"),
+            steward: secs(steward_delete),
+            ctr: secs(ctr_delete),
+            podman: pod(|p| p.1),
+            ratio: format!("{delete_ratio:.2}x"),
+            target: "—".into(),
+            met: "—".into(),
+        },
+        Row {
+            measure: format!("steward idle CPU, {n} running, {:.0} s (d)", wall),
+            steward: format!("{steward_cpu:.3} %"),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 0.2 % of a core".into(),
+            met: met(steward_cpu <= 0.2),
+        },
+        Row {
+            measure: format!("steward RSS, {n} running (e)"),
+            steward: format!("{:.1} MB", steward_rss as f64 * 1024.0 / 1e6),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 50 MB".into(),
+            met: met(steward_rss as f64 * 1024.0 / 1e6 <= 50.0),
+        },
+    ];
+    println!();
+    println!("| measure | steward | ctr (floor) | podman | ratio | target | met/MISSED |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} | {} | {} | {} |", r.measure, r.steward, r.ctr, r.podman, r.ratio, r.target, r.met);
+    }
+    println!();
+    println!("Details:");
+    println!("- per container, create: steward {} (all Running; first after {}, median {}; the apply command itself {}), ctr {}{}",
+        per(steward_create), secs(first_running), secs(median_running), secs(apply_took), per(ctr_create),
+        podman.map(|p| format!(", podman {}", per(p.0))).unwrap_or_default());
+    println!("- per container, delete: steward {}, ctr {}{}", per(steward_delete), per(ctr_delete),
+        podman.map(|p| format!(", podman {}", per(p.1))).unwrap_or_default());
+    println!("- deletes: steward's manifests set terminationGracePeriodSeconds: 0, so steward sends SIGTERM and then SIGKILL at once, as ctr's SIGKILL (sleep as PID 1 ignores SIGTERM; the default 10 s grace would time a deliberate wait, not steward)");
+    println!("- idle over {:.0} s with {n} running: steward {steward_cpu:.3} % of a core, containerd {containerd_cpu:.3} %, {} steward log-driver processes {drivers_cpu:.3} % in all", wall, drivers.len());
+    println!("- VmRSS: steward {:.1} MiB, containerd {:.1} MiB, log drivers {:.1} MiB in all ({:.1} MiB each)",
+        steward_rss as f64 / 1024.0, containerd_rss as f64 / 1024.0, drivers_rss as f64 / 1024.0,
+        drivers_rss as f64 / 1024.0 / drivers.len().max(1) as f64);
+    println!("- same containerd (steward's supervised 1.6, {}), ctr in namespace `{BENCH_NS}`, steward in `steward`; image {image} present on both sides before timing", sock.display());
+
+    if let Ok(path) = std::env::var("BENCH_STEWARD_LOG") {
+        std::fs::write(&path, steward.proc.logs()).expect("write steward log");
+        println!("- steward's log: {path}");
+    }
+    drop(podman_guard);
+    drop(_bench_ns);
+    drop(steward);
+    drop(registry);
+    drop(dir);
+    println!("- total bench time {} (clean-up included)", secs(started.elapsed()));
+}
