@@ -290,6 +290,22 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Pss (shared pages split between their users) in KiB.
+fn pss_kib(pid: u32) -> u64 {
+    let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    r.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
 /// VmRSS in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -409,6 +425,7 @@ fn main() {
         std::fs::write(mdir.join(format!("{name}.yaml")), manifest(name, &image)).expect("write manifest");
     }
     let watch = Watch::open(&url);
+    let (bs0, bc0, m0) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), machine_jiffies());
     let t = Instant::now();
     let apply_out = run_limited(
         Command::new(&bin).arg("--server").arg(&url).args(["apply", "-f"]).arg(&mdir),
@@ -434,6 +451,9 @@ fn main() {
         }
     }
     let steward_create = running_at.values().max().copied().unwrap_or_default();
+    let (busy_steward, busy_containerd) = (cpu_secs(steward_pid) - bs0, cpu_secs(containerd_pid) - bc0);
+    let m1 = machine_jiffies();
+    let machine_busy = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64 * 100.0;
     drop(watch);
     let mut times: Vec<Duration> = running_at.values().copied().collect();
     times.sort();
@@ -455,6 +475,9 @@ fn main() {
         .filter(|&p| comm(p) == "steward" && cmdline(p).contains(&data))
         .map(|p| p as u32)
         .collect();
+    let shims: Vec<u32> = pids_mentioning(&data).into_iter().filter(|&p| comm(p).starts_with("containerd-shim")).map(|p| p as u32).collect();
+    // Lifetime CPU so far: what starting them cost (they were idle since).
+    let shims_cpu: f64 = shims.iter().map(|&p| cpu_secs(p)).sum();
     let (s0, c0, d0) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), drivers.iter().map(|&p| cpu_secs(p)).sum::<f64>());
     let t = Instant::now();
     std::thread::sleep(idle);
@@ -466,6 +489,7 @@ fn main() {
     let steward_rss = rss_kib(steward_pid);
     let containerd_rss = rss_kib(containerd_pid);
     let drivers_rss: u64 = drivers.iter().map(|&p| rss_kib(p)).sum();
+    let drivers_pss: u64 = drivers.iter().map(|&p| pss_kib(p)).sum();
     println!(
         "(d) idle {:.0} s: steward {steward_cpu:.3} % of a core, containerd {containerd_cpu:.3} %, {} log drivers {drivers_cpu:.3} %",
         wall,
@@ -589,9 +613,11 @@ fn main() {
         podman.map(|p| format!(", podman {}", per(p.1))).unwrap_or_default());
     println!("- deletes: steward's manifests set terminationGracePeriodSeconds: 0, so steward sends SIGTERM and then SIGKILL at once, as ctr's SIGKILL (sleep as PID 1 ignores SIGTERM; the default 10 s grace would time a deliberate wait, not steward)");
     println!("- idle over {:.0} s with {n} running: steward {steward_cpu:.3} % of a core, containerd {containerd_cpu:.3} %, {} steward log-driver processes {drivers_cpu:.3} % in all", wall, drivers.len());
-    println!("- VmRSS: steward {:.1} MiB, containerd {:.1} MiB, log drivers {:.1} MiB in all ({:.1} MiB each)",
-        steward_rss as f64 / 1024.0, containerd_rss as f64 / 1024.0, drivers_rss as f64 / 1024.0,
-        drivers_rss as f64 / 1024.0 / drivers.len().max(1) as f64);
+    println!("- CPU used while the {n} came up (b): steward {busy_steward:.2} s, containerd {busy_containerd:.2} s (shims and runc not counted); the machine's {} cores were {machine_busy:.0} % busy ({:.2} core-s)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), machine_busy / 100.0 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64 * steward_create.as_secs_f64());
+    println!("- CPU the {n} running containers' helpers used since they started (mostly start-up): {} shims {shims_cpu:.2} s, {} log drivers {d0:.2} s in all (runc's short-lived processes are the rest)", shims.len(), drivers.len());
+    println!("- VmRSS: steward {:.1} MiB, containerd {:.1} MiB; the {} log drivers {:.1} MiB VmRSS in all ({:.1} MiB each), {:.1} MiB Pss in all (shared pages of the binary split)",
+        steward_rss as f64 / 1024.0, containerd_rss as f64 / 1024.0, drivers.len(), drivers_rss as f64 / 1024.0,
+        drivers_rss as f64 / 1024.0 / drivers.len().max(1) as f64, drivers_pss as f64 / 1024.0);
     println!("- same containerd (steward's supervised 1.6, {}), ctr in namespace `{BENCH_NS}`, steward in `steward`; image {image} present on both sides before timing", sock.display());
 
     if let Ok(path) = std::env::var("BENCH_STEWARD_LOG") {
