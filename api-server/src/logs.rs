@@ -70,6 +70,16 @@ impl LogOptions {
     }
 }
 
+/// containerd's identifier rule, which is also a safe file name: no `/`,
+/// no leading dot, at most 76 characters.
+pub fn is_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 76
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !id.contains("..")
+}
+
 /// One parsed log line.
 #[derive(Debug, PartialEq)]
 pub struct LogLine<'a> {
@@ -141,8 +151,12 @@ pub fn read_log(files: &[PathBuf], o: &LogOptions) -> std::io::Result<Vec<u8>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        for line in BufReader::new(file).lines() {
-            lines.push(line?);
+        // Containers may print anything: bytes, shown lossily, never an error.
+        let mut r = BufReader::new(file);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf)? > 0 {
+            lines.push(String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string());
+            buf.clear();
         }
     }
     let mut out = Vec::new();
@@ -173,11 +187,20 @@ pub async fn get(
         .and_then(Value::as_str)
         .map(|s| s.trim_start_matches("containerd://").to_string())
         .ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
+    // The id comes from status, which clients can write: it must name a
+    // file in the log directory and nothing else.
+    if !is_container_id(&id) {
+        return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
+    }
     let files = log_files(&dir, &id, o.previous);
     if files.is_empty() && o.previous {
         return Err(ApiError::BadRequest(format!("previous terminated container {name:?} has no logs")));
     }
-    let first = read_log(&files, &o).map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?;
+    // File reads block: keep them off the async workers.
+    let (first, o) = tokio::task::spawn_blocking(move || read_log(&files, &o).map(|b| (b, o)))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?
+        .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?;
     let body = if o.follow && !o.previous {
         let current = dir.join(format!("{id}.log"));
         let offset = std::fs::metadata(&current).map(|m| m.len()).unwrap_or(0);
@@ -231,13 +254,13 @@ fn read_from(path: &Path, offset: u64, o: &LogOptions) -> (Vec<u8>, u64) {
     let mut out = Vec::new();
     let mut pos = start;
     let mut reader = BufReader::new(f);
-    let mut line = String::new();
-    while let Ok(n) = reader.read_line(&mut line) {
-        if n == 0 || !line.ends_with('\n') {
+    let mut line = Vec::new();
+    while let Ok(n) = reader.read_until(b'\n', &mut line) {
+        if n == 0 || line.last() != Some(&b'\n') {
             break; // a line still being written: next time
         }
         pos += n as u64;
-        render(&line, o, &mut out);
+        render(&String::from_utf8_lossy(&line), o, &mut out);
         line.clear();
     }
     (out, pos)
@@ -246,6 +269,25 @@ fn read_from(path: &Path, offset: u64, o: &LogOptions) -> (Vec<u8>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_cannot_escape_the_log_dir() {
+        assert!(is_container_id("default.web.0123456789ab"));
+        for bad in ["", "/etc/passwd", "../../x", "a/../b", ".hidden", "a b", "x..y"] {
+            assert!(!is_container_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_shown_lossily() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("c.log"), b"2026-11-25T10:00:01Z stdout F a\xffb\n2026-11-25T10:00:02Z stdout F next\n").unwrap();
+        let out = read_log(&log_files(d.path(), "c", false), &LogOptions::default()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "a\u{fffd}b\nnext\n");
+        let (chunk, pos) = read_from(&d.path().join("c.log"), 0, &LogOptions::default());
+        assert_eq!(String::from_utf8(chunk).unwrap(), "a\u{fffd}b\nnext\n");
+        assert!(pos > 0);
+    }
 
     #[test]
     fn parses_cri_lines() {

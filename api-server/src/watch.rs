@@ -48,10 +48,16 @@ fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
     }
     let now = matches(p, &e.object);
     let before = e.prev.as_ref().map(|prev| matches(p, prev));
+    let selective = !p.label_selector.is_empty() || !p.field_selector.is_empty();
     match (before, now, e.event_type) {
         (_, true, EventType::Deleted) => Some(EventType::Deleted),
         (Some(false), true, _) => Some(EventType::Added),
         (Some(true), false, EventType::Modified) => Some(EventType::Deleted),
+        // Replayed from the log, the previous version is unknown: the
+        // object may have just left the selection, so say DELETED (a
+        // client that never had it ignores that; one that had it must not
+        // keep it).
+        (None, false, EventType::Modified) if selective => Some(EventType::Deleted),
         (_, true, t) => Some(t),
         (_, false, _) => None,
     }

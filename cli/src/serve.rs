@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Allow --listen on a non-loopback address. The API has no
+    /// authentication yet and runs containers as root: whoever reaches it
+    /// owns the machine.
+    #[arg(long)]
+    pub insecure_allow_remote: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -51,6 +56,13 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
+        anyhow::bail!(
+            "--listen {}: steward's API has no authentication yet and runs containers as root; \
+             listen on loopback, or pass --insecure-allow-remote if you accept that anyone who reaches it owns this machine",
+            args.listen
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", args.data_dir.display()))?;
     // One server per data dir: two would each believe their in-memory view.
@@ -93,7 +105,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
         api.logs_dir = Some(log_root.join(&args.containerd_namespace));
         api.images = Some(Arc::new(Importer(rt.clone())));
-        api.upload_dir = Some(args.data_dir.join("tmp"));
+        // Uploads a crash left half-written are of no use to anyone.
+        let tmp = args.data_dir.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        api.upload_dir = Some(tmp);
         runtime = Some(Arc::new(rt));
     }
 

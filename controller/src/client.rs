@@ -145,12 +145,15 @@ impl<K: Resource> Api<K> {
         r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
     }
 
+    /// One consistent list: steward serves lists from memory, so one page
+    /// is cheap, and a paged list's later pages are newer than its
+    /// revision (a watch from it would replay older versions of them).
     async fn list_all(&self) -> Result<(Vec<K>, String), SourceError> {
         let mut items = Vec::new();
         let mut cont: Option<String> = None;
         let mut revision = None;
         loop {
-            let mut req = self.http.get(self.collection(self.namespace.as_deref())).query(&[("limit", "500")]);
+            let mut req = self.http.get(self.collection(self.namespace.as_deref()));
             if let Some(c) = &cont {
                 req = req.query(&[("continue", c)]);
             }

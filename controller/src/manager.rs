@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use steward_schema::Container;
 
-use crate::actual::Runtime;
+use crate::actual::{Runtime, LABEL_NAME, LABEL_NAMESPACE};
+use crate::runtime::ObjectRef;
 use crate::client::Api;
 use crate::container::reconciler::{collect_garbage, object_of, reconcile, Context};
 use crate::runtime::controller::{Config, Controller};
@@ -33,7 +34,20 @@ impl Default for ManagerConfig {
 pub async fn run<R: Runtime>(server: &str, runtime: Arc<R>, config: ManagerConfig, shutdown: impl Future<Output = ()>) {
     let api: Api<Container> = Api::all(server);
     let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone() });
-    let events = runtime.events().filter_map(|id| async move { object_of(&id) });
+    // Runtime events name containers; most ids say whose they are, hashed
+    // ones are looked up by their labels.
+    let lookup = runtime.clone();
+    let events = runtime.events().filter_map(move |id| {
+        let rt = lookup.clone();
+        async move {
+            if let Some(key) = object_of(&id) {
+                return Some(key);
+            }
+            let all = rt.list().await.ok()?;
+            let c = all.into_iter().find(|c| c.id == id)?;
+            Some(ObjectRef::new(c.label(LABEL_NAMESPACE), c.label(LABEL_NAME)))
+        }
+    });
     let ctl = Controller::new(Arc::new(api), config.controller).trigger(events);
     let cache = ctl.cache();
     let gc = tokio::spawn(async move {

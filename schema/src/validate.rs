@@ -277,6 +277,17 @@ pub fn validate_status(s: &ContainerStatus) -> Result<(), FieldErrors> {
     if s.restart_count < 0 {
         errs.invalid("status.restartCount", "must be >= 0");
     }
+    if let Some(id) = &s.container_id {
+        let bare = id.strip_prefix("containerd://").unwrap_or_default();
+        let ok = !bare.is_empty()
+            && bare.len() <= 76
+            && bare.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !bare.contains("..");
+        if !ok {
+            errs.invalid("status.containerID", format!("{id:?} must be containerd://<id> with a containerd identifier"));
+        }
+    }
     for (i, c) in s.conditions.iter().enumerate() {
         if c.type_.is_empty() {
             errs.required(format!("status.conditions[{i}].type"));

@@ -167,11 +167,22 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
     }
     if !events.is_empty() {
         if let Err(e) = persist(conn, &events).await {
-            tracing::error!(error = %e, "commit failed; failing the batch");
-            for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
+            // An error can come after SQLite committed (a failed fsync
+            // report, say): ask the log what is there, so the in-memory
+            // state never falls behind it and revisions are never reused.
+            let stored: Option<i64> = sqlx::query("SELECT COALESCE(MAX(rv), 0) FROM events")
+                .fetch_one(&mut *conn)
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            if stored != Some(rev) {
+                tracing::error!(error = %e, "commit failed; failing the batch");
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
+                }
+                return;
             }
-            return;
+            tracing::warn!(error = %e, revision = rev, "commit reported an error but is in the log; keeping it");
         }
         dirty.extend(overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
         publish(shared, overlay, events, rev);

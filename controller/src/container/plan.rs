@@ -69,12 +69,28 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
     fnv_hex(&serde_json::to_vec(spec).unwrap_or_default())
 }
 
-/// The containerd id of the container for (object, spec hash): readable,
-/// and deterministic so a crash at any point leaves nothing unfindable.
+/// containerd's identifier rule: at most 76 characters of
+/// `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`.
+pub fn valid_runtime_id(id: &str) -> bool {
+    id.len() <= 76
+        && !id.is_empty()
+        && id.split(['.', '_', '-']).all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// The containerd id of the container for (object, spec hash):
+/// deterministic, so a crash at any point leaves nothing unfindable, and
+/// readable (`ns.name.tag`) when containerd's identifier rule allows it;
+/// a long name or one with `--` gets `steward.<hash>` (the labels still
+/// say whose it is).
 pub fn container_id(obj: &Container, hash: &str) -> String {
     let m = &obj.metadata;
     let tag = fnv_hex(format!("{}/{hash}", m.uid).as_bytes());
-    format!("{}.{}.{}", m.namespace, m.name, &tag[..12])
+    let readable = format!("{}.{}.{}", m.namespace, m.name, &tag[..12]);
+    if valid_runtime_id(&readable) {
+        readable
+    } else {
+        format!("steward.{tag}")
+    }
 }
 
 pub fn signal_number(name: &str) -> u32 {
@@ -360,6 +376,17 @@ mod tests {
         c.metadata.uid = "u-2".into();
         assert_ne!(container_id(&a, "h"), container_id(&c, "h"));
         assert!(container_id(&a, "h").starts_with("default.web."));
+        // Names containerd would refuse as part of an id get a hashed id.
+        let mut long = a.clone();
+        long.metadata.name = "n".repeat(63);
+        let mut dashes = a.clone();
+        dashes.metadata.name = "my--app".into();
+        for o in [long, dashes] {
+            let id = container_id(&o, "h");
+            assert!(id.starts_with("steward.") && valid_runtime_id(&id), "{id}");
+        }
+        assert!(valid_runtime_id("default.web.0123456789ab"));
+        assert!(!valid_runtime_id("a..b") && !valid_runtime_id("a--b") && !valid_runtime_id(&"a".repeat(77)));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use steward_schema::{Container, ContainerState, ContainerStatus, PullPolicy, StateWaiting, Time};
+use steward_schema::{Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
     plan, signal_number, spec_hash, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL, REASON_PULLING,
@@ -100,10 +100,13 @@ async fn write_status<R>(ctx: &Context<R>, obj: &Container, status: ContainerSta
     Ok(ctx.api.replace_status(&o).await?)
 }
 
+/// Records why the container is not running. A merge patch without
+/// precondition: pull progress may have moved the object's version since
+/// this pass read it, and this is the newest word on the state anyway.
 async fn set_waiting<R>(ctx: &Context<R>, obj: &Container, reason: &str, message: String) -> Result<(), ReconcileError> {
-    let mut s = obj.status.clone().unwrap_or_default();
-    s.state = Some(ContainerState { waiting: Some(StateWaiting { reason: reason.into(), message }), ..Default::default() });
-    write_status(ctx, obj, s).await.map(|_| ())
+    let patch = json!({"status": {"state": {"waiting": {"reason": reason, "message": message}, "running": null, "terminated": null}}});
+    ctx.api.patch_status(&obj.metadata.namespace, &obj.metadata.name, &patch).await?;
+    Ok(())
 }
 
 fn waiting_reason(obj: &Container) -> &str {
@@ -199,7 +202,14 @@ async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::ac
     let reporter = tokio::spawn({
         let image = image.clone();
         async move {
+            let mut last_write: Option<tokio::time::Instant> = None;
             while rx.changed().await.is_ok() {
+                // At most one write per PROGRESS_EVERY; never sleeps, so it
+                // ends as soon as the pull does.
+                if last_write.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                    continue;
+                }
+                last_write = Some(tokio::time::Instant::now());
                 let p = *rx.borrow_and_update();
                 let msg = if p.total > 0 {
                     format!("pulling {image}: {} of {}", mib(p.done), mib(p.total))
@@ -210,7 +220,6 @@ async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::ac
                 if let Err(e) = api.patch_status(&ns, &name, &patch).await {
                     tracing::debug!(error = %e, "pull progress not written");
                 }
-                tokio::time::sleep(PROGRESS_EVERY).await;
             }
         }
     });
@@ -218,7 +227,9 @@ async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::ac
         let _ = tx.send(p);
     }))
     .await;
-    reporter.abort();
+    // The sender is gone: the reporter finishes the write it is making (so
+    // it cannot land after the caller's final status) and stops.
+    let _ = reporter.await;
     result
 }
 

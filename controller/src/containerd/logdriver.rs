@@ -243,10 +243,14 @@ impl RotatingLog {
     }
 }
 
-/// Copies one stream into the log, one record per line.
-fn pump(input: File, stream: &'static str, log: Arc<Mutex<RotatingLog>>) -> io::Result<()> {
+/// Copies one stream into the log, one record per line, until the stream
+/// ends. It never stops draining early: a container whose output pipe is
+/// not read blocks on its next write, so when the log cannot be written
+/// (disk full, no log at all) the output is dropped instead, as Docker does.
+fn pump(input: File, stream: &'static str, log: Arc<Mutex<Option<RotatingLog>>>) -> io::Result<()> {
     let mut r = BufReader::with_capacity(64 * 1024, input);
     let mut line = Vec::with_capacity(MAX_LINE);
+    let mut failing = false;
     loop {
         line.clear();
         let n = (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
@@ -257,8 +261,17 @@ fn pump(input: File, stream: &'static str, log: Arc<Mutex<RotatingLog>>) -> io::
         if complete {
             line.pop();
         }
-        let mut log = log.lock().map_err(|_| io::Error::other("log writer poisoned"))?;
-        log.write_record(stream, !complete && n == MAX_LINE, &line)?;
+        let mut guard = log.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(log) = guard.as_mut() else { continue };
+        match log.write_record(stream, !complete && n == MAX_LINE, &line) {
+            Ok(()) => failing = false,
+            Err(e) => {
+                if !failing {
+                    eprintln!("steward log-driver: {}: {e}; dropping output until writes succeed", log.base.display());
+                }
+                failing = true;
+            }
+        }
     }
 }
 
@@ -296,7 +309,14 @@ pub fn run_log_driver(log_root: &Path) -> io::Result<()> {
     })();
     // Ready (or failed): the shim waits for this before starting the task.
     drop(ready);
-    let log = Arc::new(Mutex::new(setup?));
+    // Without a log the streams are still drained (see `pump`).
+    let log = Arc::new(Mutex::new(match setup {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("steward log-driver: {}: {e}; output of {id} is dropped", base.display());
+            None
+        }
+    }));
 
     let out = {
         let log = log.clone();

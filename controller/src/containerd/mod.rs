@@ -142,6 +142,8 @@ impl ContainerdRuntime {
         })?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A registry that stops sending mid-body must not hold a reconcile slot for ever.
+            .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| RuntimeError::Unavailable(format!("http client: {e}")))?;
         let rt = ContainerdRuntime {

@@ -21,6 +21,9 @@ use super::queue::WorkQueue;
 use super::watcher::{watcher, Event};
 use super::{ObjectRef, Resource, Source};
 
+/// How long shutdown waits for reconciles in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// What to do after a reconcile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -245,8 +248,13 @@ impl<K: Resource, S: Source<K>> Controller<K, S> {
         for b in background {
             b.abort();
         }
-        // Wait for the reconciles in flight.
-        let _ = slots.acquire_many(concurrency as u32).await;
+        // Wait for the reconciles in flight, but not for ever (a pull from a
+        // registry that stopped answering): past the bound they are dropped
+        // with the runtime, and the next start picks their keys up again.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(concurrency as u32)).await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running at shutdown; leaving them");
+        }
     }
 }
 
