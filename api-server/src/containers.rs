@@ -258,24 +258,37 @@ pub async fn patch(
     if let PatchKind::Apply = kind {
         return apply(&app, &ns, &name, &bytes, p.dry_run).instrument(span("apply", &ns, &name)).await;
     }
-    async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let cur = get_current(&app, &ns, &name)?;
-            let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
-            let explicit_rv = apply_patch(&kind, &bytes, &mut doc)?;
-            let mut c = container_from_value(serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?)
-                .map_err(|e| ApiError::BadRequest(format!("the patched object is not a Container: {e}")))?;
-            admit(&mut c, &ns, Some(&name))?;
-            match app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await {
-                Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
-                r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
-            }
+    let to_write = |doc: Value| {
+        let mut c = container_from_value(serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+            .map_err(|e| ApiError::BadRequest(format!("the patched object is not a Container: {e}")))?;
+        admit(&mut c, &ns, Some(&name))?;
+        Ok(Write::Update { key: key(&ns, &name), object: to_object(c)? })
+    };
+    patch_with(&app, &ns, &name, &kind, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await
+}
+
+/// Read, patch, write: retried when a concurrent write moved the object in
+/// between, unless the patch itself named the resourceVersion to expect.
+async fn patch_with(
+    app: &AppState,
+    ns: &str,
+    name: &str,
+    kind: &PatchKind,
+    body: &[u8],
+    dry_run: bool,
+    to_write: impl Fn(Value) -> Result<Write, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cur = get_current(app, ns, name)?;
+        let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let explicit_rv = apply_patch(kind, body, &mut doc)?;
+        match app.store.write(to_write(doc)?, dry_run).await {
+            Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
+            r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
         }
     }
-    .instrument(span("patch", &ns, &name))
-    .await
 }
 
 /// Server-side apply, simplified: create when absent; otherwise replace
@@ -381,24 +394,11 @@ pub async fn patch_status(
     if let PatchKind::Apply = kind {
         return Err(ApiError::UnsupportedMediaType("apply is not supported on the status subresource; use a merge patch".into()));
     }
-    async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let cur = get_current(&app, &ns, &name)?;
-            let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
-            let explicit_rv = apply_patch(&kind, &bytes, &mut doc)?;
-            let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-            let status = status_of(doc)?;
-            let write = Write::UpdateStatus { key: key(&ns, &name), status, resource_version: rv };
-            match app.store.write(write, p.dry_run).await {
-                Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
-                r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
-            }
-        }
-    }
-    .instrument(span("patch-status", &ns, &name))
-    .await
+    let to_write = |doc: Value| {
+        let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+        Ok(Write::UpdateStatus { key: key(&ns, &name), status: status_of(doc)?, resource_version: rv })
+    };
+    patch_with(&app, &ns, &name, &kind, &bytes, p.dry_run, to_write).instrument(span("patch-status", &ns, &name)).await
 }
 
 /// Whether `s` passes the request's namespace, label and field selectors.

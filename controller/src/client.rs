@@ -105,40 +105,27 @@ impl<K: Resource> Api<K> {
     {
         let m = obj.meta();
         let url = format!("{}/status", self.object_url(&m.namespace, &m.name));
-        let r = self.http.put(url).json(obj).send().await.map_err(transport)?;
-        if !r.status().is_success() {
-            return Err(status_error(r).await);
-        }
-        r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
+        self.object_of(self.http.put(url).json(obj)).await
     }
 
     /// Merge-patches the status subresource (no precondition: for progress
-    /// messages that may race nothing but themselves).
+    /// messages and waiting reasons, the newest word on the state).
     pub async fn patch_status(&self, ns: &str, name: &str, patch: &Value) -> Result<K, SourceError> {
-        let url = format!("{}/status", self.object_url(ns, name));
-        let r = self
-            .http
-            .patch(url)
-            .header("content-type", "application/merge-patch+json")
-            .body(patch.to_string())
-            .send()
-            .await
-            .map_err(transport)?;
-        if !r.status().is_success() {
-            return Err(status_error(r).await);
-        }
-        r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
+        self.patch_merge_at(format!("{}/status", self.object_url(ns, name)), patch).await
     }
 
     pub async fn merge_patch(&self, ns: &str, name: &str, patch: &Value) -> Result<K, SourceError> {
-        let r = self
-            .http
-            .patch(self.object_url(ns, name))
-            .header("content-type", "application/merge-patch+json")
-            .body(patch.to_string())
-            .send()
-            .await
-            .map_err(transport)?;
+        self.patch_merge_at(self.object_url(ns, name), patch).await
+    }
+
+    async fn patch_merge_at(&self, url: String, patch: &Value) -> Result<K, SourceError> {
+        let req = self.http.patch(url).header("content-type", "application/merge-patch+json").body(patch.to_string());
+        self.object_of(req).await
+    }
+
+    /// Sends a request whose answer is one object.
+    async fn object_of(&self, req: reqwest::RequestBuilder) -> Result<K, SourceError> {
+        let r = req.send().await.map_err(transport)?;
         if !r.status().is_success() {
             return Err(status_error(r).await);
         }
