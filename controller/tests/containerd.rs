@@ -95,13 +95,7 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
         assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp in {line:?}");
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{line}");
     }
-    let read = steward_controller::containerd::logdriver::read_logs(
-        &t.log_root(),
-        &t.namespace,
-        &id,
-        &Default::default(),
-    )
-    .unwrap();
+    let read = read_log(&t, &id);
     assert!(read.lines().any(|l| l == "hello") && read.lines().any(|l| l == "oops"), "{read}");
 
     let listed = t.rt.list().await.unwrap();
@@ -189,7 +183,7 @@ async fn spec_limits_are_visible_inside_the_container() {
     t.rt.create(&id, &spec, &image, labels("limits")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = steward_controller::containerd::logdriver::read_logs(&t.log_root(), &t.namespace, &id, &Default::default()).unwrap();
+    let out = read_log(&t, &id);
     println!("{out}");
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     assert!(out.contains(&format!("/{}/{id}", t.namespace)), "cgroup path: {out}");
@@ -235,7 +229,7 @@ async fn host_network_shares_the_host_stack() {
     t.rt.create(&id, &spec, &image, labels("hostnet")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = steward_controller::containerd::logdriver::read_logs(&t.log_root(), &t.namespace, &id, &Default::default()).unwrap();
+    let out = read_log(&t, &id);
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert!(out.starts_with(&format!("{host_links}\n")), "host has {host_links} links: {out}");
@@ -389,3 +383,9 @@ async fn supervisor_restarts_containerd_and_events_resume() {
     t.cleanup().await;
 }
 
+
+/// The container's output as the API's log endpoint reads it.
+fn read_log(t: &common::TestContainerd, id: &str) -> String {
+    let base = steward_logfile::log_path(&t.log_root(), &t.namespace, id);
+    String::from_utf8(steward_logfile::read(&steward_logfile::log_files(&base), &Default::default()).unwrap()).unwrap()
+}

@@ -27,13 +27,12 @@
 //! `2026-11-25T10:00:00.123456789Z stdout F hello` (`P` = partial line, the
 //! rest follows in the next record).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 
 /// The argument (and URI query key) that selects log-driver mode.
 pub const LOG_DRIVER_ARG: &str = "log-driver";
@@ -109,139 +108,8 @@ fn percent_encode(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// `ROOT/<namespace>/<id>.log`.
-pub fn log_path(root: &Path, namespace: &str, id: &str) -> PathBuf {
-    root.join(namespace).join(format!("{id}.log"))
-}
-
-/// Every file of one container's log, oldest first.
-pub fn log_files(base: &Path) -> Vec<PathBuf> {
-    let mut rotated: Vec<(u32, PathBuf)> = Vec::new();
-    if let (Some(dir), Some(name)) = (base.parent(), base.file_name().and_then(|n| n.to_str())) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let fname = e.file_name();
-                let Some(f) = fname.to_str() else { continue };
-                if let Some(n) = f.strip_prefix(name).and_then(|r| r.strip_prefix('.')).and_then(|n| n.parse().ok()) {
-                    rotated.push((n, e.path()));
-                }
-            }
-        }
-    }
-    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
-    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
-    if base.exists() {
-        files.push(base.to_path_buf());
-    }
-    files
-}
-
-/// `<id>.previous.log` for `<id>.log`.
-pub fn previous_base(base: &Path) -> PathBuf {
-    let name = base.file_name().and_then(|n| n.to_str()).unwrap_or("x.log");
-    let stem = name.strip_suffix(".log").unwrap_or(name);
-    base.with_file_name(format!("{stem}.previous.log"))
-}
-
-/// Moves the files of the last task to `<id>.previous.log*`, replacing any
-/// older previous files.
-pub fn keep_as_previous(base: &Path) -> io::Result<()> {
-    let current = log_files(base);
-    if current.is_empty() {
-        return Ok(());
-    }
-    let prev = previous_base(base);
-    remove_files(&log_files(&prev))?;
-    let base_name = base.to_string_lossy().into_owned();
-    let prev_name = prev.to_string_lossy().into_owned();
-    for f in current {
-        let suffix = f.to_string_lossy()[base_name.len()..].to_string();
-        std::fs::rename(&f, format!("{prev_name}{suffix}"))?;
-    }
-    Ok(())
-}
-
-fn remove_files(files: &[PathBuf]) -> io::Result<()> {
-    for f in files {
-        match std::fs::remove_file(f) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Removes a container's log files (current and previous); missing ones are fine.
-pub fn remove_logs(base: &Path) -> io::Result<()> {
-    remove_files(&log_files(&previous_base(base)))?;
-    for f in log_files(base) {
-        match std::fs::remove_file(&f) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// A size-rotated CRI log file.
-struct RotatingLog {
-    base: PathBuf,
-    file: File,
-    size: u64,
-    max_size: u64,
-    max_files: u32,
-}
-
-impl RotatingLog {
-    fn open(base: PathBuf, max_size: u64, max_files: u32) -> io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&base)?;
-        let size = file.metadata()?.len();
-        Ok(RotatingLog { base, file, size, max_size, max_files })
-    }
-
-    fn rotated(&self, n: u32) -> PathBuf {
-        let mut s = self.base.clone().into_os_string();
-        s.push(format!(".{n}"));
-        PathBuf::from(s)
-    }
-
-    fn rotate(&mut self) -> io::Result<()> {
-        if self.max_files <= 1 {
-            self.file.set_len(0)?;
-            self.size = 0;
-            return Ok(());
-        }
-        let _ = std::fs::remove_file(self.rotated(self.max_files - 1));
-        for n in (1..self.max_files - 1).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                std::fs::rename(&from, self.rotated(n + 1))?;
-            }
-        }
-        std::fs::rename(&self.base, self.rotated(1))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.base)?;
-        self.size = 0;
-        Ok(())
-    }
-
-    fn write_record(&mut self, stream: &str, partial: bool, content: &[u8]) -> io::Result<()> {
-        let ts = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
-        let mut rec = Vec::with_capacity(content.len() + 48);
-        rec.extend_from_slice(ts.as_bytes());
-        rec.push(b' ');
-        rec.extend_from_slice(stream.as_bytes());
-        rec.extend_from_slice(if partial { b" P " } else { b" F " });
-        rec.extend_from_slice(content);
-        rec.push(b'\n');
-        if self.size > 0 && self.size + rec.len() as u64 > self.max_size {
-            self.rotate()?;
-        }
-        // One write per record: a reader never sees half a line.
-        self.file.write_all(&rec)?;
-        self.size += rec.len() as u64;
-        Ok(())
-    }
-}
+pub use steward_logfile::{log_path, remove_logs};
+use steward_logfile::{keep_as_previous, RotatingLog};
 
 /// Copies one stream into the log, one record per line, until the stream
 /// ends. It never stops draining early: a container whose output pipe is
@@ -267,7 +135,7 @@ fn pump(input: File, stream: &'static str, log: Arc<Mutex<Option<RotatingLog>>>)
             Ok(()) => failing = false,
             Err(e) => {
                 if !failing {
-                    eprintln!("steward log-driver: {}: {e}; dropping output until writes succeed", log.base.display());
+                    eprintln!("steward log-driver: {}: {e}; dropping output until writes succeed", log.path().display());
                 }
                 failing = true;
             }
@@ -327,84 +195,6 @@ pub fn run_log_driver(log_root: &Path) -> io::Result<()> {
     out_result.and(err_result)
 }
 
-/// How to read a container's log (the API's `log` endpoint parameters).
-#[derive(Clone, Debug, Default)]
-pub struct LogOptions {
-    /// Only the last N lines.
-    pub tail: Option<usize>,
-    /// Only lines written at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Prefix each line with its RFC 3339 timestamp.
-    pub timestamps: bool,
-}
-
-/// One parsed CRI record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogRecord {
-    pub time: DateTime<Utc>,
-    pub stream: String,
-    pub partial: bool,
-    pub content: String,
-}
-
-/// Parses `TIME STREAM F|P CONTENT`.
-pub fn parse_record(line: &str) -> Option<LogRecord> {
-    let mut parts = line.splitn(4, ' ');
-    let time = DateTime::parse_from_rfc3339(parts.next()?).ok()?.with_timezone(&Utc);
-    let stream = parts.next()?.to_string();
-    let tag = parts.next()?;
-    let content = parts.next().unwrap_or("").to_string();
-    Some(LogRecord { time, stream, partial: tag == "P", content })
-}
-
-/// The container's output across rotated files, oldest first, as the
-/// Kubernetes log endpoint returns it: partial records joined, one line per
-/// `\n`, optionally timestamped.
-pub fn read_logs(root: &Path, namespace: &str, id: &str, opts: &LogOptions) -> io::Result<String> {
-    let base = log_path(root, namespace, id);
-    let mut lines: Vec<(DateTime<Utc>, String)> = Vec::new();
-    let mut pending: Option<(DateTime<Utc>, String)> = None;
-    for f in log_files(&base) {
-        let file = match File::open(&f) {
-            Ok(f) => f,
-            // Rotated away between listing and opening.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for line in BufReader::new(file).lines() {
-            let line = line?;
-            let Some(rec) = parse_record(&line) else { continue };
-            let (time, mut text) = pending.take().unwrap_or((rec.time, String::new()));
-            text.push_str(&rec.content);
-            if rec.partial {
-                pending = Some((time, text));
-            } else {
-                lines.push((time, text));
-            }
-        }
-    }
-    if let Some(p) = pending {
-        lines.push(p);
-    }
-    if let Some(since) = opts.since {
-        lines.retain(|(t, _)| *t >= since);
-    }
-    if let Some(n) = opts.tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
-    let mut out = String::new();
-    for (t, text) in lines {
-        if opts.timestamps {
-            out.push_str(&t.to_rfc3339_opts(SecondsFormat::Nanos, true));
-            out.push(' ');
-        }
-        out.push_str(&text);
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,57 +213,5 @@ mod tests {
         assert_eq!(LogDriverConfig::from_arg(&small.to_arg()).unwrap(), small);
         assert!(LogDriverConfig::from_arg("/x?max-files=0").is_err());
         assert!(LogDriverConfig::from_arg("/x?color=red").is_err());
-    }
-
-    #[test]
-    fn rotates_by_size_and_reads_across_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = log_path(dir.path(), "ns", "c1");
-        std::fs::create_dir_all(base.parent().unwrap()).unwrap();
-        let mut log = RotatingLog::open(base.clone(), 200, 3).unwrap();
-        for i in 0..20 {
-            log.write_record("stdout", false, format!("line {i:02}").as_bytes()).unwrap();
-        }
-        let files = log_files(&base);
-        assert_eq!(files.len(), 3, "{files:?}");
-        for f in &files {
-            assert!(std::fs::metadata(f).unwrap().len() <= 200);
-        }
-        let all = read_logs(dir.path(), "ns", "c1", &LogOptions::default()).unwrap();
-        let got: Vec<&str> = all.lines().collect();
-        assert_eq!(got.last(), Some(&"line 19"));
-        // Oldest kept lines first, contiguous.
-        let first: usize = got[0].trim_start_matches("line ").parse().unwrap();
-        let want: Vec<String> = (first..20).map(|i| format!("line {i:02}")).collect();
-        assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
-
-        let tail = read_logs(dir.path(), "ns", "c1", &LogOptions { tail: Some(2), ..Default::default() }).unwrap();
-        assert_eq!(tail, "line 18\nline 19\n");
-        let ts = read_logs(dir.path(), "ns", "c1", &LogOptions { tail: Some(1), timestamps: true, ..Default::default() }).unwrap();
-        assert!(ts.ends_with("Z line 19\n") && ts.len() > 30, "{ts}");
-        let future = Utc::now() + chrono::Duration::seconds(60);
-        let none = read_logs(dir.path(), "ns", "c1", &LogOptions { since: Some(future), ..Default::default() }).unwrap();
-        assert_eq!(none, "");
-        keep_as_previous(&base).unwrap();
-        assert!(log_files(&base).is_empty());
-        let prev = log_files(&previous_base(&base));
-        assert_eq!(prev.len(), 3, "{prev:?}");
-        assert!(prev.last().unwrap().ends_with("c1.previous.log"));
-        remove_logs(&base).unwrap();
-        assert!(log_files(&previous_base(&base)).is_empty());
-    }
-
-    #[test]
-    fn partial_records_are_joined() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = log_path(dir.path(), "ns", "c2");
-        std::fs::create_dir_all(base.parent().unwrap()).unwrap();
-        let mut log = RotatingLog::open(base, 1 << 20, 2).unwrap();
-        log.write_record("stdout", true, b"abc").unwrap();
-        log.write_record("stdout", false, b"def").unwrap();
-        log.write_record("stderr", false, b"err").unwrap();
-        assert_eq!(read_logs(dir.path(), "ns", "c2", &LogOptions::default()).unwrap(), "abcdef\nerr\n");
-        let rec = parse_record("2026-11-25T10:00:00.123456789Z stdout F hello world").unwrap();
-        assert_eq!((rec.stream.as_str(), rec.partial, rec.content.as_str()), ("stdout", false, "hello world"));
     }
 }
