@@ -163,6 +163,11 @@ pub struct ContainerStatus {
     pub last_state: Option<ContainerState>,
     #[serde(default)]
     pub restart_count: i32,
+    /// Restarts since the container last ran for 10 minutes: the restart
+    /// backoff doubles with it (10 s to 5 min) and starts over after a long
+    /// run, as the kubelet's does. Kept in status so it survives restarts.
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub recent_restarts: i32,
     #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +265,10 @@ impl ContainerStatus {
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }
+}
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
 }
 
 /// Convenience for callers building label maps.

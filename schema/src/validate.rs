@@ -277,6 +277,9 @@ pub fn validate_status(s: &ContainerStatus) -> Result<(), FieldErrors> {
     if s.restart_count < 0 {
         errs.invalid("status.restartCount", "must be >= 0");
     }
+    if s.recent_restarts < 0 {
+        errs.invalid("status.recentRestarts", "must be >= 0");
+    }
     if let Some(id) = &s.container_id {
         let bare = id.strip_prefix("containerd://").unwrap_or_default();
         let ok = !bare.is_empty()

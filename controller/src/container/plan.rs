@@ -119,13 +119,13 @@ fn add(t: &Time, d: Duration) -> Time {
     Time(t.0 + chrono::Duration::from_std(d).unwrap_or_default())
 }
 
-/// The restart delay after `restarts` restarts, given how long the last
-/// run lasted.
-pub fn restart_delay(restarts: i32, ran: Duration) -> Duration {
-    if restarts <= 0 || ran >= BACKOFF_RESET {
+/// The restart delay after `recent` restarts without a long run: none for
+/// the first, then 10 s doubling to 5 min.
+pub fn restart_delay(recent: i32) -> Duration {
+    if recent <= 0 {
         return Duration::ZERO;
     }
-    let exp = (restarts - 1).min(10) as u32;
+    let exp = (recent - 1).min(10) as u32;
     (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
 }
 
@@ -295,7 +295,9 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         return Plan { step: Step::DeleteTask { id }, status };
     }
     let ran = started_at.map(|s| since(&s, &finished)).unwrap_or_default();
-    let delay = restart_delay(prior.restart_count, ran);
+    // A run of 10 minutes forgives the crashes before it.
+    let recent = if ran >= BACKOFF_RESET { 0 } else { prior.recent_restarts };
+    let delay = restart_delay(recent);
     let due = add(&finished, delay);
     status.last_state = Some(ContainerState { terminated: Some(terminated), ..Default::default() });
     if now.0 < due.0 {
@@ -307,6 +309,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         return Plan { step: Step::Nothing { requeue: Some(left) }, status };
     }
     status.restart_count = prior.restart_count + 1;
+    status.recent_restarts = recent + 1;
     status.state = Some(waiting(REASON_CREATING, "restarting".into()));
     Plan { step: Step::DeleteTask { id }, status }
 }
@@ -436,6 +439,7 @@ mod tests {
         // Restarted twice already; the last run lasted 2 s.
         o.status = Some(ContainerStatus {
             restart_count: 2,
+            recent_restarts: 2,
             state: Some(ContainerState { running: Some(StateRunning { started_at: Some(t(8)) }), ..Default::default() }),
             pid: Some(7),
             ..Default::default()
@@ -464,9 +468,21 @@ mod tests {
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_ten_minutes() {
-        let s = |n, ran| restart_delay(n, Duration::from_secs(ran)).as_secs();
-        assert_eq!([s(0, 1), s(1, 1), s(2, 1), s(3, 1), s(6, 1), s(9, 1)], [0, 10, 20, 40, 300, 300]);
-        assert_eq!(s(5, 600), 0);
+        let s = |n| restart_delay(n).as_secs();
+        assert_eq!([s(0), s(1), s(2), s(3), s(6), s(9)], [0, 10, 20, 40, 300, 300]);
+        // After a 10-minute run the count starts over: the restart is
+        // immediate and the next crash waits 10 s, not 5 min.
+        let mut o = obj(RestartPolicy::Always);
+        o.status = Some(ContainerStatus {
+            restart_count: 40,
+            recent_restarts: 9,
+            state: Some(ContainerState { running: Some(StateRunning { started_at: Some(t(0)) }), ..Default::default() }),
+            pid: Some(7),
+            ..Default::default()
+        });
+        let p = plan(&o, &[actual(&o, exited(1, 700))], &t(701));
+        assert!(matches!(p.step, Step::DeleteTask { .. }), "{:?}", p.step);
+        assert_eq!((p.status.restart_count, p.status.recent_restarts), (41, 1));
     }
 
     #[test]

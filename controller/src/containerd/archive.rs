@@ -87,7 +87,14 @@ impl Archive {
     }
 }
 
+/// Manifests, indexes and configs are small; a larger one is not to be
+/// trusted with an allocation of its claimed size.
+const MAX_METADATA_BLOB: u64 = 16 << 20;
+
 fn read_range(path: &Path, offset: u64, size: u64) -> Result<Vec<u8>, String> {
+    if size > MAX_METADATA_BLOB {
+        return Err(format!("{}: a {size}-byte manifest or config is too large (limit {MAX_METADATA_BLOB})", path.display()));
+    }
     let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = vec![0; size as usize];

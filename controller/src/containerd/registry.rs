@@ -233,7 +233,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
             .unwrap_or_default();
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?.to_vec();
+        let bytes = self.read_capped(resp).await?;
         let digest = image::sha256_digest(&bytes);
         if let Some(pinned) = &self.reference.digest {
             if pinned != &digest {
@@ -262,6 +262,27 @@ impl Registry {
     }
 }
 
+/// Manifests, indexes and configs are small; a registry sending more is
+/// not to be trusted with the memory (layers are streamed, never read whole).
+const MAX_METADATA_BLOB: usize = 16 << 20;
+
+impl Registry {
+    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+        let too_big = || format!("{}: a manifest or config larger than {MAX_METADATA_BLOB} bytes", self.reference.base_url());
+        if resp.content_length().is_some_and(|n| n > MAX_METADATA_BLOB as u64) {
+            return Err(too_big());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+            if out.len() + chunk.len() > MAX_METADATA_BLOB {
+                return Err(too_big());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
 fn is_manifest_type(m: &str) -> bool {
     m.contains("manifest") || m.contains("index")
 }
@@ -270,7 +291,7 @@ impl BlobSource for Registry {
     fn fetch_bytes<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<Vec<u8>, String>> {
         Box::pin(async move {
             let resp = self.blob(d, is_manifest_type(&d.media_type)).await?;
-            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?.to_vec();
+            let bytes = self.read_capped(resp).await?;
             verify(d, &bytes)?;
             Ok(bytes)
         })

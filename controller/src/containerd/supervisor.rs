@@ -167,6 +167,9 @@ impl Drop for Supervisor {
     }
 }
 
+/// Failed probes in a row after which an adopted containerd counts as gone.
+const ADOPTED_MISSES: u32 = 5;
+
 async fn supervise(paths: ContainerdPaths, mut stop: watch::Receiver<bool>, ready: watch::Sender<bool>, pid: Arc<AtomicU32>) {
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -177,13 +180,19 @@ async fn supervise(paths: ContainerdPaths, mut stop: watch::Receiver<bool>, read
             // Someone else's (or a previous steward's) containerd: adopt it.
             tracing::warn!(socket = %paths.socket.display(), "containerd already running on the socket; adopting it");
             let _ = ready.send(true);
-            loop {
+            // Only a containerd that stopped answering several times in a
+            // row is gone: starting a second one on the same root while a
+            // busy one still runs would be far worse than waiting.
+            let mut missed = 0;
+            while missed < ADOPTED_MISSES {
                 tokio::select! {
                     _ = stop.changed() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                if !answers(&paths.socket, Duration::from_secs(2)).await {
-                    break;
+                if answers(&paths.socket, Duration::from_secs(2)).await {
+                    missed = 0;
+                } else {
+                    missed += 1;
                 }
             }
             continue;
