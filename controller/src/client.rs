@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use steward_schema::Status;
 
 use crate::runtime::finalizer::FinalizerApi;
-use crate::runtime::{Resource, Source, SourceError, WatchEvent};
+use crate::runtime::{EventStream, Resource, Source, SourceError, WatchEvent};
 
 const API_ROOT: &str = "/apis/steward.dev/v1alpha1";
 /// Watches are renewed this often (the server ends them), which also bounds
@@ -158,7 +157,7 @@ impl<K: Resource> Api<K> {
         }
     }
 
-    async fn open_watch(&self, rv: &str) -> Result<BoxStream<'static, Result<WatchEvent<K>, SourceError>>, SourceError> {
+    async fn open_watch(&self, rv: &str) -> Result<EventStream<K>, SourceError> {
         let timeout = WATCH_TIMEOUT_SECS.to_string();
         let r = self
             .http
@@ -217,7 +216,7 @@ impl<K: Resource> Source<K> for Api<K> {
     fn list(&self) -> BoxFuture<'_, Result<(Vec<K>, String), SourceError>> {
         Box::pin(self.list_all())
     }
-    fn watch(&self, revision: &str) -> BoxFuture<'_, Result<BoxStream<'static, Result<WatchEvent<K>, SourceError>>, SourceError>> {
+    fn watch(&self, revision: &str) -> BoxFuture<'_, Result<EventStream<K>, SourceError>> {
         let rv = revision.to_string();
         Box::pin(async move { self.open_watch(&rv).await })
     }

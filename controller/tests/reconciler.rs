@@ -262,7 +262,7 @@ async fn apply_runs_spec_change_replaces_delete_cleans_up() {
         .unwrap();
     let id2 = o["status"]["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
     assert_ne!(id1, id2);
-    assert_eq!(h.fake.ids(), [id2.clone()], "old container left behind");
+    assert_eq!(h.fake.ids(), std::slice::from_ref(&id2), "old container left behind");
     let log = h.fake.s.lock().unwrap().log.clone();
     let stop = log.iter().position(|l| l == &format!("kill {id1} 15")).expect("old container not signalled");
     let create = log.iter().position(|l| l == &format!("create {id2}")).unwrap();

@@ -110,7 +110,7 @@ fn spec_change_replaces_the_container_and_delete_cleans_containerd() {
     let v2 = s.wait("app", "a new container running", T, |v| phase(v) == "Running" && container_id(v) != old && v["status"]["pid"].is_u64());
     let new = container_id(&v2);
     let containers = s.ctr_ids("containers");
-    assert_eq!(containers, [new.clone()], "old container {old} still in containerd");
+    assert_eq!(containers, std::slice::from_ref(&new), "old container {old} still in containerd");
 
     let out = s.ok(&["delete", "containers", "app", "--wait", "--timeout", "60s"]);
     assert!(out.contains("deleted"), "{out}");

@@ -251,7 +251,7 @@ impl Store {
     pub async fn write(&self, write: Write, dry_run: bool) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(writer::Command::Write(writer::Request { write, dry_run, reply }))
+            .send(writer::Command::Write(Box::new(writer::Request { write, dry_run, reply })))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -28,7 +28,8 @@ pub(crate) struct Request {
 }
 
 pub(crate) enum Command {
-    Write(Request),
+    // Boxed: a queued control command need not take a write's room.
+    Write(Box<Request>),
     Control(Control),
 }
 
@@ -85,12 +86,12 @@ pub(crate) async fn run(
         let mut batch = Vec::new();
         let mut control = None;
         match first {
-            Command::Write(r) => batch.push(r),
+            Command::Write(r) => batch.push(*r),
             Command::Control(c) => control = Some(c),
         }
         while batch.len() < shared.config.max_batch && control.is_none() {
             match rx.try_recv() {
-                Ok(Command::Write(r)) => batch.push(r),
+                Ok(Command::Write(r)) => batch.push(*r),
                 Ok(Command::Control(c)) => control = Some(c),
                 Err(_) => break,
             }
@@ -114,7 +115,7 @@ pub(crate) async fn run(
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
         if let Command::Write(r) = cmd {
-            commit_batch(&mut conn, &shared, vec![r], &mut dirty).await;
+            commit_batch(&mut conn, &shared, vec![*r], &mut dirty).await;
         }
     }
     shared.write().watchers.clear();
@@ -204,7 +205,7 @@ async fn persist(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sq
     }
     let mut tx = conn.begin().await?;
     for chunk in chunks {
-        insert_events(&mut *tx, chunk, ts).await?;
+        insert_events(&mut tx, chunk, ts).await?;
     }
     tx.commit().await
 }

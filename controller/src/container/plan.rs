@@ -396,7 +396,7 @@ mod tests {
     fn container_without_task_is_started_and_running_is_reported() {
         let o = obj(RestartPolicy::Always);
         let c = actual(&o, None);
-        assert_eq!(plan(&o, &[c.clone()], &t(0)).step, Step::Start { id: c.id.clone() });
+        assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id.clone() });
         let p = plan(&o, &[actual(&o, running(42))], &t(5));
         assert_eq!(p.step, Step::Nothing { requeue: None });
         assert_eq!((p.status.phase, p.status.pid), (Some(Phase::Running), Some(42)));
@@ -513,7 +513,7 @@ mod tests {
     fn created_but_never_started_task_is_started() {
         let o = obj(RestartPolicy::Always);
         let c = actual(&o, Some(Task { pid: 5, status: TaskStatus::Created, exit_code: None, exited_at: None }));
-        assert_eq!(plan(&o, &[c.clone()], &t(0)).step, Step::Start { id: c.id });
+        assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id });
     }
 
     #[test]

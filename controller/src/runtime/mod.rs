@@ -63,6 +63,9 @@ impl fmt::Display for ObjectRef {
 }
 
 /// One event of a watch stream, as the API sends it.
+// Moved once from the stream to the watcher; boxing the rare variant
+// would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum WatchEvent<K> {
     Added(K),
@@ -87,11 +90,14 @@ pub enum SourceError {
     Protocol(String),
 }
 
+/// The events of one watch request.
+pub type EventStream<K> = BoxStream<'static, Result<WatchEvent<K>, SourceError>>;
+
 /// Where objects come from: a list and a watch. The HTTP API implements it
 /// ([`crate::client::Api`]); tests use an in-memory one.
 pub trait Source<K>: Send + Sync + 'static {
     /// Every object, and the revision the list was read at.
     fn list(&self) -> BoxFuture<'_, Result<(Vec<K>, String), SourceError>>;
     /// Changes after `revision`.
-    fn watch(&self, revision: &str) -> BoxFuture<'_, Result<BoxStream<'static, Result<WatchEvent<K>, SourceError>>, SourceError>>;
+    fn watch(&self, revision: &str) -> BoxFuture<'_, Result<EventStream<K>, SourceError>>;
 }

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{BoxStream, Stream};
+use futures_util::stream::Stream;
 use futures_util::StreamExt;
 
 use super::backoff::Backoff;
-use super::{Resource, Source, SourceError, WatchEvent};
+use super::{EventStream, Resource, Source, SourceError, WatchEvent};
 
 /// What the watcher tells its consumer.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub enum Event<K> {
 enum State<K> {
     Empty,
     Listed { rv: String },
-    Watching { rv: String, stream: BoxStream<'static, Result<WatchEvent<K>, SourceError>> },
+    Watching { rv: String, stream: EventStream<K> },
 }
 
 struct Machine<K, S> {
@@ -125,11 +125,14 @@ pub(crate) mod tests {
         c
     }
 
+    type ListAnswer = Result<(Vec<Container>, String), SourceError>;
+    type WatchAnswer = Result<Vec<Result<WatchEvent<Container>, SourceError>>, SourceError>;
+
     /// A scripted source: each list / watch call takes the next answer.
     #[derive(Default)]
     pub struct Scripted {
-        pub lists: Mutex<VecDeque<Result<(Vec<Container>, String), SourceError>>>,
-        pub watches: Mutex<VecDeque<Result<Vec<Result<WatchEvent<Container>, SourceError>>, SourceError>>>,
+        pub lists: Mutex<VecDeque<ListAnswer>>,
+        pub watches: Mutex<VecDeque<WatchAnswer>>,
         pub calls: Mutex<Vec<String>>,
     }
 
@@ -144,7 +147,7 @@ pub(crate) mod tests {
                 }
             })
         }
-        fn watch(&self, rv: &str) -> BoxFuture<'_, Result<BoxStream<'static, Result<WatchEvent<Container>, SourceError>>, SourceError>> {
+        fn watch(&self, rv: &str) -> BoxFuture<'_, Result<EventStream<Container>, SourceError>> {
             let rv = rv.to_string();
             Box::pin(async move {
                 self.calls.lock().unwrap().push(format!("watch {rv}"));
