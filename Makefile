@@ -2,7 +2,8 @@
 # Both install what is missing on a fresh Debian machine (as root).
 
 CARGO     ?= cargo
-DATA_DIR  ?= $(CURDIR)/data
+# The default data dir of `steward serve` (and of the CLI's token file).
+DATA_DIR  ?= /var/lib/steward
 LISTEN    ?= 127.0.0.1:7420
 APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 

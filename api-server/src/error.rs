@@ -14,6 +14,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -46,6 +48,7 @@ impl ApiError {
                 Status::failure(422, "Invalid", format!("Container {msg}")).with_details(details(name, causes))
             }
             ApiError::NotFound(_) => Status::failure(404, "NotFound", msg),
+            ApiError::Unauthorized(_) => Status::failure(401, "Unauthorized", msg),
             ApiError::MethodNotAllowed(_) => Status::failure(405, "MethodNotAllowed", msg),
             ApiError::UnsupportedMediaType(_) => Status::failure(415, "UnsupportedMediaType", msg),
             ApiError::TooLarge(_) => Status::failure(413, "RequestEntityTooLarge", msg),

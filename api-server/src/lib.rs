@@ -6,6 +6,7 @@
 //! shutdown. It validates objects with `steward-schema` and persists them
 //! through `steward-store`; it never touches SQLite or containerd itself.
 
+mod auth;
 mod containers;
 mod discovery;
 mod error;
@@ -45,6 +46,9 @@ pub struct Config {
     pub upload_dir: Option<std::path::PathBuf>,
     /// Largest image archive accepted.
     pub max_image_bytes: usize,
+    /// The bearer token every request (but health and version) must carry;
+    /// `None` serves without authentication (embedding, tests).
+    pub token: Option<String>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             images: None,
             upload_dir: None,
             max_image_bytes: 4 << 30,
+            token: None,
         }
     }
 }
@@ -105,6 +110,7 @@ pub fn router(app: AppState) -> Router {
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)
 }

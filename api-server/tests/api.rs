@@ -514,9 +514,12 @@ async fn graceful_shutdown_ends_watches_and_keeps_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_watchers_over_http() {
     let s = TestServer::start().await;
+    // A first object, so no watcher starts at revision 0 (which means
+    // "the current objects, in name order, then changes").
+    create(&s, &container("seed")).await;
     const WRITERS: usize = 6;
     const EACH: usize = 40;
-    let total = (WRITERS * EACH) as i64;
+    let total = (WRITERS * EACH) as i64 + 1;
     let url = s.ns_url("");
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -550,5 +553,22 @@ async fn concurrent_writers_and_watchers_over_http() {
     for w in watchers {
         let (from, seen) = w.await.unwrap();
         assert_eq!(seen, (from + 1..=total).collect::<Vec<_>>(), "watcher from {from}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_is_required_when_configured() {
+    let api = steward_apiserver::Config { token: Some("s3cret".into()), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let (code, st) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (401, Some("Unauthorized")));
+    let (code, _) = body(s.client.get(s.ns_url("")).bearer_auth("wrong").send().await.unwrap()).await;
+    assert_eq!(code, 401);
+    let (code, _) = body(s.client.post(s.ns_url("")).bearer_auth("s3cret").json(&container("a")).send().await.unwrap()).await;
+    assert_eq!(code, 201);
+    let r = s.client.get(format!("{}/metrics", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401, "metrics are not public");
+    for open in ["/healthz", "/readyz", "/version"] {
+        assert_eq!(s.client.get(format!("{}{open}", s.url)).send().await.unwrap().status(), 200, "{open}");
     }
 }

@@ -277,6 +277,10 @@ fn start_steward(bin: &Path, dir: &Path) -> Result<Server> {
         .and_then(|a| a.trim().parse().ok())
         .ok_or_else(|| anyhow!("steward's first stdout line is {line:?}, not `listening on 127.0.0.1:PORT`"))?;
     server.addr = addr;
+    let token = std::fs::read_to_string(data.join("token")).context("steward's API token (DATA/token)")?;
+    if let Ok(mut t) = TOKENS.lock() {
+        t.push((addr, token.trim().to_string()));
+    }
     eprintln!("[bench] steward pid {} on {addr}, data {}", server.pid(), data.display());
     Ok(server)
 }
@@ -331,8 +335,13 @@ async fn start_etcd(bin: &Path, dir: &Path) -> Result<Server> {
 struct Conn {
     tx: SendRequest<Full<Bytes>>,
     authority: String,
+    /// `Bearer <token>` for steward (etcd runs without auth).
+    auth: Option<String>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// API tokens of the steward servers started, by address.
+static TOKENS: std::sync::Mutex<Vec<(SocketAddr, String)>> = std::sync::Mutex::new(Vec::new());
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -348,12 +357,16 @@ impl Conn {
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn { tx, authority: addr.to_string(), task })
+        let auth = TOKENS.lock().ok().and_then(|t| t.iter().find(|(a, _)| *a == addr).map(|(_, t)| format!("Bearer {t}")));
+        Ok(Conn { tx, authority: addr.to_string(), auth, task })
     }
 
     async fn start(&mut self, method: Method, path: &str, ctype: Option<&str>, body: Bytes) -> Result<hyper::Response<Incoming>> {
         self.tx.ready().await?;
         let mut b = Request::builder().method(method).uri(path).header(HOST, &self.authority);
+        if let Some(a) = &self.auth {
+            b = b.header(hyper::header::AUTHORIZATION, a);
+        }
         if let Some(ct) = ctype {
             b = b.header(CONTENT_TYPE, ct);
         }

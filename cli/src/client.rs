@@ -239,16 +239,23 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str) -> anyhow::Result<Client> {
+    pub fn new(server: &str, token: Option<&str>) -> anyhow::Result<Client> {
         let server = server.trim_end_matches('/').to_string();
         // reqwest is built without TLS: say so up front rather than failing
         // with an obscure "scheme not supported" on the first request.
         if !server.starts_with("http://") {
             anyhow::bail!("server URL {server:?} must start with http:// (https is not supported yet)");
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| anyhow::anyhow!("the API token contains characters a header cannot carry"))?;
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build HTTP client: {e}"))?;
         Ok(Client { server, http })

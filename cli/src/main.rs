@@ -30,6 +30,12 @@ struct Cli {
     /// URL of the steward API server.
     #[arg(long, global = true, env = "STEWARD_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// The API token (else --token-file).
+    #[arg(long, global = true, env = "STEWARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the API token [default: /var/lib/steward/token, when readable].
+    #[arg(long, global = true, env = "STEWARD_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Namespace of the objects (default: `default`; manifests may name their own).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -125,7 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // It becomes part of every URL.
         steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
     }
-    let ctx = Context { client: Client::new(&cli.server)?, namespace: cli.namespace };
+    let token = token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let ctx = Context { client: Client::new(&cli.server, token.as_deref())?, namespace: cli.namespace };
     match cli.command {
         Command::Serve(_) => Ok(ExitCode::SUCCESS),
         Command::Apply(args) => apply::run(&ctx, args).await,
@@ -170,6 +177,23 @@ fn main() -> ExitCode {
             report(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where a local `steward serve` keeps its token (its default data dir).
+const DEFAULT_TOKEN_FILE: &str = "/var/lib/steward/token";
+
+/// The token to send: `--token`, else the `--token-file`, else the default
+/// file if there is one (a server without a token is fine too).
+fn token(flag: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    if let Some(t) = flag {
+        return Ok(Some(t.trim().to_string()));
+    }
+    match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display())),
+        None => Ok(std::fs::read_to_string(DEFAULT_TOKEN_FILE).ok().map(|t| t.trim().to_string())),
     }
 }
 

@@ -36,9 +36,13 @@ pub struct ServeArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Allow --listen on a non-loopback address. The API has no
-    /// authentication yet and runs containers as root: whoever reaches it
-    /// owns the machine.
+    /// The API's bearer token; created (random, mode 0600) if missing.
+    /// Default: DATA/token.
+    #[arg(long, env = "STEWARD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Allow --listen on a non-loopback address. The API runs containers
+    /// as root and its only protection is the token, sent in clear over
+    /// plain HTTP (no TLS yet).
     #[arg(long)]
     pub insecure_allow_remote: bool,
     /// Largest request body accepted, in bytes.
@@ -58,8 +62,8 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
         anyhow::bail!(
-            "--listen {}: steward's API has no authentication yet and runs containers as root; \
-             listen on loopback, or pass --insecure-allow-remote if you accept that anyone who reaches it owns this machine",
+            "--listen {}: steward's API runs containers as root and has no TLS yet, so its token would cross the \
+             network in clear; listen on loopback, or pass --insecure-allow-remote to accept that",
             args.listen
         );
     }
@@ -84,7 +88,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
-    let mut api = steward_apiserver::Config { max_body_bytes: args.max_body_bytes, ..Default::default() };
+    let token_file = args.token_file.clone().unwrap_or_else(|| args.data_dir.join("token"));
+    let token = load_or_create_token(&token_file)?;
+    let mut api =
+        steward_apiserver::Config { max_body_bytes: args.max_body_bytes, token: Some(token.clone()), ..Default::default() };
 
     // The runtime first: the API serves logs and image imports through it.
     let mut supervisor = None;
@@ -133,7 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cfg.controller.concurrency = args.concurrency;
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            manager::run(&server, rt, cfg, stop).await;
+            manager::run(&server, Some(&token), rt, cfg, stop).await;
             let _ = controllers_done_tx.send(());
         });
     } else {
@@ -153,6 +160,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(lock);
     tracing::info!("steward stopped; containers keep running");
     Ok(())
+}
+
+/// Reads the API token, or makes one: 32 random bytes as hex, in a file
+/// only its owner (root) can read.
+fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => anyhow::bail!("--token-file {}: the file is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("--token-file {}", path.display())),
+    }
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for a new API token")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("--token-file {}", path.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("--token-file {}: cannot create", path.display()))?;
+    f.write_all(token.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a new API token");
+    Ok(token)
 }
 
 /// Image archives uploaded to the API go into containerd.

@@ -285,3 +285,17 @@ fn server_killed_is_one_clear_line() {
     expect_code(&out, 1);
     assert_eq!(stderr(&out), format!("error: cannot reach steward at {}: connection refused\n", server.url()));
 }
+
+#[test]
+fn the_api_wants_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let token_file = dir.path().join("data/token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the token file is readable by others");
+    let out = steward_at(server.url(), &["get", "containers"], None);
+    expect_code(&out, 1);
+    assert!(stderr(&out).contains("Error from server (Unauthorized)"), "{}", stderr(&out));
+    let out = steward_at(server.url(), &["--token-file", &token_file.to_string_lossy(), "get", "containers"], None);
+    expect_code(&out, 0);
+}

@@ -39,8 +39,14 @@ fn rev(v: &Value) -> i64 {
 
 /// Writes until the server dies: creates with unique names and updates of
 /// a counter object; records what was acknowledged.
-async fn writer(url: String, cycle: usize, w: usize) -> Acked {
-    let client = reqwest::Client::new();
+fn client(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(h).build().unwrap()
+}
+
+async fn writer(url: String, token: String, cycle: usize, w: usize) -> Acked {
+    let client = client(&token);
     let mut acked = Acked::default();
     let counter = format!("counter-{w}");
     for i in 0.. {
@@ -74,8 +80,8 @@ async fn writer(url: String, cycle: usize, w: usize) -> Acked {
 }
 
 /// Checks that everything acknowledged so far is in the restarted store.
-async fn verify(url: &str, all: &Acked, logs: &str) -> i64 {
-    let client = reqwest::Client::new();
+async fn verify(url: &str, token: &str, all: &Acked, logs: &str) -> i64 {
+    let client = client(token);
     let list: Value = client.get(format!("{url}{BASE}")).send().await.unwrap().json().await.unwrap();
     let list_rev: i64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
     assert!(
@@ -112,8 +118,9 @@ fn acknowledged_writes_survive_sigkill() {
     for cycle in 0..cycles {
         let mut server = TestServer::start(dir.path());
         let url = server.url().to_string();
-        let before = rt.block_on(verify(&url, &all, &server.logs()));
-        let tasks: Vec<_> = (0..WRITERS).map(|w| rt.spawn(writer(url.clone(), cycle, w))).collect();
+        let token = server.token().to_string();
+        let before = rt.block_on(verify(&url, &token, &all, &server.logs()));
+        let tasks: Vec<_> = (0..WRITERS).map(|w| rt.spawn(writer(url.clone(), token.clone(), cycle, w))).collect();
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..600)));
         server.kill();
         for t in tasks {
@@ -133,7 +140,7 @@ fn acknowledged_writes_survive_sigkill() {
         }
     }
     let server = TestServer::start(dir.path());
-    rt.block_on(verify(server.url(), &all, &server.logs()));
+    rt.block_on(verify(server.url(), server.token(), &all, &server.logs()));
     assert!(total_acked > cycles * WRITERS, "too few writes acknowledged ({total_acked}) for the test to mean anything");
     eprintln!("{cycles} SIGKILL cycles, {total_acked} acknowledged creates, all present");
 }

@@ -64,14 +64,23 @@ async fn status_error(r: reqwest::Response) -> SourceError {
 }
 
 impl<K: Resource> Api<K> {
-    /// All namespaces.
+    /// All namespaces, without credentials.
     pub fn all(server: &str) -> Self {
-        Api {
-            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default(),
-            server: server.trim_end_matches('/').to_string(),
-            namespace: None,
-            _kind: PhantomData,
+        Self::all_with_token(server, None)
+    }
+
+    /// All namespaces, sending `token` as the bearer token.
+    pub fn all_with_token(server: &str, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
+            .build()
+            .unwrap_or_default();
+        Api { http, server: server.trim_end_matches('/').to_string(), namespace: None, _kind: PhantomData }
     }
 
     fn collection(&self, ns: Option<&str>) -> String {

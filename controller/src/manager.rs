@@ -31,8 +31,14 @@ impl Default for ManagerConfig {
 
 /// Runs until `shutdown` resolves; reconciles in flight finish first.
 /// Containers are never stopped because steward stops.
-pub async fn run<R: Runtime>(server: &str, runtime: Arc<R>, config: ManagerConfig, shutdown: impl Future<Output = ()>) {
-    let api: Api<Container> = Api::all(server);
+pub async fn run<R: Runtime>(
+    server: &str,
+    token: Option<&str>,
+    runtime: Arc<R>,
+    config: ManagerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let api: Api<Container> = Api::all_with_token(server, token);
     let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone() });
     // Runtime events name containers; most ids say whose they are, hashed
     // ones are looked up by their labels.

@@ -165,11 +165,15 @@ impl Drop for PodmanGuard {
 }
 
 /// One HTTP/1.1 GET to steward (127.0.0.1), whole body.
-fn http_get(url: &str, path: &str) -> String {
+fn http_get(url: &str, token: &str, path: &str) -> String {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).expect("connect to steward");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut r = BufReader::new(s);
     let chunked = read_headers(&mut r);
     let mut body = Vec::new();
@@ -225,10 +229,14 @@ struct Watch {
 }
 
 impl Watch {
-    fn open(url: &str) -> Watch {
+    fn open(url: &str, token: &str) -> Watch {
         let addr = url.trim_start_matches("http://");
         let mut s = TcpStream::connect(addr).expect("connect to steward");
-        write!(s, "GET {LIST_PATH}?watch=true HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+        write!(
+            s,
+            "GET {LIST_PATH}?watch=true HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
         let mut r = BufReader::new(s.try_clone().expect("clone"));
         // The response has started: the watch is registered.
         let chunked = read_headers(&mut r);
@@ -334,8 +342,8 @@ fn manifest(name: &str, image: &str) -> String {
     )
 }
 
-fn running_names(url: &str) -> usize {
-    let list: Value = serde_json::from_str(&http_get(url, LIST_PATH)).unwrap_or_default();
+fn running_names(url: &str, token: &str) -> usize {
+    let list: Value = serde_json::from_str(&http_get(url, token, LIST_PATH)).unwrap_or_default();
     list["items"].as_array().map(|a| a.iter().filter(|o| phase(o) == "Running").count()).unwrap_or(0)
 }
 
@@ -424,7 +432,7 @@ fn main() {
     for name in &names {
         std::fs::write(mdir.join(format!("{name}.yaml")), manifest(name, &image)).expect("write manifest");
     }
-    let watch = Watch::open(&url);
+    let watch = Watch::open(&url, &steward.token);
     let (bs0, bc0, m0) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), machine_jiffies());
     let t = Instant::now();
     let apply_out = run_limited(
@@ -459,7 +467,7 @@ fn main() {
     times.sort();
     let first_running = times[0];
     let median_running = times[times.len() / 2];
-    assert_eq!(running_names(&url), n, "the list disagrees with the watch");
+    assert_eq!(running_names(&url, &steward.token), n, "the list disagrees with the watch");
     println!(
         "(b) steward apply x{n} until all Running: {} (apply command {}, first Running {}, median {})",
         secs(steward_create),

@@ -145,6 +145,8 @@ impl Registry {
 /// `steward serve` with its own supervised containerd (the `make run` path).
 pub struct Steward {
     pub url: String,
+    /// The API token `serve` keeps in its data dir.
+    pub token: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
 }
@@ -152,7 +154,8 @@ pub struct Steward {
 impl Steward {
     pub fn start(data_dir: &Path) -> Steward {
         let (url, proc) = Self::spawn(data_dir);
-        Steward { url, data_dir: data_dir.to_path_buf(), proc }
+        let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
+        Steward { url, token, data_dir: data_dir.to_path_buf(), proc }
     }
 
     /// SIGKILLs steward (containers and containerd live on) and starts a
@@ -185,7 +188,13 @@ impl Steward {
 
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(steward_bin()).arg("--server").arg(&self.url).args(args).output().expect("run steward")
+        Command::new(steward_bin())
+            .env("STEWARD_TOKEN", &self.token)
+            .arg("--server")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("run steward")
     }
 
     /// Runs the CLI, panicking with its output unless it succeeds.

@@ -19,6 +19,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_steward");
 pub struct TestServer {
     child: Child,
     url: String,
+    /// The API token `serve` created in its data dir.
+    token: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -89,11 +91,17 @@ impl TestServer {
         };
         // Keep draining stdout for the life of the server.
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        TestServer { child, url, stderr }
+        let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
+        TestServer { child, url, token, stderr }
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The bearer token the API requires.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// What the server wrote to stderr so far (for failure messages).
@@ -109,12 +117,12 @@ impl TestServer {
 
     /// Runs `steward --server URL ARGS...`.
     pub fn steward(&self, args: &[&str]) -> Output {
-        steward_at(&self.url, args, None)
+        run_steward(&self.url, Some(&self.token), args, None)
     }
 
     /// Runs `steward --server URL ARGS...` with `input` on stdin.
     pub fn steward_stdin(&self, args: &[&str], input: &str) -> Output {
-        steward_at(&self.url, args, Some(input))
+        run_steward(&self.url, Some(&self.token), args, Some(input))
     }
 }
 
@@ -126,7 +134,15 @@ impl Drop for TestServer {
 
 /// Runs the client against `url` (which need not be a live server).
 pub fn steward_at(url: &str, args: &[&str], input: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
+    run_steward(url, None, args, input)
+}
+
+fn run_steward(url: &str, token: Option<&str>, args: &[&str], input: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    if let Some(t) = token {
+        cmd.env("STEWARD_TOKEN", t);
+    }
+    let mut child = cmd
         .args(["--server", url])
         .args(args)
         .env_remove("STEWARD_SERVER")
