@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Default: DATA/token.
     #[arg(long, env = "STEWARD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Serve without the token. kubectl sends no bearer token over plain
+    /// HTTP, so this is how kubectl can talk to steward until TLS lands;
+    /// anyone who can reach the port then has root on this machine.
+    #[arg(long, conflicts_with = "insecure_allow_remote")]
+    pub no_auth: bool,
     /// Allow --listen on a non-loopback address. The API runs containers
     /// as root and its only protection is the token, sent in clear over
     /// plain HTTP (no TLS yet).
@@ -88,10 +93,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     let addr = listener.local_addr()?;
-    let token_file = args.token_file.clone().unwrap_or_else(|| args.data_dir.join("token"));
-    let token = load_or_create_token(&token_file)?;
-    let mut api =
-        steward_apiserver::Config { max_body_bytes: args.max_body_bytes, token: Some(token.clone()), ..Default::default() };
+    let token = if args.no_auth {
+        tracing::warn!("--no-auth: any local user who can reach {} can run root containers", args.listen);
+        None
+    } else {
+        let token_file = args.token_file.clone().unwrap_or_else(|| args.data_dir.join("token"));
+        Some(load_or_create_token(&token_file)?)
+    };
+    let mut api = steward_apiserver::Config { max_body_bytes: args.max_body_bytes, token: token.clone(), ..Default::default() };
 
     // The runtime first: the API serves logs and image imports through it.
     let mut supervisor = None;
@@ -140,7 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cfg.controller.concurrency = args.concurrency;
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            manager::run(&server, Some(&token), rt, cfg, stop).await;
+            manager::run(&server, token.as_deref(), rt, cfg, stop).await;
             let _ = controllers_done_tx.send(());
         });
     } else {
