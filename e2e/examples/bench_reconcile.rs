@@ -436,7 +436,7 @@ fn main() {
     let (bs0, bc0, m0) = (cpu_secs(steward_pid), cpu_secs(containerd_pid), machine_jiffies());
     let t = Instant::now();
     let apply_out = run_limited(
-        Command::new(&bin).arg("--server").arg(&url).args(["apply", "-f"]).arg(&mdir),
+        Command::new(&bin).env("STEWARD_TOKEN", &steward.token).arg("--server").arg(&url).args(["apply", "-f"]).arg(&mdir),
         Duration::from_secs(60),
     );
     let apply_took = t.elapsed();
@@ -510,7 +510,7 @@ fn main() {
     let mut args = vec!["--server".to_string(), url.clone(), "delete".into(), "containers".into()];
     args.extend(names.iter().cloned());
     args.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
-    must("steward delete --wait", run_limited(Command::new(&bin).args(&args), Duration::from_secs(130)));
+    must("steward delete --wait", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(130)));
     let steward_delete = t.elapsed();
     let left = steward.ctr_ids("containers");
     assert!(left.is_empty(), "steward left containers behind: {left:?}");
