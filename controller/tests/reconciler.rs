@@ -75,7 +75,11 @@ impl Runtime for Fake {
             if image.contains("missing") {
                 return Err(RuntimeError::ImagePull(format!("pull {image}: manifest unknown")));
             }
-            progress(PullProgress { done: 5, total: 10 });
+            progress(PullProgress { done: 5 << 20, total: 10 << 20 });
+            if image.contains("slow") {
+                // A pull that takes a while: its progress is in status meanwhile.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
             Ok(ImageConfig { digest: "sha256:feed".into(), cmd: vec!["sh".into()], ..Default::default() })
         })
     }
@@ -338,4 +342,14 @@ async fn garbage_without_a_live_object_is_collected() {
     assert!(h.fake.ids()[0].starts_with("default.keep."));
     let _ = tx.send(());
     run.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_in_progress_shows_bytes_in_status() {
+    let h = Harness::start().await;
+    h.apply("pulling", json!({"image": "127.0.0.1:5000/slow:1"})).await;
+    let o = h.wait_for("pulling", "ImagePulling", |o| waiting(o) == "ImagePulling").await.unwrap();
+    let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!(msg, "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB");
+    h.wait_for("pulling", "Running after the pull", |o| phase(o) == "Running").await;
 }
