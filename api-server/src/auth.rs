@@ -17,9 +17,30 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Without a token, only a client on this machine that is not a web page
+/// gets in: a browser sends `Origin` on cross-site requests, and a page
+/// using DNS rebinding sends its own name as `Host`.
+fn browser_guard(req: &Request) -> Result<(), ApiError> {
+    if req.headers().contains_key(header::ORIGIN) {
+        return Err(ApiError::Forbidden("requests from web pages are refused (this server runs without a token)".into()));
+    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if !matches!(name, "127.0.0.1" | "localhost" | "::1" | "") && !name.starts_with("127.") {
+        return Err(ApiError::Forbidden(format!("Host {host:?} is not this machine (this server runs without a token)")));
+    }
+    Ok(())
+}
+
 pub async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = app.config.token.as_deref() else {
-        return next.run(req).await;
+        return match browser_guard(&req) {
+            Ok(()) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
     };
     if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
@@ -42,6 +63,25 @@ pub async fn require_token(State(app): State<AppState>, req: Request, next: Next
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+
+    fn req(headers: &[(&str, &str)]) -> axum::extract::Request {
+        let mut b = axum::http::Request::builder().uri("/apis");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn without_a_token_only_local_non_browser_clients_pass() {
+        assert!(super::browser_guard(&req(&[("host", "127.0.0.1:7420")])).is_ok());
+        assert!(super::browser_guard(&req(&[("host", "localhost:7420")])).is_ok());
+        assert!(super::browser_guard(&req(&[("host", "[::1]:7420")])).is_ok());
+        assert!(super::browser_guard(&req(&[("host", "evil.example:7420")])).is_err());
+        assert!(super::browser_guard(&req(&[("host", "127.0.0.1:7420"), ("origin", "https://evil.example")])).is_err());
+    }
+
     #[test]
     fn compares_whole_tokens() {
         assert!(super::same(b"abc", b"abc"));

@@ -44,7 +44,9 @@ fn media_type(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_else(|| "application/json".into())
+        // No default: a body without a declared type is what a browser's
+        // cross-site "simple request" sends, and it is refused.
+        .unwrap_or_default()
 }
 
 /// Reads the body, refusing more than the configured limit with 413.
@@ -80,6 +82,9 @@ fn decode(media: &str, body: &[u8]) -> Result<Container, ApiError> {
                 serde_yaml::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid YAML: {e}")))?;
             container_from_value(value).map_err(ApiError::BadRequest)
         }
+        "" => Err(ApiError::UnsupportedMediaType(
+            "a Content-Type header is required: application/json or application/yaml".into(),
+        )),
         other => Err(ApiError::UnsupportedMediaType(format!(
             "unsupported content type {other:?}: send application/json or application/yaml"
         ))),

@@ -16,6 +16,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -49,6 +51,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => Status::failure(404, "NotFound", msg),
             ApiError::Unauthorized(_) => Status::failure(401, "Unauthorized", msg),
+            ApiError::Forbidden(_) => Status::failure(403, "Forbidden", msg),
             ApiError::MethodNotAllowed(_) => Status::failure(405, "MethodNotAllowed", msg),
             ApiError::UnsupportedMediaType(_) => Status::failure(415, "UnsupportedMediaType", msg),
             ApiError::TooLarge(_) => Status::failure(413, "RequestEntityTooLarge", msg),

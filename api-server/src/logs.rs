@@ -95,46 +95,48 @@ pub async fn get(
         return Err(ApiError::BadRequest(format!("previous terminated container {name:?} has no logs")));
     }
     // File reads block: keep them off the async workers. The follower
-    // starts at the end of what this read sees.
+    // continues exactly where this read of the current file ended.
     let follow = o.follow && !o.previous;
-    let (first, read, follower) = tokio::task::spawn_blocking(move || {
-        let follower = follow.then(|| Follower::from_end(current));
-        steward_logfile::read(&files, &o.read).map(|b| (b, o.read, follower))
+    let (first, read, end) = tokio::task::spawn_blocking(move || {
+        steward_logfile::read_with_end(&files, &o.read).map(|(b, end)| (b, o.read, end))
     })
     .await
     .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?
     .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?;
-    let body = match follower {
-        Some(follower) => {
-            let shutdown = app.shutdown.clone();
-            let stream = futures_util::stream::unfold(
-                (Some(first), follower, read, shutdown),
-                |(first, mut follower, read, mut shutdown)| async move {
-                    if let Some(f) = first {
-                        return Some((Ok::<_, Infallible>(Bytes::from(f)), (None, follower, read, shutdown)));
+    let body = if follow {
+        let follower = Follower::from_offset(current, end);
+        let shutdown = app.shutdown.clone();
+        let stream = futures_util::stream::unfold(
+            (Some(first), Some(follower), read, shutdown),
+            |(first, follower, read, mut shutdown)| async move {
+                if let Some(f) = first {
+                    return Some((Ok::<_, Infallible>(Bytes::from(f)), (None, follower, read, shutdown)));
+                }
+                let mut follower = follower?;
+                loop {
+                    if *shutdown.borrow() {
+                        return None;
                     }
-                    loop {
-                        if *shutdown.borrow() {
-                            return None;
-                        }
-                        let chunk = follower.poll(&read);
-                        if !chunk.is_empty() {
-                            return Some((Ok(Bytes::from(chunk)), (None, follower, read, shutdown)));
-                        }
-                        // The container was removed: nothing more will come.
-                        if !follower.exists() {
-                            return None;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                            _ = shutdown.changed() => return None,
-                        }
+                    let r = read.clone();
+                    let (chunk, f) = tokio::task::spawn_blocking(move || (follower.poll(&r), follower)).await.ok()?;
+                    follower = f;
+                    if !chunk.is_empty() {
+                        return Some((Ok(Bytes::from(chunk)), (None, Some(follower), read, shutdown)));
                     }
-                },
-            );
-            Body::from_stream(stream)
-        }
-        None => Body::from(first),
+                    // The container was removed: nothing more will come.
+                    if !follower.alive() {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                }
+            },
+        );
+        Body::from_stream(stream)
+    } else {
+        Body::from(first)
     };
     let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
     r.extensions_mut().insert(Verb("log"));

@@ -256,9 +256,12 @@ async fn error_codes() {
     big["metadata"]["annotations"] = json!({"x": "y".repeat(8000)});
     let (code, st) = body(post(big.to_string(), "application/json").await.unwrap()).await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
-    // 415 unsupported media type.
+    // 415 unsupported media type, and none at all (a browser's cross-site
+    // "simple request" sends none).
     let (code, st) = body(post("x".into(), "text/plain").await.unwrap()).await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (415, Some("UnsupportedMediaType")));
+    let (code, st) = body(s.client.post(s.ns_url("")).body(container("nct").to_string()).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{st}");
     // 404 on an unknown path, as a Status.
     let (code, st) = body(s.client.get(format!("{}/api/v1", s.url)).send().await.unwrap()).await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (404, Some("NotFound")));

@@ -131,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // It becomes part of every URL.
         steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
     }
-    let token = token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let token = token(&cli.server, cli.token.as_deref(), cli.token_file.as_deref())?;
     let ctx = Context { client: Client::new(&cli.server, token.as_deref())?, namespace: cli.namespace };
     match cli.command {
         Command::Serve(_) => Ok(ExitCode::SUCCESS),
@@ -183,18 +183,22 @@ fn main() -> ExitCode {
 /// Where a local `steward serve` keeps its token (its default data dir).
 const DEFAULT_TOKEN_FILE: &str = "/var/lib/steward/token";
 
-/// The token to send: `--token`, else the `--token-file`, else the default
-/// file if there is one (a server without a token is fine too).
-fn token(flag: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+/// The token to send: `--token`, else the `--token-file`, else, for a
+/// server on this machine only, the default file if there is one (a
+/// server without a token is fine too). The local root token is never
+/// sent to another machine unless asked for by name.
+fn token(server: &str, flag: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     if let Some(t) = flag {
         return Ok(Some(t.trim().to_string()));
     }
-    match file {
-        Some(f) => std::fs::read_to_string(f)
+    if let Some(f) = file {
+        return std::fs::read_to_string(f)
             .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display())),
-        None => Ok(std::fs::read_to_string(DEFAULT_TOKEN_FILE).ok().map(|t| t.trim().to_string())),
+            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()));
     }
+    let host = server.trim_start_matches("http://").split(['/', ':']).next().unwrap_or_default();
+    let local = matches!(host, "localhost" | "[") || host.starts_with("127.") || server.starts_with("http://[::1]");
+    Ok(local.then(|| std::fs::read_to_string(DEFAULT_TOKEN_FILE).ok().map(|t| t.trim().to_string())).flatten())
 }
 
 /// Logs of `serve` go to stderr through `tracing`; `RUST_LOG` filters
@@ -214,6 +218,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_default_token_stays_on_this_machine() {
+        // Only whether the default file would be consulted is tested here.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "abc\n").unwrap();
+        assert_eq!(token("http://x:1", Some(" t "), None).unwrap().as_deref(), Some("t"));
+        assert_eq!(token("http://x:1", None, Some(f.path())).unwrap().as_deref(), Some("abc"));
+        assert_eq!(token("http://otherhost:7420", None, None).unwrap(), None);
     }
 
     #[test]

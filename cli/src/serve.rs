@@ -172,31 +172,52 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Reads the API token, or makes one: 32 random bytes as hex, in a file
-/// only its owner (root) can read.
+/// only its owner can read. An existing file must be a regular file (not a
+/// symlink) that nobody else can read or write, holding a token that can
+/// travel in a header; a new one is written whole (temp file, fsync,
+/// rename), so a crash never leaves a short or empty token behind.
 fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => anyhow::bail!("--token-file {}: the file is empty", path.display()),
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let what = || format!("--token-file {}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            if !m.file_type().is_file() {
+                anyhow::bail!("{}: not a regular file", what());
+            }
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if m.uid() != me || m.permissions().mode() & 0o077 != 0 {
+                anyhow::bail!("{}: must be owned by uid {me} and not readable or writable by others (chmod 600)", what());
+            }
+            let token = std::fs::read_to_string(path).with_context(what)?.trim().to_string();
+            let printable = token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic());
+            if !printable {
+                anyhow::bail!("{}: the token must be at least 16 printable characters without spaces", what());
+            }
+            return Ok(token);
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("--token-file {}", path.display())),
+        Err(e) => return Err(e).with_context(what),
     }
     let mut raw = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))
         .context("reading /dev/urandom for a new API token")?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("--token-file {}", path.display()))?;
-    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(what)?;
+    let tmp = dir.join(format!(".token.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("--token-file {}: cannot create", path.display()))?;
-    f.write_all(token.as_bytes()).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot create {}", what(), tmp.display()))?;
+    f.write_all(token.as_bytes()).and_then(|()| f.sync_all()).with_context(what)?;
+    std::fs::rename(&tmp, path).with_context(what)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(what)?;
     tracing::info!(path = %path.display(), "created a new API token");
     Ok(token)
 }

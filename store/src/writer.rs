@@ -64,6 +64,9 @@ pub(crate) async fn run(
     snapshot_tick.tick().await;
     let checkpoints = tokio::spawn(checkpoint_loop(checkpointer));
     let mut shutdown = None;
+    // Set when a commit failed in a way that leaves the log's content in
+    // doubt: then no write is taken until a restart.
+    let mut poisoned = false;
     while shutdown.is_none() {
         let first = tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -97,7 +100,7 @@ pub(crate) async fn run(
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, &shared, batch, &mut dirty).await;
+            commit_batch(&mut conn, &shared, batch, &mut dirty, &mut poisoned).await;
             if dirty.len() >= SNAPSHOT_DIRTY_MAX {
                 take_snapshot(&mut conn, &shared, &mut dirty, &mut snapshot_rv).await;
             }
@@ -115,7 +118,7 @@ pub(crate) async fn run(
     rx.close();
     while let Ok(cmd) = rx.try_recv() {
         if let Command::Write(r) = cmd {
-            commit_batch(&mut conn, &shared, vec![*r], &mut dirty).await;
+            commit_batch(&mut conn, &shared, vec![*r], &mut dirty, &mut poisoned).await;
         }
     }
     shared.write().watchers.clear();
@@ -137,7 +140,15 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<Request>, dirty: &mut Dirty) {
+async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<Request>, dirty: &mut Dirty, poisoned: &mut bool) {
+    if *poisoned {
+        for req in batch {
+            let _ = req.reply.send(Err(StoreError::Internal(
+                "an earlier commit failed with an unknown outcome; restart steward to recover from the log".into(),
+            )));
+        }
+        return;
+    }
     let base = shared.read().revision;
     let now = Time::now();
     let mut rev = base;
@@ -168,22 +179,26 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
     }
     if !events.is_empty() {
         if let Err(e) = persist(conn, &events).await {
-            // An error can come after SQLite committed (a failed fsync
-            // report, say): ask the log what is there, so the in-memory
-            // state never falls behind it and revisions are never reused.
+            // Nothing acknowledged after an error. If the log shows the
+            // batch did not land, the store goes on; if it may have landed
+            // (a failed fsync can leave rows visible but not durable), the
+            // in-memory state can no longer be trusted to match the log:
+            // refuse all writes until a restart replays the log.
             let stored: Option<i64> = sqlx::query("SELECT COALESCE(MAX(rv), 0) FROM events")
                 .fetch_one(&mut *conn)
                 .await
                 .ok()
                 .map(|r| r.get(0));
-            if stored != Some(rev) {
+            if stored != Some(base) {
+                tracing::error!(error = %e, ?stored, expected = base, "commit outcome unknown; refusing writes until restart");
+                *poisoned = true;
+            } else {
                 tracing::error!(error = %e, "commit failed; failing the batch");
-                for (reply, _) in replies {
-                    let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
-                }
-                return;
             }
-            tracing::warn!(error = %e, revision = rev, "commit reported an error but is in the log; keeping it");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
+            }
+            return;
         }
         dirty.extend(overlay.iter().map(|(k, v)| (k.clone(), v.clone())));
         publish(shared, overlay, events, rev);

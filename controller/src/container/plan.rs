@@ -213,6 +213,9 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         status.phase = Some(Phase::Pending);
         status.container_id = None;
         status.pid = None;
+        // A new container (first, or for a new spec) starts its backoff
+        // afresh, as the kubelet's is keyed by the container's spec.
+        status.recent_restarts = 0;
         set_ready(&mut status, false, REASON_CREATING, now);
         return Plan { step: Step::Create { id }, status };
     };
