@@ -14,7 +14,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use steward_schema::RESOURCE;
-use steward_logfile::{is_container_id, log_files, previous_base, Follower, ReadOptions};
+use steward_logfile::{log_files, previous_base, Follower, ReadOptions};
+use steward_schema::validate::is_runtime_id;
 use steward_store::{Key, StoreError};
 
 use crate::metrics::Verb;
@@ -85,7 +86,7 @@ pub async fn get(
         .ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
     // The id comes from status, which clients can write: it must name a
     // file in the log directory and nothing else.
-    if !is_container_id(&id) {
+    if !is_runtime_id(&id) {
         return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
     }
     let current = dir.join(format!("{id}.log"));

@@ -23,7 +23,6 @@ pub struct Params {
     pub timeout_seconds: Option<u64>,
     pub allow_bookmarks: bool,
     pub dry_run: bool,
-    pub force: bool,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
@@ -61,7 +60,6 @@ impl Params {
                     })?)
                 }
                 "allowWatchBookmarks" => p.allow_bookmarks = parse_bool(&k, &v)?,
-                "force" => p.force = parse_bool(&k, &v)?,
                 "dryRun" => match v.as_str() {
                     "All" => p.dry_run = true,
                     "" => {}

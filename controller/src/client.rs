@@ -45,8 +45,6 @@ struct List<K> {
 struct ListMeta {
     #[serde(default, rename = "resourceVersion")]
     resource_version: String,
-    #[serde(default, rename = "continue")]
-    continue_: Option<String>,
 }
 
 fn transport(e: reqwest::Error) -> SourceError {
@@ -140,30 +138,16 @@ impl<K: Resource> Api<K> {
         r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))
     }
 
-    /// One consistent list: steward serves lists from memory, so one page
-    /// is cheap, and a paged list's later pages are newer than its
-    /// revision (a watch from it would replay older versions of them).
+    /// One consistent list, unpaged: steward serves lists from memory, so
+    /// one response is cheap, and a paged list's later pages are newer than
+    /// its revision (a watch from it would replay older versions of them).
     async fn list_all(&self) -> Result<(Vec<K>, String), SourceError> {
-        let mut items = Vec::new();
-        let mut cont: Option<String> = None;
-        let mut revision = None;
-        loop {
-            let mut req = self.http.get(self.collection(self.namespace.as_deref()));
-            if let Some(c) = &cont {
-                req = req.query(&[("continue", c)]);
-            }
-            let r = req.send().await.map_err(transport)?;
-            if !r.status().is_success() {
-                return Err(status_error(r).await);
-            }
-            let page: List<K> = r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))?;
-            revision.get_or_insert(page.metadata.resource_version);
-            items.extend(page.items);
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(c) => cont = Some(c),
-                None => return Ok((items, revision.unwrap_or_default())),
-            }
+        let r = self.http.get(self.collection(self.namespace.as_deref())).send().await.map_err(transport)?;
+        if !r.status().is_success() {
+            return Err(status_error(r).await);
         }
+        let list: List<K> = r.json().await.map_err(|e| SourceError::Protocol(e.to_string()))?;
+        Ok((list.items, list.metadata.resource_version))
     }
 
     async fn open_watch(&self, rv: &str) -> Result<EventStream<K>, SourceError> {

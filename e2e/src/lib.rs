@@ -242,16 +242,19 @@ impl Steward {
         }
     }
 
+    /// A `ctr` command against this steward's containerd.
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.data_dir.join("containerd/containerd.sock"))
+            .args(["--namespace", "steward"])
+            .args(args);
+        c
+    }
+
     /// `ctr` against this steward's containerd.
     pub fn ctr(&self, args: &[&str]) -> String {
-        let sock = self.data_dir.join("containerd/containerd.sock");
-        let o = Command::new("ctr")
-            .arg("--address")
-            .arg(&sock)
-            .args(["--namespace", "steward"])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("ctr: {e}; {INSTALL}"));
+        let o = self.ctr_command(args).output().unwrap_or_else(|e| panic!("ctr: {e}; {INSTALL}"));
         assert!(o.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
@@ -283,13 +286,8 @@ impl Drop for Steward {
     /// stop that containerd and anything else of this data dir.
     fn drop(&mut self) {
         self.proc.kill();
-        let sock = self.data_dir.join("containerd/containerd.sock");
         let ctr = |args: &[&str]| {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&sock)
-                .args(["--namespace", "steward"])
-                .args(args)
+            self.ctr_command(args)
                 .output()
                 .ok()
                 .map(|o| {

@@ -104,6 +104,15 @@ fn label_key_ok(k: &str) -> bool {
     prefix_ok && !name.is_empty() && label_value_ok(name)
 }
 
+/// containerd's identifier rule, which runtime container ids follow: at
+/// most 76 characters of `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`. Such an id is
+/// also a safe file name (no `/`, no leading dot, no `..`).
+pub fn is_runtime_id(id: &str) -> bool {
+    id.len() <= 76
+        && !id.is_empty()
+        && id.split(['.', '_', '-']).all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 const SIGNALS: &[&str] = &[
     "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGWINCH",
     "SIGPWR", "SIGSTOP", "SIGCONT",
@@ -281,13 +290,7 @@ pub fn validate_status(s: &ContainerStatus) -> Result<(), FieldErrors> {
         errs.invalid("status.recentRestarts", "must be >= 0");
     }
     if let Some(id) = &s.container_id {
-        let bare = id.strip_prefix("containerd://").unwrap_or_default();
-        let ok = !bare.is_empty()
-            && bare.len() <= 76
-            && bare.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            && !bare.contains("..");
-        if !ok {
+        if !id.strip_prefix("containerd://").is_some_and(is_runtime_id) {
             errs.invalid("status.containerID", format!("{id:?} must be containerd://<id> with a containerd identifier"));
         }
     }
@@ -352,6 +355,15 @@ mod tests {
             ]
         );
         assert!(errs.to_string().contains("spec.env[2].name: \"1bad\" must be a C identifier"), "{errs}");
+    }
+
+    #[test]
+    fn runtime_ids_follow_containerds_rule() {
+        assert!(is_runtime_id("default.web.0123456789ab"));
+        for bad in ["", "/etc/passwd", "../../x", "a/../b", ".hidden", "a b", "x..y", "a--b"] {
+            assert!(!is_runtime_id(bad), "{bad}");
+        }
+        assert!(!is_runtime_id(&"a".repeat(77)));
     }
 
     #[test]

@@ -25,7 +25,6 @@ mod writer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -341,8 +340,4 @@ impl Store {
         }
         self.shared.readers.close().await;
     }
-}
-
-pub(crate) fn overflow_flag() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(false))
 }

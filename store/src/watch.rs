@@ -39,13 +39,11 @@ pub struct Watch {
     skip_through: i64,
     rx: mpsc::Receiver<Event>,
     overflowed: Arc<AtomicBool>,
-    /// Revision of the last event delivered.
-    delivered: i64,
 }
 
 pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> Result<Watch, StoreError> {
     let (tx, rx) = mpsc::channel(shared.config.watch_buffer.max(1));
-    let overflowed = crate::overflow_flag();
+    let overflowed = Arc::new(AtomicBool::new(false));
     let mut st = shared.write();
     let current = st.revision;
     if let Some(r) = from {
@@ -74,7 +72,6 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
         skip_through: start,
         rx,
         overflowed,
-        delivered: start.min(current),
     })
 }
 
@@ -85,7 +82,6 @@ impl Watch {
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
         loop {
             if let Some(e) = self.pending.pop_front() {
-                self.delivered = self.delivered.max(e.revision);
                 return Some(Ok(e));
             }
             if self.replay_next <= self.replay_end {
@@ -98,10 +94,7 @@ impl Watch {
             }
             match self.rx.recv().await {
                 Some(e) if e.revision <= self.skip_through => continue,
-                Some(e) => {
-                    self.delivered = e.revision;
-                    return Some(Ok(e));
-                }
+                Some(e) => return Some(Ok(e)),
                 None if self.overflowed.load(Ordering::SeqCst) => {
                     self.overflowed.store(false, Ordering::SeqCst);
                     return Some(Err(StoreError::TooSlow(self.shared.config.watch_buffer)));

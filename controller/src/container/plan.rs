@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use steward_schema::validate::is_runtime_id;
 use steward_schema::{
     Condition, Container, ContainerSpec, ContainerState, ContainerStatus, Phase, RestartPolicy, StateRunning,
     StateTerminated, StateWaiting, Time,
@@ -69,14 +70,6 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
     fnv_hex(&serde_json::to_vec(spec).unwrap_or_default())
 }
 
-/// containerd's identifier rule: at most 76 characters of
-/// `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`.
-pub fn valid_runtime_id(id: &str) -> bool {
-    id.len() <= 76
-        && !id.is_empty()
-        && id.split(['.', '_', '-']).all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()))
-}
-
 /// The containerd id of the container for (object, spec hash):
 /// deterministic, so a crash at any point leaves nothing unfindable, and
 /// readable (`ns.name.tag`) when containerd's identifier rule allows it;
@@ -86,7 +79,7 @@ pub fn container_id(obj: &Container, hash: &str) -> String {
     let m = &obj.metadata;
     let tag = fnv_hex(format!("{}/{hash}", m.uid).as_bytes());
     let readable = format!("{}.{}.{}", m.namespace, m.name, &tag[..12]);
-    if valid_runtime_id(&readable) {
+    if is_runtime_id(&readable) {
         readable
     } else {
         format!("steward.{tag}")
@@ -389,10 +382,10 @@ mod tests {
         dashes.metadata.name = "my--app".into();
         for o in [long, dashes] {
             let id = container_id(&o, "h");
-            assert!(id.starts_with("steward.") && valid_runtime_id(&id), "{id}");
+            assert!(id.starts_with("steward.") && is_runtime_id(&id), "{id}");
         }
-        assert!(valid_runtime_id("default.web.0123456789ab"));
-        assert!(!valid_runtime_id("a..b") && !valid_runtime_id("a--b") && !valid_runtime_id(&"a".repeat(77)));
+        assert!(is_runtime_id("default.web.0123456789ab"));
+        assert!(!is_runtime_id("a..b") && !is_runtime_id("a--b") && !is_runtime_id(&"a".repeat(77)));
     }
 
     #[test]
