@@ -2,7 +2,7 @@
 //!
 //! The machines tests run on have no internet, so the image is made from
 //! Debian's `busybox-static` (`/bin/busybox`): one gzip layer holding the
-//! binary, symlinks for the applets tests use, and a minimal `/etc`. The
+//! binary, a symlink in `/bin` for every applet it has, and a minimal `/etc`. The
 //! result is an OCI image-layout tar archive (`oci-layout`, `index.json`,
 //! `blobs/sha256/...`), the format of `steward image import` and of
 //! `skopeo copy oci-archive:...`.
@@ -23,12 +23,24 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The image name recorded in the archive's `org.opencontainers.image.ref.name`.
 pub const DEFAULT_REF: &str = "127.0.0.1:5000/busybox:1.36";
 
-/// Applets linked into `/bin`.
-pub const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "cat", "id", "env", "ls", "pwd", "printf", "true", "false", "kill", "ps", "grep",
-    "head", "tail", "wc", "mkdir", "rm", "touch", "date", "hostname", "ip", "ifconfig", "test", "stat",
-    "seq", "yes", "dd", "nslookup", "mount", "whoami",
-];
+/// Every applet Debian's busybox-static offers (`busybox --list`), each
+/// linked into `/bin` as a real busybox image does, so a manifest can run
+/// `httpd`, `nc`, `wget` or `awk` by name.
+pub fn applets() -> io::Result<Vec<String>> {
+    let out = std::process::Command::new(BUSYBOX).arg("--list").output().map_err(busybox_missing)?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("`{BUSYBOX} --list` failed: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+        .map(String::from)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
 
 /// What was built.
 #[derive(Clone, Debug)]
@@ -78,7 +90,7 @@ fn layer_tar() -> io::Result<Vec<u8>> {
         dir(&mut b, d, mode)?;
     }
     file(&mut b, "bin/busybox", 0o755, &busybox)?;
-    for applet in APPLETS {
+    for applet in applets()? {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_mode(0o777);
