@@ -12,8 +12,8 @@ APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 # Debian packages: gcc (SQLite, bundled by sqlx), protoc (containerd's gRPC
 # API), containerd and runc (what steward drives), and for the e2e suite a
 # local registry, skopeo to push to it, and busybox for the test image.
-DEB_PACKAGES := gcc curl protobuf-compiler containerd runc docker-registry skopeo busybox-static
-DEB_PROBES   := cc curl protoc containerd runc docker-registry skopeo /bin/busybox
+DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc docker-registry skopeo busybox-static
+DEB_PROBES   := cc curl strace protoc containerd runc docker-registry skopeo /bin/busybox
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -95,6 +95,11 @@ impl TestServer {
         TestServer { child, url, token, stderr }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
