@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Most events the event log keeps.
     #[arg(long, default_value_t = 100_000)]
     pub event_retention_count: i64,
+    /// How often the event log is compacted (events past --event-retention
+    /// or --event-retention-count are removed).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
+    pub compact_interval: Duration,
     /// Events a watcher may fall behind before it is ended with 410 Expired.
     #[arg(long, default_value_t = 10_000)]
     pub watch_buffer: usize,
@@ -72,6 +76,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
+    if args.compact_interval.is_zero() {
+        anyhow::bail!("--compact-interval must be longer than 0");
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create", args.data_dir.display()))?;
     // One server per data dir: two would each believe their in-memory view.
@@ -84,6 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = steward_store::Config::new(args.data_dir.join("steward.db"));
     cfg.retention.max_age = args.event_retention;
     cfg.retention.max_events = args.event_retention_count;
+    cfg.compact_interval = args.compact_interval;
     cfg.watch_buffer = args.watch_buffer;
     let store = steward_store::Store::open(cfg)
         .await

@@ -28,11 +28,17 @@ impl TestServer {
     /// Starts a server storing its data under `data_dir` and waits until it
     /// prints `listening on 127.0.0.1:PORT`.
     pub fn start(data_dir: &Path) -> TestServer {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// [`TestServer::start`] with more `serve` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestServer {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--no-controller"])
+            .args(extra)
             .env_remove("STEWARD_SERVER")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
