@@ -12,82 +12,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::strace::{self, Call};
 use common::TestServer;
 use serde_json::{json, Value};
 
 const BASE: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
 const WRITERS: usize = 8;
 const OPS_PER_WRITER: usize = 30;
-
-/// One traced syscall: where it started and ended in the trace (line
-/// indexes; strace writes lines in the order events happen), and what it
-/// was about.
-#[derive(Debug, Clone)]
-struct Call {
-    name: String,
-    /// The fd's annotation (`-yy`): a path, or `TCP:[a->b]`.
-    fd: String,
-    /// The entry line (holds the written data).
-    text: String,
-    entry: usize,
-    exit: usize,
-    /// What it returned (`0`, `24`, `-1 EIO (...)`).
-    result: String,
-}
-
-fn result_of(line: &str) -> String {
-    // `) = 0`, or `)          = 0` after `<... resumed>` (strace aligns it).
-    line.rsplit_once(')')
-        .and_then(|(_, r)| r.trim_start().strip_prefix('='))
-        .map(|r| r.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Parses `strace -f -yy -o FILE` output, joining `<unfinished ...>` with
-/// `<... resumed>` lines of the same thread.
-fn parse_trace(trace: &str) -> Vec<Call> {
-    let mut calls = Vec::new();
-    let mut pending: HashMap<&str, Call> = HashMap::new();
-    for (i, line) in trace.lines().enumerate() {
-        let Some((pid, rest)) = line.split_once(' ') else { continue };
-        let rest = rest.trim_start();
-        if let Some(resumed) = rest.strip_prefix("<... ") {
-            let name = resumed.split(' ').next().unwrap_or_default();
-            if let Some(mut call) = pending.remove(pid) {
-                if call.name == name {
-                    call.exit = i;
-                    call.result = result_of(rest);
-                    calls.push(call);
-                }
-            }
-            continue;
-        }
-        let Some(open) = rest.find('(') else { continue };
-        let name = &rest[..open];
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue; // `--- SIGCHLD ...`, `+++ exited ...`
-        }
-        let args = &rest[open + 1..];
-        let first_arg_end = [", ", ") = ", " <unfinished"].iter().filter_map(|sep| args.find(sep)).min().unwrap_or(args.len());
-        let first = &args[..first_arg_end];
-        let fd = match (first.find('<'), first.rfind('>')) {
-            (Some(a), Some(b)) if b > a => first[a + 1..b].to_string(),
-            _ => String::new(),
-        };
-        let call = Call { name: name.to_string(), fd, text: line.to_string(), entry: i, exit: i, result: result_of(rest) };
-        if rest.ends_with("<unfinished ...>") {
-            pending.insert(pid, call);
-        } else {
-            calls.push(call);
-        }
-    }
-    calls
-}
 
 /// What the check found for one acknowledged write.
 #[derive(Debug, PartialEq)]
@@ -107,21 +42,11 @@ fn check(calls: &[Call], token: &str) -> Verdict {
     let is_wal = |c: &Call| c.fd.ends_with("steward.db-wal");
     let wal_write = calls
         .iter()
-        .filter(|c| c.name.starts_with("pwrite") && is_wal(c) && c.text.contains(token))
+        .filter(|c| c.name.starts_with("pwrite") && is_wal(c) && c.data_contains(token))
         .map(|c| c.exit)
         .min();
-    let response = calls
-        .iter()
-        .filter(|c| {
-            matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
-                && c.fd.starts_with("TCP")
-                && c.text.contains("HTTP/1.1 20")
-                && c.text.contains(token)
-        })
-        .map(|c| c.entry)
-        .min();
     let Some(wal_write) = wal_write else { return Verdict::NotInWal };
-    let Some(response) = response else { return Verdict::NoResponse };
+    let Some(response) = strace::first_response(calls, token) else { return Verdict::NoResponse };
     let sync = calls
         .iter()
         .filter(|c| matches!(c.name.as_str(), "fdatasync" | "fsync") && is_wal(c) && c.result == "0")
@@ -182,7 +107,7 @@ fn every_acknowledged_write_is_fsynced_before_its_response() {
     let server = TestServer::start(dir.path());
     let trace_file = dir.path().join("trace.txt");
     let mut strace = Command::new("strace")
-        .args(["-f", "-yy", "-s", "65536", "-e", "trace=pwrite64,pwritev,write,writev,sendto,sendmsg,fsync,fdatasync", "-o"])
+        .args(["-f", "-yy", "-xx", "-s", "65536", "-e", "trace=pwrite64,pwritev,write,writev,sendto,sendmsg,fsync,fdatasync", "-o"])
         .arg(&trace_file)
         .args(["-p", &server.pid().to_string()])
         .stdin(Stdio::null())
@@ -217,7 +142,7 @@ fn every_acknowledged_write_is_fsynced_before_its_response() {
     std::thread::sleep(Duration::from_millis(50));
 
     let trace = std::fs::read_to_string(&trace_file).expect("read trace");
-    let calls = parse_trace(&trace);
+    let calls = strace::parse(&trace);
     let mut syncs = std::collections::BTreeSet::new();
     let mut bad = Vec::new();
     for t in &tokens {
@@ -260,7 +185,7 @@ fn the_syscall_checker_catches_an_ack_before_the_sync() {
 10 <... fdatasync resumed>) = 0
 12 writev(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, [{iov_base=\"HTTP/1.1 201 Created\\r\\n\", iov_len=9}, {iov_base=\"{TOKEN}\", iov_len=7}], 2) = 16
 ";
-    assert!(matches!(check(&parse_trace(good), "TOKEN"), Verdict::Durable { wal_write: 0, sync: 3, response: 4 }));
+    assert!(matches!(check(&strace::parse(good), "TOKEN"), Verdict::Durable { wal_write: 0, sync: 3, response: 4 }));
 
     let acked_early = "\
 10 pwrite64(5</d/steward.db-wal>, \"xx TOKEN xx\", 10, 0) = 10
@@ -268,27 +193,45 @@ fn the_syscall_checker_catches_an_ack_before_the_sync() {
 12 writev(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, [{iov_base=\"HTTP/1.1 201 Created\\r\\n{TOKEN}\", iov_len=9}], 1) = 9
 10 <... fdatasync resumed>) = 0
 ";
-    assert_eq!(check(&parse_trace(acked_early), "TOKEN"), Verdict::AckedBeforeSync { wal_write: 0, response: 2 });
+    assert_eq!(check(&strace::parse(acked_early), "TOKEN"), Verdict::AckedBeforeSync { wal_write: 0, response: 2 });
 
     let sync_before_write = "\
 10 fdatasync(5</d/steward.db-wal>) = 0
 10 pwrite64(5</d/steward.db-wal>, \"xx TOKEN xx\", 10, 0) = 10
 12 write(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, \"HTTP/1.1 200 OK\\r\\n{TOKEN}\", 9) = 9
 ";
-    assert_eq!(check(&parse_trace(sync_before_write), "TOKEN"), Verdict::AckedBeforeSync { wal_write: 1, response: 2 });
+    assert_eq!(check(&strace::parse(sync_before_write), "TOKEN"), Verdict::AckedBeforeSync { wal_write: 1, response: 2 });
 
     let other_file = "\
 10 pwrite64(5</d/steward.db-wal>, \"xx TOKEN xx\", 10, 0) = 10
 10 fdatasync(6</d/steward.db>) = 0
 12 write(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, \"HTTP/1.1 200 OK\\r\\n{TOKEN}\", 9) = 9
 ";
-    assert!(matches!(check(&parse_trace(other_file), "TOKEN"), Verdict::AckedBeforeSync { .. }));
+    assert!(matches!(check(&strace::parse(other_file), "TOKEN"), Verdict::AckedBeforeSync { .. }));
 
     let failed_sync = "\
 10 pwrite64(5</d/steward.db-wal>, \"xx TOKEN xx\", 10, 0) = 10
 10 fdatasync(5</d/steward.db-wal>) = -1 EIO (Input/output error)
 12 write(9<TCP:[127.0.0.1:1->127.0.0.1:2]>, \"HTTP/1.1 200 OK\\r\\n{TOKEN}\", 9) = 9
 ";
-    assert!(matches!(check(&parse_trace(failed_sync), "TOKEN"), Verdict::AckedBeforeSync { .. }));
-    assert_eq!(check(&parse_trace(other_file), "NOPE"), Verdict::NotInWal);
+    assert!(matches!(check(&strace::parse(failed_sync), "TOKEN"), Verdict::AckedBeforeSync { .. }));
+    assert_eq!(check(&strace::parse(other_file), "NOPE"), Verdict::NotInWal);
+}
+
+/// The trace reader: hex strings, offsets, resumed calls.
+#[test]
+fn parses_hex_strings_offsets_and_resumed_calls() {
+    let t = "\
+7 pwrite64(5</d/db-wal>, \"\\x61\\x62\\x63\", 3, 4096) = 3
+8 fdatasync(5</d/db-wal> <unfinished ...>
+7 writev(9<TCP:[1->2]>, [{iov_base=\"\\x48\\x54\", iov_len=2}, {iov_base=\"\\x21\", iov_len=1}], 2) = 3
+8 <... fdatasync resumed>)          = 0
+7 ftruncate(5</d/db-wal>, 0) = 0
+";
+    let c = strace::parse(t);
+    assert_eq!(c.len(), 4);
+    assert_eq!((c[0].data.as_slice(), c[0].tail_args.as_slice(), c[0].fd.as_str()), (&b"abc"[..], &[3u64, 4096][..], "/d/db-wal"));
+    assert_eq!((c[1].name.as_str(), c[2].entry, c[2].exit, c[2].result.as_str()), ("writev", 1, 3, "0"));
+    assert_eq!(c[1].data, b"HT!");
+    assert_eq!((c[3].name.as_str(), c[3].tail_args.as_slice()), ("ftruncate", &[0u64][..]));
 }

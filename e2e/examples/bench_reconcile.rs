@@ -14,6 +14,9 @@
 //!     with the default 10 s grace steward would wait 10 s by design).
 //! (d) CPU of steward and of containerd over 30 s idle, 50 running.
 //! (e) steward's VmRSS, 50 running.
+//! (g) recovery: kill -9 of steward with the n running; half of them are
+//!     deleted while it is down; time from the restart until converged.
+//! (h) delete 20 whose PID 1 ignores SIGTERM, 10 s grace, one command.
 //! (f) podman: `podman run -d` of the 50, then `podman rm -f -t 0`.
 //!
 //! Run with the release steward: `STEWARD_BIN=target/release/steward`.
@@ -384,7 +387,7 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("steward-bench-").tempdir().expect("tempdir");
     let registry = Registry::start(dir.path());
     let image = registry.image();
-    let steward = Steward::start(&dir.path().join("data"));
+    let mut steward = Steward::start(&dir.path().join("data"));
     let sock = dir.path().join("data/containerd/containerd.sock");
     let ctr = Ctr { sock: sock.clone() };
     let _bench_ns = BenchNsGuard(Ctr { sock: sock.clone() });
@@ -516,6 +519,85 @@ fn main() {
     assert!(left.is_empty(), "steward left containers behind: {left:?}");
     println!("(c) steward delete x{n} --wait: {}", secs(steward_delete));
 
+    // (g) recovery: n running, kill -9 steward; while it is down half of
+    // them are deleted (a `serve --no-controller` on the same data dir
+    // marks them; their containers stay); time from the restart until the
+    // store and containerd agree again: the deleted gone from both, the
+    // rest Running with the same pids.
+    must("steward apply", run_limited(
+        Command::new(&bin).env("STEWARD_TOKEN", &steward.token).arg("--server").arg(&url).args(["apply", "-f"]).arg(&mdir),
+        Duration::from_secs(60),
+    ));
+    wait_for("all Running again", Duration::from_secs(120), || (running_names(&steward.url, &steward.token) == n).then_some(()));
+    let before: Value = serde_json::from_str(&http_get(&steward.url, &steward.token, LIST_PATH)).expect("list");
+    let pids: std::collections::HashMap<String, u64> = before["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["metadata"]["name"].as_str()?.to_string(), o.pointer("/status/pid")?.as_u64()?)))
+        .collect();
+    steward.proc.kill();
+    let pending: Vec<String> = names.iter().take(n / 2).cloned().collect();
+    {
+        let mut offline = Command::new(&bin);
+        offline.arg("serve").arg("--data-dir").arg(&steward.data_dir).args(["--listen", "127.0.0.1:0", "--no-controller"]);
+        let mut child = offline.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("serve --no-controller");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let offline_url = format!("http://{}", line.trim().trim_start_matches("listening on "));
+        let mut args = vec!["--server".to_string(), offline_url, "delete".into(), "containers".into()];
+        args.extend(pending.iter().cloned());
+        must("delete while the controller is down", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(30)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let t = Instant::now();
+    steward.kill_and_restart();
+    let listening = t.elapsed();
+    let expected = n - pending.len();
+    wait_for("recovery to converge", Duration::from_secs(120), || {
+        let list: Value = serde_json::from_str(&http_get(&steward.url, &steward.token, LIST_PATH)).ok()?;
+        let items = list["items"].as_array()?;
+        let same_pids = items.iter().all(|o| {
+            phase(o) == "Running"
+                && o.pointer("/status/pid").and_then(Value::as_u64) == o["metadata"]["name"].as_str().and_then(|k| pids.get(k)).copied()
+        });
+        (items.len() == expected && same_pids && ctr.ids("containers").len() == expected).then_some(())
+    });
+    let recovery = t.elapsed();
+    println!("(g) recovery: kill -9 with {n} running, {} deleted meanwhile: converged {} after the restart (listening after {})", pending.len(), secs(recovery), secs(listening));
+    let mut args = vec!["--server".to_string(), steward.url.clone(), "delete".into(), "containers".into()];
+    args.extend(names.iter().skip(n / 2).cloned());
+    args.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    must("clean up", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(130)));
+
+    // (h) deleting containers whose PID 1 ignores SIGTERM (`sleep`), with a
+    // 10 s grace, in one command: the graces run side by side, so it takes
+    // about one grace period, not k x 10 s.
+    let k = 20usize.min(n);
+    let stubborn: Vec<String> = (0..k).map(|i| format!("stubborn-{i:02}")).collect();
+    let sdir = dir.path().join("stubborn");
+    std::fs::create_dir_all(&sdir).expect("mkdir");
+    for name in &stubborn {
+        std::fs::write(
+            sdir.join(format!("{name}.yaml")),
+            manifest(name, &image).replace("terminationGracePeriodSeconds: 0", "terminationGracePeriodSeconds: 10"),
+        )
+        .expect("write manifest");
+    }
+    must("steward apply", run_limited(
+        Command::new(&bin).env("STEWARD_TOKEN", &steward.token).arg("--server").arg(&steward.url).args(["apply", "-f"]).arg(&sdir),
+        Duration::from_secs(60),
+    ));
+    wait_for("the stubborn ones Running", Duration::from_secs(120), || (running_names(&steward.url, &steward.token) == k).then_some(()));
+    let t = Instant::now();
+    let mut args = vec!["--server".to_string(), steward.url.clone(), "delete".into(), "containers".into()];
+    args.extend(stubborn.iter().cloned());
+    args.extend(["--wait".into(), "--timeout".into(), "300s".into()]);
+    must("steward delete --wait", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(310)));
+    let stubborn_delete = t.elapsed();
+    println!("(h) steward delete x{k} ignoring SIGTERM, 10 s grace, --wait: {}", secs(stubborn_delete));
+
     // (f) podman, when installed.
     let mut podman: Option<(Duration, Duration)> = None;
     let has_podman = std::env::var_os("PATH")
@@ -586,6 +668,24 @@ fn main() {
             ratio: format!("{delete_ratio:.2}x"),
             target: "—".into(),
             met: "—".into(),
+        },
+        Row {
+            measure: format!("recovery: kill -9 with {n} running, {} deleted while down, restart until converged (g)", n / 2),
+            steward: secs(recovery),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 2 s".into(),
+            met: met(recovery.as_secs_f64() <= 2.0),
+        },
+        Row {
+            measure: format!("delete {k} ignoring SIGTERM, 10 s grace, one command (h)"),
+            steward: secs(stubborn_delete),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "≈ one grace (≤ 12 s)".into(),
+            met: met(stubborn_delete.as_secs_f64() <= 12.0),
         },
         Row {
             measure: format!("steward idle CPU, {n} running, {:.0} s (d)", wall),
