@@ -18,9 +18,7 @@ use std::time::Duration;
 
 use common::strace::{self, Call};
 use common::TestServer;
-use serde_json::{json, Value};
 
-const BASE: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
 const WRITERS: usize = 8;
 const OPS_PER_WRITER: usize = 30;
 
@@ -57,47 +55,6 @@ fn check(calls: &[Call], token: &str) -> Verdict {
     }
 }
 
-fn client(token: &str) -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("token header"));
-    reqwest::Client::builder().default_headers(h).build().expect("client")
-}
-
-/// Creates an object, then merge-patches it over and over; each write
-/// carries a token of its own. Returns the tokens acknowledged.
-async fn writer(url: String, token: String, w: usize) -> Vec<String> {
-    let client = client(&token);
-    let name = format!("durable-w{w}");
-    let mut acked = Vec::new();
-    let created = client
-        .post(format!("{url}{BASE}"))
-        .json(&json!({
-            "apiVersion": "steward.dev/v1alpha1", "kind": "Container",
-            "metadata": {"name": name, "annotations": {"token": format!("tokc{w}x")}},
-            "spec": {"image": "busybox"}
-        }))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(created.status(), 201, "create {name}");
-    acked.push(format!("tokc{w}x"));
-    for i in 0..OPS_PER_WRITER {
-        let tok = format!("tokw{w}i{i}x");
-        let r = client
-            .patch(format!("{url}{BASE}/{name}"))
-            .header("content-type", "application/merge-patch+json")
-            .body(json!({"metadata": {"annotations": {"token": tok}}}).to_string())
-            .send()
-            .await
-            .expect("patch");
-        assert!(r.status().is_success(), "patch {name}: {}", r.status());
-        let v: Value = r.json().await.expect("json");
-        assert_eq!(v["metadata"]["annotations"]["token"], tok.as_str());
-        acked.push(tok);
-    }
-    acked
-}
-
 #[test]
 fn every_acknowledged_write_is_fsynced_before_its_response() {
     let found = Command::new("strace").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
@@ -127,11 +84,11 @@ fn every_acknowledged_write_is_fsynced_before_its_response() {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| rt.spawn(writer(server.url().to_string(), server.token().to_string(), w)))
+        .map(|w| rt.spawn(common::token_writer(server.url().to_string(), server.token().to_string(), w, 0, OPS_PER_WRITER)))
         .collect();
     let mut tokens = Vec::new();
     for t in tasks {
-        tokens.extend(rt.block_on(t).expect("writer"));
+        tokens.extend(rt.block_on(t).expect("writer").into_iter().map(|(_, _, t)| t));
     }
     // SIGINT detaches strace; the server lives on until dropped.
     // SAFETY: kill(2) with plain integers.

@@ -205,3 +205,54 @@ pub fn manifest(name: &str, image: &str, label: &str) -> String {
         "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\n  labels: {{app: {label}}}\nspec:\n  image: {image}\n"
     )
 }
+
+/// A token only one write's bytes hold: writer `w`, step `step`.
+pub fn write_token(w: usize, step: usize) -> String {
+    format!("tokw{w}s{step}x")
+}
+
+/// The (writer, step) of a [`write_token`].
+pub fn parse_token(t: &str) -> Option<(usize, usize)> {
+    let rest = t.strip_prefix("tokw")?.strip_suffix('x')?;
+    let (w, s) = rest.split_once('s')?;
+    Some((w.parse().ok()?, s.parse().ok()?))
+}
+
+/// A client that writes object `durable-w{w}`, each write carrying its own
+/// [`write_token`] in an annotation: a create when `base` is 0 (step 0),
+/// then `patches` merge patches (steps base+1..). Returns what was
+/// acknowledged, as (writer, step, token).
+pub async fn token_writer(url: String, token: String, w: usize, base: usize, patches: usize) -> Vec<(usize, usize, String)> {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("token header"));
+    let client = reqwest::Client::builder().default_headers(h).build().expect("client");
+    let base_url = format!("{url}/apis/steward.dev/v1alpha1/namespaces/default/containers");
+    let name = format!("durable-w{w}");
+    let mut acked = Vec::new();
+    if base == 0 {
+        let tok = write_token(w, 0);
+        let body = serde_json::json!({
+            "apiVersion": "steward.dev/v1alpha1", "kind": "Container",
+            "metadata": {"name": name, "annotations": {"token": tok}},
+            "spec": {"image": "busybox"}
+        });
+        let r = client.post(&base_url).json(&body).send().await.expect("create");
+        assert_eq!(r.status(), 201, "create {name}");
+        acked.push((w, 0, tok));
+    }
+    for i in 1..=patches {
+        let tok = write_token(w, base + i);
+        let r = client
+            .patch(format!("{base_url}/{name}"))
+            .header("content-type", "application/merge-patch+json")
+            .body(serde_json::json!({"metadata": {"annotations": {"token": tok}}}).to_string())
+            .send()
+            .await
+            .expect("patch");
+        assert!(r.status().is_success(), "patch {name}: {}", r.status());
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["metadata"]["annotations"]["token"], tok.as_str());
+        acked.push((w, base + i, tok));
+    }
+    acked
+}
