@@ -562,7 +562,7 @@ fn main() {
             phase(o) == "Running"
                 && o.pointer("/status/pid").and_then(Value::as_u64) == o["metadata"]["name"].as_str().and_then(|k| pids.get(k)).copied()
         });
-        (items.len() == expected && same_pids && ctr.ids("containers").len() == expected).then_some(())
+        (items.len() == expected && same_pids && steward.ctr_ids("containers").len() == expected).then_some(())
     });
     let recovery = t.elapsed();
     println!("(g) recovery: kill -9 with {n} running, {} deleted meanwhile: converged {} after the restart (listening after {})", pending.len(), secs(recovery), secs(listening));
