@@ -1010,9 +1010,11 @@ mod tests {
         }
     }
 
+    /// A named change to a spec, for the hash tables.
+    type Change = (&'static str, Box<dyn Fn(&mut ContainerSpec)>);
+
     fn base_spec() -> ContainerSpec {
-        let mut c = Container::default();
-        c.spec = ContainerSpec {
+        let spec = ContainerSpec {
             image: "127.0.0.1:5000/busybox:1.36".into(),
             command: vec!["sh".into(), "-c".into()],
             args: vec!["sleep 1".into()],
@@ -1028,6 +1030,7 @@ mod tests {
             }],
             ..Default::default()
         };
+        let mut c = Container { spec, ..Default::default() };
         c.apply_defaults();
         c.spec
     }
@@ -1037,7 +1040,7 @@ mod tests {
         let base = base_spec();
         let h = spec_hash(&base);
         // Changed in place or only read when needed: same hash, same container.
-        let same: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
+        let same: Vec<Change> = vec![
             ("restartPolicy", Box::new(|s| s.restart_policy = Some(RestartPolicy::Never))),
             ("terminationGracePeriodSeconds", Box::new(|s| s.termination_grace_period_seconds = Some(99))),
             ("stopSignal", Box::new(|s| s.stop_signal = Some("SIGINT".into()))),
@@ -1060,7 +1063,7 @@ mod tests {
             change(&mut s);
             assert_eq!(spec_hash(&s), h, "{field} must not replace the container");
         }
-        let differ: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
+        let differ: Vec<Change> = vec![
             ("image", Box::new(|s| s.image = "other:1".into())),
             ("command", Box::new(|s| s.command = vec!["sh".into()])),
             ("args", Box::new(|s| s.args = vec!["sleep 2".into()])),
