@@ -478,3 +478,27 @@ async fn limits_resize_in_place_and_labels_update() {
     assert_eq!((c.label("steward.dev/stop-signal"), c.label(LABEL_NAME)), ("2", "resize"));
     t.cleanup().await;
 }
+
+/// A paused (frozen) task is reported as Paused, and deleting its object
+/// still works: SIGKILL to all its processes ends a frozen task (runc +
+/// the v1 freezer here), so teardown needs no resume step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_task_is_reported_and_can_be_killed() {
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::PauseTaskRequest;
+    use containerd_client::tonic::Request;
+    let t = TestContainerd::start("paused").await;
+    let image = t.busybox().await;
+    let id = unique("paused");
+    t.rt.create(&id, &sh("exec sleep 3600"), &image, labels("paused")).await.expect("create");
+    t.rt.start(&id).await.expect("start");
+    let ch = containerd_client::connect(t.socket()).await.unwrap();
+    let mut req = Request::new(PauseTaskRequest { container_id: id.clone() });
+    req.metadata_mut().insert("containerd-namespace", t.namespace.parse().unwrap());
+    TasksClient::new(ch).pause(req).await.expect("pause");
+    assert_eq!(t.task(&id).await.map(|t| t.status), Some(TaskStatus::Paused));
+    t.rt.kill(&id, 9, true).await.expect("kill");
+    let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
+    assert_eq!(stopped.exit_code, Some(137));
+    t.cleanup().await;
+}
