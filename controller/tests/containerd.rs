@@ -469,6 +469,25 @@ async fn limits_resize_in_place_and_labels_update() {
     t.rt.start(&id).await.expect("restart");
     assert_eq!(cgroup_memory_limit(&t, &id), (48u64 << 20).to_string());
 
+    // Limits the spec check refuses, or the kernel does (below what the
+    // container uses): a Create error naming the problem, the task untouched.
+    spec.resources = memory_limit("1Ki");
+    let e = t.rt.resize(&id, &spec, BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::Create(m) if m.contains("spec.resources.limits.memory")), "{e}");
+    let hog = unique("holder");
+    // 32 MiB in the container's /dev/shm: charged to its cgroup, and
+    // nothing the kernel can reclaim without swap.
+    let mut holder = sh("head -c 33554432 /dev/zero > /dev/shm/fill; echo holding; exec sleep 3600");
+    holder.resources = memory_limit("128Mi");
+    t.rt.create(&hog, &holder, &image, labels("holder")).await.expect("create");
+    t.rt.start(&hog).await.expect("start");
+    t.wait_log(&hog, Duration::from_secs(20), |l| l.contains("holding")).await;
+    holder.resources = memory_limit("8Mi");
+    let e = t.rt.resize(&hog, &holder, BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::Create(m) if m.contains("cannot apply the new limits")), "{e:?}");
+    assert_eq!(cgroup_memory_limit(&t, &hog), (128u64 << 20).to_string());
+    assert_eq!(t.task(&hog).await.map(|t| t.status), Some(TaskStatus::Running));
+
     // Labels: set one, remove one (empty value), the rest untouched.
     t.rt.mark_stopping(&id, steward_schema::Time::now()).await.unwrap();
     let set = BTreeMap::from([(LABEL_STOP_REQUESTED.to_string(), String::new()), ("steward.dev/stop-signal".to_string(), "2".to_string())]);

@@ -148,7 +148,11 @@ impl Runtime for Fake {
         }
         ok(())
     }
-    fn resize<'a>(&'a self, id: &'a str, _: &'a ContainerSpec, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+    fn resize<'a>(&'a self, id: &'a str, spec: &'a ContainerSpec, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let memory = spec.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.memory.as_ref());
+        if memory.is_some_and(|m| m.0 == "1Ki") {
+            return Box::pin(async { Err(RuntimeError::Create("unable to set memory limit to 1024 (current usage: 4096)".into())) });
+        }
         let mut s = self.s.lock().unwrap();
         s.log.push(format!("resize {id}"));
         if let Some(c) = s.containers.get_mut(id) {
@@ -450,4 +454,31 @@ async fn non_shaping_spec_changes_keep_the_container() {
     assert_eq!(r.status(), 200);
     h.wait_for("web", "deleted", |o| o.is_none()).await;
     assert!(h.fake.s.lock().unwrap().log.iter().any(|l| l == &format!("kill {id} 2")));
+}
+
+/// Limits the runtime refuses in place leave the container running with
+/// its old ones, and a `ResizePending` condition saying why; it goes once
+/// limits that fit are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infeasible_resize_is_reported_and_cleared() {
+    let h = Harness::start().await;
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"]})).await;
+    let o = h.wait_for("web", "Running", |o| phase(o) == "Running").await.unwrap();
+    let (id, pid) = (container_of(&o), o["status"]["pid"].clone());
+    let pending = |o: Option<&Value>| {
+        o.and_then(|o| o["status"]["conditions"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c["type"] == "ResizePending")
+    };
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"], "resources": {"limits": {"memory": "1Ki"}}})).await;
+    let o = h.wait_for("web", "ResizePending", |o| pending(o).is_some()).await.unwrap();
+    let c = pending(Some(&o)).unwrap();
+    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("Infeasible")));
+    assert!(c["message"].as_str().unwrap_or_default().contains("unable to set memory limit"), "{c}");
+    assert_eq!((container_of(&o), o["status"]["pid"].clone(), phase(Some(&o))), (id.clone(), pid.clone(), "Running"));
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"], "resources": {"limits": {"memory": "32Mi"}}})).await;
+    let o = h.wait_for("web", "ResizePending gone", |o| o.is_some_and(|o| o["status"]["observedGeneration"] == 3) && pending(o).is_none()).await.unwrap();
+    assert_eq!((container_of(&o), o["status"]["pid"].clone()), (id.clone(), pid));
+    assert_eq!(h.fake.s.lock().unwrap().containers[&id].label(LABEL_LIMITS), "memory=33554432,cpu=,pids=");
 }

@@ -36,6 +36,9 @@ pub const REASON_CREATE_ERROR: &str = "CreateContainerError";
 pub const REASON_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
 pub const REASON_PAUSED: &str = "Paused";
 pub const REASON_OOM_KILLED: &str = "OOMKilled";
+/// A condition (as the kubelet's pod condition) saying new limits could not
+/// be applied in place; it goes once they are.
+pub const CONDITION_RESIZE_PENDING: &str = "ResizePending";
 /// The exit code reported for an exit that was not observed (the kubelet's).
 pub const UNKNOWN_EXIT_CODE: i32 = 137;
 /// How often a paused or unknown task is looked at again (no event comes).
@@ -440,6 +443,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     if current.label(LABEL_LIMITS) != limits_label(spec) {
         return Plan { step: Step::Resize { id }, status };
     }
+    status.conditions.retain(|c| c.type_ != CONDITION_RESIZE_PENDING);
 
     let task = match &current.task {
         None => None,

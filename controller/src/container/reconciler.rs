@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use steward_schema::{Container, ContainerStatus, PullPolicy, Time};
+use steward_schema::{Condition, Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
-    limits_label, plan, spec_labels, stop_params, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL,
+    limits_label, plan, CONDITION_RESIZE_PENDING, spec_labels, stop_params, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL,
     REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
@@ -180,9 +180,30 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
         }
         Step::Resize { id } => {
             let limits = limits_label(&obj.spec);
-            rt.resize(&id, &obj.spec, BTreeMap::from([(LABEL_LIMITS.to_string(), limits.clone())])).await?;
-            tracing::info!(container = %id, %limits, "resources updated in place");
-            Ok(Action::Requeue(Duration::ZERO))
+            match rt.resize(&id, &obj.spec, BTreeMap::from([(LABEL_LIMITS.to_string(), limits.clone())])).await {
+                Ok(()) => {
+                    tracing::info!(container = %id, %limits, "resources updated in place");
+                    Ok(Action::Requeue(Duration::ZERO))
+                }
+                Err(e @ RuntimeError::Create(_)) => {
+                    // The container runs on with its old limits; say why,
+                    // and retry (with backoff) in case it fits later.
+                    let mut conditions = obj.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                    conditions.retain(|c| c.type_ != CONDITION_RESIZE_PENDING);
+                    let prev = obj.status.as_ref().and_then(|s| s.condition(CONDITION_RESIZE_PENDING));
+                    conditions.push(Condition {
+                        type_: CONDITION_RESIZE_PENDING.into(),
+                        status: "True".into(),
+                        reason: "Infeasible".into(),
+                        message: e.to_string(),
+                        last_transition_time: prev.and_then(|c| c.last_transition_time).or_else(|| Some(Time::now())),
+                    });
+                    let patch = json!({"status": {"conditions": conditions}});
+                    ctx.api.patch_status(&obj.metadata.namespace, &obj.metadata.name, &patch).await?;
+                    Err(e.into())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Step::Kill { id } => {
             rt.kill(&id, 9, true).await?;

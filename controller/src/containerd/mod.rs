@@ -505,7 +505,14 @@ impl ContainerdRuntime {
                     resources: Some(prost_types::Any { type_url: RESOURCES_TYPE_URL.into(), value }),
                     annotations: HashMap::new(),
                 };
-                t.update(self.ctx.req(req)).await.map_err(|s| from_status("update task resources", id, &s))?;
+                t.update(self.ctx.req(req)).await.map_err(|s| match s.code() {
+                    // The kernel or runc refused the limits (e.g. memory
+                    // below what the container uses): the user's to fix.
+                    Code::Unknown | Code::InvalidArgument | Code::FailedPrecondition => {
+                        RuntimeError::Create(format!("cannot apply the new limits to container {id}: {}", s.message()))
+                    }
+                    _ => from_status("update task resources", id, &s),
+                })?;
             }
         }
         // Then the stored OCI spec, so a restart keeps the new limits.
