@@ -9,8 +9,8 @@ use serde_json::json;
 use steward_schema::{Condition, Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
-    limits_label, plan, CONDITION_RESIZE_PENDING, spec_labels, stop_params, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL,
-    REASON_PULLING, REASON_PULL_BACKOFF,
+    limits_label, plan, spec_labels, stop_params, teardown, Plan, Step, CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR,
+    REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
     PullProgress, Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID,
