@@ -18,6 +18,15 @@ pub const LABEL_UID: &str = "steward.dev/uid";
 pub const LABEL_NAMESPACE: &str = "steward.dev/namespace";
 pub const LABEL_NAME: &str = "steward.dev/name";
 pub const LABEL_SPEC_HASH: &str = "steward.dev/spec-hash";
+/// The version of the spec hash in [`LABEL_SPEC_HASH`]; absent on
+/// containers created before hashes were versioned (the legacy hash).
+pub const LABEL_SPEC_HASH_VERSION: &str = "steward.dev/spec-hash-version";
+/// The signal (number) and grace period (seconds) this container is
+/// stopped with: its own, recorded at create, whatever the spec says later.
+pub const LABEL_STOP_SIGNAL: &str = "steward.dev/stop-signal";
+pub const LABEL_STOP_GRACE: &str = "steward.dev/termination-grace-period-seconds";
+/// The resource limits applied to the container (changed in place).
+pub const LABEL_LIMITS: &str = "steward.dev/limits";
 /// Set (RFC 3339) when steward sent the stop signal, so the grace period
 /// survives a steward restart.
 pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
@@ -40,6 +49,9 @@ pub struct Task {
     /// Set once stopped.
     pub exit_code: Option<u32>,
     pub exited_at: Option<Time>,
+    /// Stopped, and the kernel OOM-killed a process of it (its cgroup's
+    /// oom_kill count) during this run.
+    pub oom_killed: bool,
 }
 
 /// One managed runtime container.
@@ -134,6 +146,20 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Records when a stop was requested (label on the container).
     fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Sets labels on container `id`; an empty value removes the label.
+    /// Other labels are left alone.
+    fn update_labels<'a>(&'a self, id: &'a str, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Applies `spec`'s resource limits to container `id` in place: to its
+    /// task if one runs (as `runc update`), and to its stored OCI spec (so
+    /// the next start uses them); then records them in `labels`.
+    fn resize<'a>(
+        &'a self,
+        id: &'a str,
+        spec: &'a ContainerSpec,
+        labels: BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
     /// Deletes a stopped task.
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;

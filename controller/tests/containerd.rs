@@ -389,3 +389,135 @@ fn read_log(t: &common::TestContainerd, id: &str) -> String {
     let base = steward_logfile::log_path(&t.log_root(), &t.namespace, id);
     String::from_utf8(steward_logfile::read(&steward_logfile::log_files(&base), &Default::default()).unwrap()).unwrap()
 }
+
+fn memory_limit(spec_mem: &str) -> Option<Resources> {
+    Some(Resources { limits: Some(Limits { memory: Some(Quantity(spec_mem.into())), cpu: None, pids: None }) })
+}
+
+/// The kernel OOM-kills a process of a container over its memory limit:
+/// the stopped task says so (the cgroup's oom_kill count), an ordinary
+/// SIGKILL exit (also 137) does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_are_told_apart_from_sigkill() {
+    let t = TestContainerd::start("oom").await;
+    let image = t.busybox().await;
+    let hog = unique("hog");
+    // 64 MiB into a shell variable, under a 16 MiB limit.
+    let mut spec = sh("x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}");
+    spec.resources = memory_limit("16Mi");
+    t.rt.create(&hog, &spec, &image, labels("hog")).await.expect("create");
+    t.rt.start(&hog).await.expect("start");
+    let stopped = t.wait_stopped(&hog, Duration::from_secs(30)).await;
+    assert_eq!(stopped.exit_code, Some(137), "log: {}", read_log(&t, &hog));
+    assert!(stopped.oom_killed, "an OOM kill was not seen: {stopped:?}");
+
+    let killed = unique("killed");
+    let mut spec = sh("exec sleep 3600");
+    spec.resources = memory_limit("16Mi");
+    t.rt.create(&killed, &spec, &image, labels("killed")).await.expect("create");
+    t.rt.start(&killed).await.expect("start");
+    t.rt.kill(&killed, 9, true).await.expect("kill");
+    let stopped = t.wait_stopped(&killed, Duration::from_secs(10)).await;
+    assert_eq!(stopped.exit_code, Some(137));
+    assert!(!stopped.oom_killed, "a plain SIGKILL reported as OOM: {stopped:?}");
+    t.cleanup().await;
+}
+
+fn cgroup_memory_limit(t: &TestContainerd, id: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/memory/{}/{id}/memory.limit_in_bytes", t.namespace))
+        .unwrap_or_else(|e| panic!("memory cgroup of {id}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// Limits change in place: the running task's cgroup (same pid) and the
+/// stored OCI spec (a new task of the container gets them too); labels
+/// are set and removed without touching the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_resize_in_place_and_labels_update() {
+    let t = TestContainerd::start("resize").await;
+    let image = t.busybox().await;
+    let id = unique("resize");
+    let mut spec = sh("exec sleep 3600");
+    spec.resources = memory_limit("64Mi");
+    t.rt.create(&id, &spec, &image, labels("resize")).await.expect("create");
+    let pid = t.rt.start(&id).await.expect("start");
+    assert_eq!(cgroup_memory_limit(&t, &id), "67108864");
+
+    spec.resources = memory_limit("32Mi");
+    let new_labels = BTreeMap::from([("steward.dev/limits".to_string(), "memory=33554432,cpu=,pids=".to_string())]);
+    t.rt.resize(&id, &spec, new_labels).await.expect("resize");
+    assert_eq!(cgroup_memory_limit(&t, &id), "33554432");
+    let task = t.task(&id).await.expect("task");
+    assert_eq!((task.pid, task.status), (pid, TaskStatus::Running), "resize restarted the task");
+    let c = t.rt.find("u-1").await.unwrap().into_iter().find(|c| c.id == id).unwrap();
+    assert_eq!(c.label("steward.dev/limits"), "memory=33554432,cpu=,pids=");
+    assert_eq!(c.label(LABEL_NAME), "resize", "other labels must stay");
+
+    // A limit removed is lifted, not left behind.
+    spec.resources = None;
+    t.rt.resize(&id, &spec, BTreeMap::new()).await.expect("resize without limits");
+    let unlimited: u64 = cgroup_memory_limit(&t, &id).parse().unwrap();
+    assert!(unlimited > 1 << 40, "memory limit not lifted: {unlimited}");
+
+    // The stored spec has the new limits: a new task starts with them.
+    spec.resources = memory_limit("48Mi");
+    t.rt.resize(&id, &spec, BTreeMap::new()).await.expect("resize");
+    t.rt.kill(&id, 9, true).await.unwrap();
+    t.wait_stopped(&id, Duration::from_secs(10)).await;
+    t.rt.delete_task(&id).await.unwrap();
+    t.rt.start(&id).await.expect("restart");
+    assert_eq!(cgroup_memory_limit(&t, &id), (48u64 << 20).to_string());
+
+    // Limits the spec check refuses, or the kernel does (below what the
+    // container uses): a Create error naming the problem, the task untouched.
+    spec.resources = memory_limit("1Ki");
+    let e = t.rt.resize(&id, &spec, BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::Create(m) if m.contains("spec.resources.limits.memory")), "{e}");
+    let hog = unique("holder");
+    // 32 MiB in the container's /dev/shm: charged to its cgroup, and
+    // nothing the kernel can reclaim without swap.
+    let mut holder = sh("head -c 33554432 /dev/zero > /dev/shm/fill; echo holding; exec sleep 3600");
+    holder.resources = memory_limit("128Mi");
+    t.rt.create(&hog, &holder, &image, labels("holder")).await.expect("create");
+    t.rt.start(&hog).await.expect("start");
+    t.wait_log(&hog, Duration::from_secs(20), |l| l.contains("holding")).await;
+    holder.resources = memory_limit("8Mi");
+    let e = t.rt.resize(&hog, &holder, BTreeMap::new()).await.unwrap_err();
+    assert!(matches!(&e, RuntimeError::Create(m) if m.contains("cannot apply the new limits")), "{e:?}");
+    assert_eq!(cgroup_memory_limit(&t, &hog), (128u64 << 20).to_string());
+    assert_eq!(t.task(&hog).await.map(|t| t.status), Some(TaskStatus::Running));
+
+    // Labels: set one, remove one (empty value), the rest untouched.
+    t.rt.mark_stopping(&id, steward_schema::Time::now()).await.unwrap();
+    let set = BTreeMap::from([(LABEL_STOP_REQUESTED.to_string(), String::new()), ("steward.dev/stop-signal".to_string(), "2".to_string())]);
+    t.rt.update_labels(&id, set).await.expect("update labels");
+    let c = t.rt.find("u-1").await.unwrap().into_iter().find(|c| c.id == id).unwrap();
+    assert!(!c.labels.contains_key(LABEL_STOP_REQUESTED), "{:?}", c.labels);
+    assert_eq!((c.label("steward.dev/stop-signal"), c.label(LABEL_NAME)), ("2", "resize"));
+    t.cleanup().await;
+}
+
+/// A paused (frozen) task is reported as Paused, and deleting its object
+/// still works: SIGKILL to all its processes ends a frozen task (runc +
+/// the v1 freezer here), so teardown needs no resume step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_task_is_reported_and_can_be_killed() {
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::PauseTaskRequest;
+    use containerd_client::tonic::Request;
+    let t = TestContainerd::start("paused").await;
+    let image = t.busybox().await;
+    let id = unique("paused");
+    t.rt.create(&id, &sh("exec sleep 3600"), &image, labels("paused")).await.expect("create");
+    t.rt.start(&id).await.expect("start");
+    let ch = containerd_client::connect(t.socket()).await.unwrap();
+    let mut req = Request::new(PauseTaskRequest { container_id: id.clone() });
+    req.metadata_mut().insert("containerd-namespace", t.namespace.parse().unwrap());
+    TasksClient::new(ch).pause(req).await.expect("pause");
+    assert_eq!(t.task(&id).await.map(|t| t.status), Some(TaskStatus::Paused));
+    t.rt.kill(&id, 9, true).await.expect("kill");
+    let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
+    assert_eq!(stopped.exit_code, Some(137));
+    t.cleanup().await;
+}

@@ -115,7 +115,7 @@ impl Runtime for Fake {
         let Some(c) = s.containers.get_mut(id) else {
             return Box::pin(async { Err(RuntimeError::NotFound("container".into())) });
         };
-        c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None });
+        c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false });
         drop(s);
         if let Some(code) = code {
             // Exits right after starting, as a crashing process would.
@@ -131,6 +131,32 @@ impl Runtime for Fake {
     fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>> {
         if let Some(c) = self.s.lock().unwrap().containers.get_mut(id) {
             c.labels.insert(LABEL_STOP_REQUESTED.into(), serde_json::to_value(at).unwrap().as_str().unwrap().into());
+        }
+        ok(())
+    }
+    fn update_labels<'a>(&'a self, id: &'a str, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("relabel {id} {}", labels.keys().cloned().collect::<Vec<_>>().join(",")));
+        if let Some(c) = s.containers.get_mut(id) {
+            for (k, v) in labels {
+                if v.is_empty() {
+                    c.labels.remove(&k);
+                } else {
+                    c.labels.insert(k, v);
+                }
+            }
+        }
+        ok(())
+    }
+    fn resize<'a>(&'a self, id: &'a str, spec: &'a ContainerSpec, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let memory = spec.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.memory.as_ref());
+        if memory.is_some_and(|m| m.0 == "1Ki") {
+            return Box::pin(async { Err(RuntimeError::Create("unable to set memory limit to 1024 (current usage: 4096)".into())) });
+        }
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("resize {id}"));
+        if let Some(c) = s.containers.get_mut(id) {
+            c.labels.extend(labels);
         }
         ok(())
     }
@@ -325,7 +351,7 @@ async fn garbage_without_a_live_object_is_collected() {
     let stray = ActualContainer {
         id: "default.gone.000000000000".into(),
         labels: BTreeMap::from([(LABEL_UID.to_string(), "dead-uid".to_string()), (LABEL_MANAGED_BY.to_string(), "steward".to_string())]),
-        task: Some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None }),
+        task: Some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false }),
         image_digest: None,
     };
     h.fake.s.lock().unwrap().containers.insert(stray.id.clone(), stray);
@@ -352,4 +378,107 @@ async fn a_pull_in_progress_shows_bytes_in_status() {
     let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert_eq!(msg, "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB");
     h.wait_for("pulling", "Running after the pull", |o| phase(o) == "Running").await;
+}
+
+fn container_of(o: &Value) -> String {
+    o["status"]["containerID"].as_str().unwrap_or_default().trim_start_matches("containerd://").to_string()
+}
+
+/// Tasks lost behind steward's back (a host reboot, a dead shim): `Always`
+/// and `OnFailure` restart, counted, with the exit marked unknown; `Never`
+/// ends Failed and does not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_tasks_follow_the_restart_policy() {
+    let h = Harness::start().await;
+    for (name, policy) in [("always", "Always"), ("onfailure", "OnFailure"), ("never", "Never")] {
+        h.apply(name, json!({"image": "busybox", "args": ["sleep"], "restartPolicy": policy})).await;
+    }
+    let mut before = BTreeMap::new();
+    for name in ["always", "onfailure", "never"] {
+        let o = h.wait_for(name, "Running", |o| phase(o) == "Running").await.unwrap();
+        before.insert(name, (container_of(&o), o["status"]["pid"].as_u64().unwrap()));
+    }
+    for (id, _) in before.values() {
+        h.fake.s.lock().unwrap().containers.get_mut(id).unwrap().task = None;
+        let _ = h.fake.events.send(id.clone());
+    }
+    for name in ["always", "onfailure"] {
+        let (id, pid) = &before[name];
+        let o = h
+            .wait_for(name, "restarted after the lost task", |o| {
+                phase(o) == "Running" && o.unwrap()["status"]["pid"].as_u64().is_some_and(|p| p != *pid)
+            })
+            .await
+            .unwrap();
+        assert_eq!(o["status"]["restartCount"], 1, "{name}");
+        let last = &o["status"]["lastState"]["terminated"];
+        assert_eq!((last["reason"].as_str(), last["exitCode"].as_i64()), (Some("ContainerStatusUnknown"), Some(137)), "{name}");
+        assert_eq!(&container_of(&o), id, "{name}: same container, new task");
+    }
+    let o = h.wait_for("never", "Failed", |o| phase(o) == "Failed").await.unwrap();
+    assert_eq!(o["status"]["state"]["terminated"]["reason"], "ContainerStatusUnknown");
+    assert_eq!(o["status"]["restartCount"], 0);
+    let starts = h.fake.s.lock().unwrap().log.iter().filter(|l| **l == format!("start {}", before["never"].0)).count();
+    assert_eq!(starts, 1, "a Never container ran again");
+    assert!(h.fake.task(&before["never"].0).is_none());
+}
+
+/// restartPolicy, stopSignal, terminationGracePeriodSeconds,
+/// imagePullPolicy and limits change without replacing the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_shaping_spec_changes_keep_the_container() {
+    let h = Harness::start().await;
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"]})).await;
+    let o = h.wait_for("web", "Running", |o| phase(o) == "Running").await.unwrap();
+    let (id, pid) = (container_of(&o), o["status"]["pid"].as_u64().unwrap());
+    h.apply(
+        "web",
+        json!({"image": "busybox", "args": ["sleep"], "restartPolicy": "OnFailure", "stopSignal": "SIGINT",
+               "terminationGracePeriodSeconds": 3, "imagePullPolicy": "Always", "resources": {"limits": {"memory": "64Mi"}}}),
+    )
+    .await;
+    h.wait_for("web", "generation 2 observed", |o| o.is_some_and(|o| o["status"]["observedGeneration"] == 2)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !h.fake.s.lock().unwrap().log.iter().any(|l| l == &format!("resize {id}")) {
+        assert!(tokio::time::Instant::now() < deadline, "limits not applied in place: {:?}", h.fake.s.lock().unwrap().log);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = h.get("web").await.unwrap();
+    assert_eq!((container_of(&o), o["status"]["pid"].as_u64()), (id.clone(), Some(pid)));
+    assert_eq!(h.fake.ids(), std::slice::from_ref(&id));
+    let c = h.fake.s.lock().unwrap().containers[&id].clone();
+    assert_eq!((c.label(LABEL_STOP_SIGNAL), c.label(LABEL_STOP_GRACE)), ("2", "3"));
+    assert_eq!(c.label(LABEL_LIMITS), "memory=67108864,cpu=,pids=");
+    // Deleting stops it the way it now records.
+    let r = h.http.delete(format!("{}{BASE}/web", h.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.wait_for("web", "deleted", |o| o.is_none()).await;
+    assert!(h.fake.s.lock().unwrap().log.iter().any(|l| l == &format!("kill {id} 2")));
+}
+
+/// Limits the runtime refuses in place leave the container running with
+/// its old ones, and a `ResizePending` condition saying why; it goes once
+/// limits that fit are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infeasible_resize_is_reported_and_cleared() {
+    let h = Harness::start().await;
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"]})).await;
+    let o = h.wait_for("web", "Running", |o| phase(o) == "Running").await.unwrap();
+    let (id, pid) = (container_of(&o), o["status"]["pid"].clone());
+    let pending = |o: Option<&Value>| {
+        o.and_then(|o| o["status"]["conditions"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c["type"] == "ResizePending")
+    };
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"], "resources": {"limits": {"memory": "1Ki"}}})).await;
+    let o = h.wait_for("web", "ResizePending", |o| pending(o).is_some()).await.unwrap();
+    let c = pending(Some(&o)).unwrap();
+    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("Infeasible")));
+    assert!(c["message"].as_str().unwrap_or_default().contains("unable to set memory limit"), "{c}");
+    assert_eq!((container_of(&o), o["status"]["pid"].clone(), phase(Some(&o))), (id.clone(), pid.clone(), "Running"));
+    h.apply("web", json!({"image": "busybox", "args": ["sleep"], "resources": {"limits": {"memory": "32Mi"}}})).await;
+    let o = h.wait_for("web", "ResizePending gone", |o| o.is_some_and(|o| o["status"]["observedGeneration"] == 3) && pending(o).is_none()).await.unwrap();
+    assert_eq!((container_of(&o), o["status"]["pid"].clone()), (id.clone(), pid));
+    assert_eq!(h.fake.s.lock().unwrap().containers[&id].label(LABEL_LIMITS), "memory=33554432,cpu=,pids=");
 }

@@ -151,9 +151,57 @@ pub struct Steward {
     pub proc: Proc,
 }
 
+/// The commit of main before versioned spec hashes: the upgrade test runs
+/// containers with it, then the current binary on the same data dir.
+pub const OLD_STEWARD_COMMIT: &str = "85f1c0cefe3d3cbf2153c76834696d5063f43dd7";
+
+/// The `steward` of [`OLD_STEWARD_COMMIT`]: `$STEWARD_OLD_BIN`, or built
+/// from this repository's git history into
+/// `target/old-steward/<commit>/` (once; later runs reuse it).
+pub fn old_steward_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STEWARD_OLD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "STEWARD_OLD_BIN={} is not a file", p.display());
+        return p;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo.join("target/old-steward").join(&OLD_STEWARD_COMMIT[..12]);
+    let bin = root.join("target/debug/steward");
+    if bin.is_file() {
+        return bin;
+    }
+    let how = format!(
+        "set STEWARD_OLD_BIN to a steward built from {OLD_STEWARD_COMMIT} (git worktree add /tmp/old-steward {OLD_STEWARD_COMMIT} && cargo build -p steward --manifest-path /tmp/old-steward/Cargo.toml)"
+    );
+    let src = root.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).unwrap_or_else(|e| panic!("create {}: {e}; or {how}", src.display()));
+    let archive = Command::new("sh")
+        .arg("-c")
+        .arg(format!("git -C \"$1\" archive {OLD_STEWARD_COMMIT} | tar -x -C \"$2\""))
+        .args(["sh", &repo.to_string_lossy(), &src.to_string_lossy()])
+        .output()
+        .unwrap_or_else(|e| panic!("git archive: {e}; {how}"));
+    assert!(archive.status.success(), "git archive {OLD_STEWARD_COMMIT} failed: {}; {how}", String::from_utf8_lossy(&archive.stderr));
+    eprintln!("building the old steward ({OLD_STEWARD_COMMIT}) once, into {}", root.display());
+    let build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-p", "steward", "--manifest-path"])
+        .arg(src.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .status()
+        .unwrap_or_else(|e| panic!("cargo: {e}; {how}"));
+    assert!(build.success() && bin.is_file(), "building the old steward failed; {how}");
+    bin
+}
+
 impl Steward {
     pub fn start(data_dir: &Path) -> Steward {
-        let (url, proc) = Self::spawn(data_dir);
+        Self::start_with(&steward_bin(), data_dir)
+    }
+
+    /// `steward serve` of binary `bin` (e.g. an older release).
+    pub fn start_with(bin: &Path, data_dir: &Path) -> Steward {
+        let (url, proc) = Self::spawn_bin(bin, data_dir);
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
         Steward { url, token, data_dir: data_dir.to_path_buf(), proc }
     }
@@ -161,14 +209,19 @@ impl Steward {
     /// SIGKILLs steward (containers and containerd live on) and starts a
     /// new one on the same data dir.
     pub fn kill_and_restart(&mut self) {
+        self.kill_and_restart_with(&steward_bin());
+    }
+
+    /// As [`Self::kill_and_restart`], the new one being binary `bin`.
+    pub fn kill_and_restart_with(&mut self, bin: &Path) {
         self.proc.kill();
-        let (url, proc) = Self::spawn(&self.data_dir);
+        let (url, proc) = Self::spawn_bin(bin, &self.data_dir);
         self.url = url;
         self.proc = proc;
     }
 
-    fn spawn(data_dir: &Path) -> (String, Proc) {
-        let mut cmd = Command::new(steward_bin());
+    fn spawn_bin(bin: &Path, data_dir: &Path) -> (String, Proc) {
+        let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]);
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");

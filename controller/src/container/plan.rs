@@ -3,16 +3,21 @@
 //! report, as the kubelet's `computePodActions`. No I/O here; the table of
 //! cases in the tests is the specification.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
 use steward_schema::validate::is_runtime_id;
+use steward_schema::quantity::Quantity;
 use steward_schema::{
-    Condition, Container, ContainerSpec, ContainerState, ContainerStatus, Phase, RestartPolicy, StateRunning,
-    StateTerminated, StateWaiting, Time,
+    Condition, Container, ContainerSpec, ContainerState, ContainerStatus, MountType, NetworkMode, Phase,
+    RestartPolicy, StateRunning, StateTerminated, StateWaiting, Time,
 };
 
-use crate::actual::{ActualContainer, TaskStatus, LABEL_SPEC_HASH, LABEL_STOP_REQUESTED};
+use crate::actual::{
+    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_SPEC_HASH, LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE,
+    LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
+};
 
 /// The kubelet's restart backoff: 10 s doubling to 5 min...
 pub const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -26,6 +31,18 @@ pub const REASON_ERR_PULL: &str = "ErrImagePull";
 pub const REASON_PULL_BACKOFF: &str = "ImagePullBackOff";
 pub const REASON_CRASH_LOOP: &str = "CrashLoopBackOff";
 pub const REASON_CREATE_ERROR: &str = "CreateContainerError";
+/// The kubelet's word for a container whose state cannot be known: a task
+/// that vanished without an observed exit, or one containerd cannot report.
+pub const REASON_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
+pub const REASON_PAUSED: &str = "Paused";
+pub const REASON_OOM_KILLED: &str = "OOMKilled";
+/// A condition (as the kubelet's pod condition) saying new limits could not
+/// be applied in place; it goes once they are.
+pub const CONDITION_RESIZE_PENDING: &str = "ResizePending";
+/// The exit code reported for an exit that was not observed (the kubelet's).
+pub const UNKNOWN_EXIT_CODE: i32 = 137;
+/// How often a paused or unknown task is looked at again (no event comes).
+pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// One idempotent step toward the desired state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,14 +54,19 @@ pub enum Step {
     Create { id: String },
     /// Create and start the task.
     Start { id: String },
-    /// Send the stop signal and record when.
-    Stop { id: String, signal: u32 },
+    /// Send the stop signal and record when; look again after `grace`.
+    Stop { id: String, signal: u32, grace: Duration },
     /// The grace period is over: SIGKILL every process.
     Kill { id: String },
     /// Delete a stopped task (its exit is in status already).
     DeleteTask { id: String },
     /// Delete container and snapshot (no task left).
     Remove { id: String },
+    /// Set these labels on the container (an empty value removes one).
+    Relabel { id: String, labels: BTreeMap<String, String> },
+    /// Apply the spec's resource limits in place (running task and stored
+    /// OCI spec) and record them in its labels.
+    Resize { id: String },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -65,9 +87,120 @@ pub fn fnv_hex(data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-/// The hash of a (defaulted) spec: any change means a new container.
+/// The version of [`spec_hash`], recorded on every container in
+/// [`LABEL_SPEC_HASH_VERSION`]. Bump it only with a new `spec_shape`, and
+/// keep the previous function to adopt what it labelled.
+pub const SPEC_HASH_VERSION: &str = "2";
+
+/// What a container is made from, as an explicit, versioned value: only the
+/// fields that shape its OCI spec or rootfs, each in a fixed encoding, so a
+/// new optional field, a serde attribute or a new default elsewhere in the
+/// spec does not change it. Left out on purpose: `restartPolicy`,
+/// `terminationGracePeriodSeconds` and `stopSignal` (read when needed, the
+/// latter two recorded as labels), `imagePullPolicy` (how to fetch, not
+/// what), `resources.limits` (changed in place, see [`limits_label`]).
+fn spec_shape(spec: &ContainerSpec) -> serde_json::Value {
+    let mounts: Vec<serde_json::Value> = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let kind = match m.mount_type {
+                MountType::Bind => "bind",
+                MountType::Tmpfs => "tmpfs",
+            };
+            serde_json::json!([kind, m.source, m.target, m.read_only, m.size_limit.as_ref().map(canonical_quantity)])
+        })
+        .collect();
+    let network = match spec.network {
+        None | Some(NetworkMode::None) => "none",
+        Some(NetworkMode::Host) => "host",
+    };
+    serde_json::json!([
+        format!("steward.dev/spec-shape/v{SPEC_HASH_VERSION}"),
+        spec.image,
+        spec.command,
+        spec.args,
+        spec.env.iter().map(|e| [e.name.as_str(), e.value.as_str()]).collect::<Vec<_>>(),
+        spec.working_dir,
+        spec.user,
+        mounts,
+        network,
+    ])
+}
+
+/// `64Mi` and `67108864` are the same quantity.
+fn canonical_quantity(q: &Quantity) -> String {
+    match q.value() {
+        Ok(v) if v.fract() == 0.0 => format!("{v:.0}"),
+        Ok(v) => format!("{v}"),
+        Err(_) => q.0.clone(),
+    }
+}
+
+/// The hash of what shapes the container (version [`SPEC_HASH_VERSION`]):
+/// when it changes, the container is replaced.
 pub fn spec_hash(spec: &ContainerSpec) -> String {
+    fnv_hex(spec_shape(spec).to_string().as_bytes())
+}
+
+/// The hash steward wrote before hashes were versioned (every field of the
+/// spec as serde serialised it). Kept only to adopt containers labelled
+/// with it (no [`LABEL_SPEC_HASH_VERSION`]) without restarting them.
+pub fn legacy_spec_hash(spec: &ContainerSpec) -> String {
     fnv_hex(&serde_json::to_vec(spec).unwrap_or_default())
+}
+
+/// The resource limits a container runs with, canonical, as recorded in
+/// [`LABEL_LIMITS`]; a change is applied in place (Tasks.Update).
+pub fn limits_label(spec: &ContainerSpec) -> String {
+    let l = spec.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let memory = l.and_then(|l| l.memory.as_ref()).map(canonical_quantity).unwrap_or_default();
+    let cpu = l.and_then(|l| l.cpu.as_ref()).map(canonical_quantity).unwrap_or_default();
+    let pids = l.and_then(|l| l.pids).map(|p| p.to_string()).unwrap_or_default();
+    format!("memory={memory},cpu={cpu},pids={pids}")
+}
+
+/// Whether container `c` was made from `spec` (by this version's hash, or
+/// the legacy one for a container without a hash version label).
+pub fn made_from(c: &ActualContainer, spec: &ContainerSpec) -> bool {
+    match c.labels.get(LABEL_SPEC_HASH_VERSION) {
+        Some(v) if v == SPEC_HASH_VERSION => c.label(LABEL_SPEC_HASH) == spec_hash(spec),
+        // Another (newer) version's hash: not ours to interpret.
+        Some(_) => false,
+        None => c.label(LABEL_SPEC_HASH) == legacy_spec_hash(spec),
+    }
+}
+
+/// The labels recording how a container of `spec` is made and stopped.
+pub fn spec_labels(spec: &ContainerSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_SPEC_HASH.to_string(), spec_hash(spec)),
+        (LABEL_SPEC_HASH_VERSION.to_string(), SPEC_HASH_VERSION.to_string()),
+        (LABEL_STOP_SIGNAL.to_string(), spec_signal(spec).to_string()),
+        (LABEL_STOP_GRACE.to_string(), spec_grace(spec).as_secs().to_string()),
+        (LABEL_LIMITS.to_string(), limits_label(spec)),
+    ])
+}
+
+fn spec_signal(spec: &ContainerSpec) -> u32 {
+    signal_number(spec.stop_signal.as_deref().unwrap_or("SIGTERM"))
+}
+
+fn spec_grace(spec: &ContainerSpec) -> Duration {
+    Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64)
+}
+
+/// How to stop container `c`: with the signal and grace recorded on it at
+/// create (its own, even when the spec has moved on), else `spec`'s.
+pub fn stop_params(c: &ActualContainer, spec: &ContainerSpec) -> (u32, Duration) {
+    let signal = c.labels.get(LABEL_STOP_SIGNAL).and_then(|s| s.parse().ok()).unwrap_or_else(|| spec_signal(spec));
+    let grace = c
+        .labels
+        .get(LABEL_STOP_GRACE)
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| spec_grace(spec));
+    (signal, grace)
 }
 
 /// The containerd id of the container for (object, spec hash):
@@ -138,7 +271,7 @@ pub fn teardown(c: &ActualContainer, signal: u32, grace: Duration, now: &Time) -
                 .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
                 .map(|t| Time(t.with_timezone(&Utc)));
             match requested {
-                None => Step::Stop { id, signal },
+                None => Step::Stop { id, signal, grace },
                 Some(at) if since(&at, now) >= grace => Step::Kill { id },
                 Some(at) => Step::Nothing { requeue: Some(grace - since(&at, now)) },
             }
@@ -176,28 +309,111 @@ fn set_ready(s: &mut ContainerStatus, ready: bool, reason: &str, now: &Time) {
     });
 }
 
+/// The labels of `current` to change (an empty value removes one): adopt a
+/// legacy container into this hash version, follow in-place changes of
+/// stop signal and grace, and forget a stop request once the container is
+/// wanted again (before its task starts).
+fn relabel(c: &ActualContainer, spec: &ContainerSpec) -> BTreeMap<String, String> {
+    let mut want = spec_labels(spec);
+    if c.labels.contains_key(LABEL_SPEC_HASH_VERSION) {
+        // Limits change through Resize, which records them when applied.
+        want.remove(LABEL_LIMITS);
+    }
+    // A legacy container was made from exactly this spec (its hash covered
+    // the limits too), so all of `want` is true of it.
+    let mut diff: BTreeMap<String, String> = want.into_iter().filter(|(k, v)| c.labels.get(k) != Some(v)).collect();
+    if c.labels.contains_key(LABEL_STOP_REQUESTED) {
+        diff.insert(LABEL_STOP_REQUESTED.into(), String::new());
+    }
+    diff
+}
+
+/// The exit a terminated state describes, for status.
+fn terminated_state(exit_code: i32, oom_killed: bool, started_at: Option<Time>, finished: Time) -> StateTerminated {
+    let reason = if oom_killed {
+        REASON_OOM_KILLED
+    } else if exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    StateTerminated {
+        exit_code,
+        // 128+N is how a shell and runc report death by signal N.
+        signal: (129..=128 + 64).contains(&exit_code).then_some(exit_code - 128),
+        reason: reason.into(),
+        message: String::new(),
+        started_at,
+        finished_at: Some(finished),
+    }
+}
+
+fn restarts(policy: RestartPolicy, exit_code: i32) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => exit_code != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+/// The status of a container that stays terminated.
+fn terminal(status: &mut ContainerStatus, t: StateTerminated, now: &Time) {
+    status.pid = None;
+    status.phase = Some(if t.exit_code == 0 { Phase::Succeeded } else { Phase::Failed });
+    set_ready(status, false, &t.reason.clone(), now);
+    status.state = Some(ContainerState { terminated: Some(t), ..Default::default() });
+}
+
+/// A restart after exit `t` (recorded in lastState): wait out the backoff
+/// (counted from `t.finished_at`, so the same status gives the same answer
+/// after a steward restart), then count it and take `step`.
+fn restart_after(status: &mut ContainerStatus, prior: &ContainerStatus, t: StateTerminated, step: Step, now: &Time) -> Step {
+    let finished = t.finished_at.unwrap_or(*now);
+    let exit_code = t.exit_code;
+    status.pid = None;
+    status.phase = Some(Phase::Running);
+    set_ready(status, false, REASON_CRASH_LOOP, now);
+    let ran = t.started_at.map(|s| since(&s, &finished)).unwrap_or_default();
+    // A run of 10 minutes forgives the crashes before it.
+    let recent = if ran >= BACKOFF_RESET { 0 } else { prior.recent_restarts };
+    let delay = restart_delay(recent);
+    let due = add(&finished, delay);
+    status.last_state = Some(ContainerState { terminated: Some(t), ..Default::default() });
+    if now.0 < due.0 {
+        status.state = Some(waiting(
+            REASON_CRASH_LOOP,
+            format!("back-off {}s restarting failed container (exit code {exit_code})", delay.as_secs()),
+        ));
+        return Step::Nothing { requeue: Some(since(now, &due)) };
+    }
+    status.restart_count = prior.restart_count + 1;
+    status.recent_restarts = recent + 1;
+    status.state = Some(waiting(REASON_CREATING, "restarting".into()));
+    step
+}
+
 /// Plans the next step for a live (not deleting) object.
 pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let spec = &obj.spec;
     let prior = obj.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = Some(obj.metadata.generation);
-    let hash = spec_hash(spec);
-    let id = container_id(obj, &hash);
-    let signal = signal_number(spec.stop_signal.as_deref().unwrap_or("SIGTERM"));
-    let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64);
+    let policy = spec.restart_policy.unwrap_or(RestartPolicy::Always);
+    let current = actual.iter().find(|c| made_from(c, spec));
 
-    // Containers of an older spec go first (a spec change = stop, remove,
-    // create; a container is never edited in place).
-    if let Some(old) = actual.iter().find(|c| c.label(LABEL_SPEC_HASH) != hash || c.id != id) {
+    // Containers of another spec go first (a spec change = stop, remove,
+    // create; a container is never rebuilt in place), each stopped with
+    // its own signal and grace.
+    if let Some(old) = actual.iter().find(|c| Some(c.id.as_str()) != current.map(|c| c.id.as_str())) {
         status.phase = Some(Phase::Pending);
         status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after a spec change", old.id)));
         status.pid = None;
         set_ready(&mut status, false, REASON_CREATING, now);
+        let (signal, grace) = stop_params(old, spec);
         return Plan { step: teardown(old, signal, grace, now), status };
     }
 
-    let Some(current) = actual.iter().find(|c| c.id == id) else {
+    let Some(current) = current else {
         // Nothing yet: create. Keep a pull/create error on display while
         // retrying, so a user sees why it is not running.
         if !matches!(waiting_reason(&prior), REASON_ERR_PULL | REASON_PULL_BACKOFF | REASON_CREATE_ERROR | REASON_PULLING) {
@@ -210,19 +426,66 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         // afresh, as the kubelet's is keyed by the container's spec.
         status.recent_restarts = 0;
         set_ready(&mut status, false, REASON_CREATING, now);
-        return Plan { step: Step::Create { id }, status };
+        return Plan { step: Step::Create { id: container_id(obj, &spec_hash(spec)) }, status };
     };
+    let id = current.id.clone();
 
-    status.container_id = Some(format!("containerd://{id}"));
+    let container_ref = format!("containerd://{id}");
+    let same_container = prior.container_id.as_deref() == Some(container_ref.as_str());
+    status.container_id = Some(container_ref);
     if current.image_digest.is_some() {
         status.image_digest = current.image_digest.clone();
     }
+    let labels = relabel(current, spec);
+    if !labels.is_empty() {
+        return Plan { step: Step::Relabel { id, labels }, status };
+    }
+    if current.label(LABEL_LIMITS) != limits_label(spec) {
+        return Plan { step: Step::Resize { id }, status };
+    }
+    status.conditions.retain(|c| c.type_ != CONDITION_RESIZE_PENDING);
+
     let task = match &current.task {
         None => None,
         Some(t) if t.status == TaskStatus::Created => None,
         Some(t) => Some(t),
     };
     let Some(task) = task else {
+        // What status last said of this container decides whether a task
+        // that is not there was lost (host reboot, dead shim, deleted
+        // behind our back) or never started.
+        let prior_state = prior.state.clone().unwrap_or_default();
+        let lost_exit = if current.task.is_some() {
+            None
+        } else if let Some(t) = prior_state.terminated.clone() {
+            // It had finished: the exit is known.
+            Some(t)
+        } else if let (REASON_CRASH_LOOP, Some(t)) =
+            (waiting_reason(&prior), prior.last_state.as_ref().and_then(|s| s.terminated.clone()))
+        {
+            // Lost while backing off: the exit is known, the backoff goes on.
+            Some(t)
+        } else if let (Some(r), true) = (prior_state.running.as_ref(), same_container) {
+            // It was running and its exit was never observed.
+            Some(StateTerminated {
+                exit_code: UNKNOWN_EXIT_CODE,
+                signal: None,
+                reason: REASON_STATUS_UNKNOWN.into(),
+                message: "the task could not be found (host reboot, shim died, or deleted outside steward): its exit was not observed".into(),
+                started_at: r.started_at,
+                finished_at: Some(*now),
+            })
+        } else {
+            None
+        };
+        if let Some(t) = lost_exit {
+            if !restarts(policy, t.exit_code) {
+                terminal(&mut status, t, now);
+                return Plan { step: Step::Nothing { requeue: None }, status };
+            }
+            let step = restart_after(&mut status, &prior, t, Step::Start { id }, now);
+            return Plan { step, status };
+        }
         if waiting_reason(&prior) != REASON_CREATE_ERROR {
             status.state = Some(waiting(REASON_CREATING, String::new()));
         }
@@ -235,7 +498,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     };
 
     if task.status != TaskStatus::Stopped {
-        // Running (or paused): keep the start time we recorded for this pid.
+        // Running, paused or unknown: keep the start time we recorded for this pid.
         let started = prior
             .state
             .as_ref()
@@ -243,11 +506,37 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             .filter(|_| prior.pid == Some(task.pid))
             .and_then(|r| r.started_at)
             .unwrap_or(*now);
-        status.state = Some(ContainerState { running: Some(StateRunning { started_at: Some(started) }), ..Default::default() });
-        status.phase = Some(Phase::Running);
-        status.pid = Some(task.pid);
-        set_ready(&mut status, true, "Running", now);
-        return Plan { step: Step::Nothing { requeue: None }, status };
+        let running = ContainerState { running: Some(StateRunning { started_at: Some(started) }), ..Default::default() };
+        status.pid = Some(task.pid).filter(|p| *p != 0);
+        match task.status {
+            TaskStatus::Paused => {
+                // The process exists but does not run (frozen): its state is
+                // still `running` (as `docker ps` says "Up (Paused)"), but it
+                // serves nothing, so it is not Ready. containerd sends no
+                // event on resume: look again.
+                status.state = Some(running);
+                status.phase = Some(Phase::Running);
+                set_ready(&mut status, false, REASON_PAUSED, now);
+                return Plan { step: Step::Nothing { requeue: Some(RECHECK) }, status };
+            }
+            TaskStatus::Unknown => {
+                // containerd cannot say (a shim not answering): claim nothing
+                // (as the kubelet's ContainerStatusUnknown), keep the phase,
+                // and look again.
+                status.state = Some(waiting(REASON_STATUS_UNKNOWN, format!("containerd reports task {id} in an unknown state")));
+                if status.phase.is_none() {
+                    status.phase = Some(Phase::Pending);
+                }
+                set_ready(&mut status, false, REASON_STATUS_UNKNOWN, now);
+                return Plan { step: Step::Nothing { requeue: Some(RECHECK) }, status };
+            }
+            _ => {
+                status.state = Some(running);
+                status.phase = Some(Phase::Running);
+                set_ready(&mut status, true, "Running", now);
+                return Plan { step: Step::Nothing { requeue: None }, status };
+            }
+        }
     }
 
     // The task exited.
@@ -262,52 +551,22 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             .find(|t| t.finished_at == Some(finished))
             .and_then(|t| t.started_at)
     });
-    let terminated = StateTerminated {
-        exit_code,
-        signal: None,
-        reason: if exit_code == 0 { "Completed".into() } else { "Error".into() },
-        message: String::new(),
-        started_at,
-        finished_at: Some(finished),
-    };
-    status.pid = None;
-    let restart = match spec.restart_policy.unwrap_or(RestartPolicy::Always) {
-        RestartPolicy::Always => true,
-        RestartPolicy::OnFailure => exit_code != 0,
-        RestartPolicy::Never => false,
-    };
-    if !restart {
-        status.phase = Some(if exit_code == 0 { Phase::Succeeded } else { Phase::Failed });
-        status.state = Some(ContainerState { terminated: Some(terminated.clone()), ..Default::default() });
-        set_ready(&mut status, false, &terminated.reason, now);
+    let terminated = terminated_state(exit_code, task.oom_killed, started_at, finished);
+    if !restarts(policy, exit_code) {
+        terminal(&mut status, terminated, now);
         return Plan { step: Step::Nothing { requeue: None }, status };
     }
-    status.phase = Some(Phase::Running);
-    set_ready(&mut status, false, REASON_CRASH_LOOP, now);
     let recorded = last_finished(&prior) == Some(finished);
     if recorded && waiting_reason(&prior) != REASON_CRASH_LOOP {
         // This exit was already counted as a restart; a crash came between
         // writing that and deleting the task. Finish the restart.
+        status.pid = None;
+        status.phase = Some(Phase::Running);
+        set_ready(&mut status, false, REASON_CRASH_LOOP, now);
         return Plan { step: Step::DeleteTask { id }, status };
     }
-    let ran = started_at.map(|s| since(&s, &finished)).unwrap_or_default();
-    // A run of 10 minutes forgives the crashes before it.
-    let recent = if ran >= BACKOFF_RESET { 0 } else { prior.recent_restarts };
-    let delay = restart_delay(recent);
-    let due = add(&finished, delay);
-    status.last_state = Some(ContainerState { terminated: Some(terminated), ..Default::default() });
-    if now.0 < due.0 {
-        let left = since(now, &due);
-        status.state = Some(waiting(
-            REASON_CRASH_LOOP,
-            format!("back-off {}s restarting failed container (exit code {exit_code})", delay.as_secs()),
-        ));
-        return Plan { step: Step::Nothing { requeue: Some(left) }, status };
-    }
-    status.restart_count = prior.restart_count + 1;
-    status.recent_restarts = recent + 1;
-    status.state = Some(waiting(REASON_CREATING, "restarting".into()));
-    Plan { step: Step::DeleteTask { id }, status }
+    let step = restart_after(&mut status, &prior, terminated, Step::DeleteTask { id }, now);
+    Plan { step, status }
 }
 
 #[cfg(test)]
@@ -333,22 +592,23 @@ mod tests {
         Time(chrono::DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap())
     }
 
+    /// The container the reconciler creates for `o` (labels as at create).
     fn actual(o: &Container, task: Option<Task>) -> ActualContainer {
-        let hash = spec_hash(&o.spec);
-        ActualContainer {
-            id: container_id(o, &hash),
-            labels: BTreeMap::from([(LABEL_SPEC_HASH.to_string(), hash), (LABEL_UID.to_string(), o.metadata.uid.clone())]),
-            task,
-            image_digest: Some("sha256:abc".into()),
-        }
+        let mut labels = spec_labels(&o.spec);
+        labels.insert(LABEL_UID.to_string(), o.metadata.uid.clone());
+        ActualContainer { id: container_id(o, &spec_hash(&o.spec)), labels, task, image_digest: Some("sha256:abc".into()) }
+    }
+
+    fn task(pid: u32, status: TaskStatus) -> Option<Task> {
+        Some(Task { pid, status, exit_code: None, exited_at: None, oom_killed: false })
     }
 
     fn running(pid: u32) -> Option<Task> {
-        Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None })
+        task(pid, TaskStatus::Running)
     }
 
     fn exited(code: u32, at: i64) -> Option<Task> {
-        Some(Task { pid: 0, status: TaskStatus::Stopped, exit_code: Some(code), exited_at: Some(t(at)) })
+        Some(Task { pid: 0, status: TaskStatus::Stopped, exit_code: Some(code), exited_at: Some(t(at)), oom_killed: false })
     }
 
     fn reason(p: &Plan) -> &str {
@@ -482,15 +742,18 @@ mod tests {
     }
 
     #[test]
-    fn spec_change_tears_the_old_container_down_gracefully() {
-        let old = obj(RestartPolicy::Always);
+    fn spec_change_tears_the_old_container_down_with_its_own_signal_and_grace() {
+        let mut old = obj(RestartPolicy::Always);
+        old.spec.termination_grace_period_seconds = Some(30);
+        old.spec.stop_signal = Some("SIGINT".into());
         let mut new = old.clone();
         new.spec.args = vec!["changed".into()];
-        new.spec.termination_grace_period_seconds = Some(30);
-        new.spec.stop_signal = Some("SIGINT".into());
+        // The new spec would stop differently; the old container keeps its own way.
+        new.spec.termination_grace_period_seconds = Some(1);
+        new.spec.stop_signal = Some("SIGUSR1".into());
         let mut c = actual(&old, running(9));
         let p = plan(&new, &[c.clone()], &t(0));
-        assert_eq!(p.step, Step::Stop { id: c.id.clone(), signal: 2 });
+        assert_eq!(p.step, Step::Stop { id: c.id.clone(), signal: 2, grace: Duration::from_secs(30) });
         assert_eq!(reason(&p), REASON_CREATING);
         c.labels.insert(LABEL_STOP_REQUESTED.into(), "2027-01-15T08:00:00Z".into());
         let at = Time(chrono::DateTime::parse_from_rfc3339("2027-01-15T08:00:10Z").unwrap().with_timezone(&Utc));
@@ -503,12 +766,17 @@ mod tests {
         assert_eq!(plan(&new, &[c.clone()], &late).step, Step::Remove { id: c.id.clone() });
         // Old one gone: create the new one.
         assert!(matches!(plan(&new, &[], &late).step, Step::Create { .. }));
+        // A container without the labels (made by an older steward) is
+        // stopped the spec's way.
+        let mut bare = actual(&old, running(9));
+        bare.labels.retain(|k, _| k != LABEL_STOP_SIGNAL && k != LABEL_STOP_GRACE);
+        assert_eq!(stop_params(&bare, &new.spec), (10, Duration::from_secs(1)));
     }
 
     #[test]
     fn created_but_never_started_task_is_started() {
         let o = obj(RestartPolicy::Always);
-        let c = actual(&o, Some(Task { pid: 5, status: TaskStatus::Created, exit_code: None, exited_at: None }));
+        let c = actual(&o, task(5, TaskStatus::Created));
         assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id });
     }
 
@@ -519,5 +787,415 @@ mod tests {
         let p = plan(&o, &[], &t(0));
         assert!(matches!(p.step, Step::Create { .. }));
         assert_eq!(reason(&p), REASON_PULL_BACKOFF);
+    }
+
+    fn with_status(o: &Container, status: ContainerStatus) -> Container {
+        let mut o = o.clone();
+        o.status = Some(status);
+        o
+    }
+
+    fn state_terminated(code: i32, reason: &str, at: i64) -> ContainerState {
+        ContainerState {
+            terminated: Some(StateTerminated {
+                exit_code: code,
+                reason: reason.into(),
+                started_at: Some(t(at - 5)),
+                finished_at: Some(t(at)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn was_running(o: &Container, pid: u32, since: i64) -> ContainerStatus {
+        ContainerStatus {
+            phase: Some(Phase::Running),
+            container_id: Some(format!("containerd://{}", container_id(o, &spec_hash(&o.spec)))),
+            pid: Some(pid),
+            state: Some(ContainerState { running: Some(StateRunning { started_at: Some(t(since)) }), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn last_terminated(p: &Plan) -> StateTerminated {
+        p.status.last_state.as_ref().and_then(|s| s.terminated.clone()).expect("lastState.terminated")
+    }
+
+    /// A task that is gone (host reboot, dead shim, deleted behind our
+    /// back) while the container is there: what status said decides.
+    #[test]
+    fn lost_task_follows_the_restart_policy() {
+        // (policy, status before, expected step is a restart, phase after)
+        for (policy, exit) in [(RestartPolicy::Never, 0), (RestartPolicy::Never, 1), (RestartPolicy::OnFailure, 0)] {
+            // It had finished: it stays finished, nothing runs again.
+            let o = obj(policy);
+            let reason = if exit == 0 { "Completed" } else { "Error" };
+            let phase = if exit == 0 { Phase::Succeeded } else { Phase::Failed };
+            let status = ContainerStatus {
+                phase: Some(phase),
+                container_id: Some(format!("containerd://{}", container_id(&o, &spec_hash(&o.spec)))),
+                state: Some(state_terminated(exit, reason, 10)),
+                ..Default::default()
+            };
+            let o = with_status(&o, status.clone());
+            let p = plan(&o, &[actual(&o, None)], &t(100));
+            assert_eq!(p.step, Step::Nothing { requeue: None }, "{policy:?} exit {exit}");
+            assert_eq!(p.status.phase, Some(phase), "{policy:?} exit {exit}");
+            assert_eq!(p.status.state, status.state, "{policy:?} exit {exit}: the recorded exit changed");
+            assert_eq!(p.status.restart_count, 0);
+        }
+
+        // It was running and the exit was not observed.
+        let o = obj(RestartPolicy::Never);
+        let o = with_status(&o, was_running(&o, 42, 0));
+        let p = plan(&o, &[actual(&o, None)], &t(100));
+        assert_eq!(p.step, Step::Nothing { requeue: None }, "Never must not run again");
+        assert_eq!(p.status.phase, Some(Phase::Failed));
+        let st = p.status.state.as_ref().and_then(|s| s.terminated.clone()).expect("terminated");
+        assert_eq!((st.exit_code, st.reason.as_str()), (UNKNOWN_EXIT_CODE, REASON_STATUS_UNKNOWN));
+        assert!(st.message.contains("not observed"), "{}", st.message);
+        assert_eq!((p.status.pid, p.status.restart_count), (None, 0));
+        // And a later pass keeps it so.
+        let again = plan(&with_status(&o, p.status.clone()), &[actual(&o, None)], &t(200));
+        assert_eq!((again.step, again.status), (Step::Nothing { requeue: None }, p.status.clone()));
+
+        for policy in [RestartPolicy::Always, RestartPolicy::OnFailure] {
+            let o = obj(policy);
+            let o = with_status(&o, was_running(&o, 42, 0));
+            let c = actual(&o, None);
+            let p = plan(&o, std::slice::from_ref(&c), &t(100));
+            // Restarted at once (first restart), and counted.
+            assert_eq!(p.step, Step::Start { id: c.id.clone() }, "{policy:?}");
+            assert_eq!((p.status.restart_count, p.status.recent_restarts), (1, 1), "{policy:?}");
+            let last = last_terminated(&p);
+            assert_eq!((last.exit_code, last.reason.as_str()), (UNKNOWN_EXIT_CODE, REASON_STATUS_UNKNOWN));
+            assert_eq!(last.started_at, Some(t(0)));
+            assert_eq!(p.status.phase, Some(Phase::Running));
+            assert_eq!(p.status.condition("Ready").map(|c| c.status.as_str()), Some("False"));
+            // The next pass (status written, task not yet started) does not count again.
+            let p2 = plan(&with_status(&o, p.status.clone()), std::slice::from_ref(&c), &t(101));
+            assert_eq!(p2.step, Step::Start { id: c.id.clone() });
+            assert_eq!(p2.status.restart_count, 1);
+        }
+    }
+
+    #[test]
+    fn lost_task_restarts_back_off_and_count_once() {
+        // Crashed twice recently; the task then vanished while running.
+        let o = obj(RestartPolicy::Always);
+        let mut s = was_running(&o, 42, 90);
+        s.restart_count = 2;
+        s.recent_restarts = 2;
+        let o = with_status(&o, s);
+        let c = actual(&o, None);
+        let p = plan(&o, std::slice::from_ref(&c), &t(100));
+        assert_eq!(p.step, Step::Nothing { requeue: Some(Duration::from_secs(20)) });
+        assert_eq!((reason(&p), p.status.restart_count), (REASON_CRASH_LOOP, 2));
+        assert_eq!(last_terminated(&p).reason, REASON_STATUS_UNKNOWN);
+        // Later passes count the backoff from the same recorded exit.
+        let o2 = with_status(&o, p.status.clone());
+        assert_eq!(plan(&o2, std::slice::from_ref(&c), &t(110)).step, Step::Nothing { requeue: Some(Duration::from_secs(10)) });
+        let due = plan(&o2, std::slice::from_ref(&c), &t(121));
+        assert_eq!(due.step, Step::Start { id: c.id.clone() });
+        assert_eq!((due.status.restart_count, due.status.recent_restarts), (3, 3));
+        assert_eq!(last_terminated(&due).finished_at, Some(t(100)));
+
+        // Lost while already backing off from an observed crash: the
+        // backoff goes on, and the crash's exit stays in lastState.
+        let backing_off = ContainerStatus {
+            phase: Some(Phase::Running),
+            container_id: Some(format!("containerd://{}", c.id)),
+            restart_count: 1,
+            recent_restarts: 1,
+            state: Some(waiting(REASON_CRASH_LOOP, "back-off 10s".into())),
+            last_state: Some(state_terminated(3, "Error", 5)),
+            ..Default::default()
+        };
+        let o3 = with_status(&o, backing_off);
+        let p = plan(&o3, std::slice::from_ref(&c), &t(8));
+        assert_eq!((p.step.clone(), reason(&p)), (Step::Nothing { requeue: Some(Duration::from_secs(7)) }, REASON_CRASH_LOOP));
+        assert_eq!((last_terminated(&p).exit_code, p.status.restart_count), (3, 1));
+        let p = plan(&o3, std::slice::from_ref(&c), &t(15));
+        assert_eq!(p.step, Step::Start { id: c.id.clone() });
+        assert_eq!((p.status.restart_count, p.status.recent_restarts), (2, 2));
+        assert_eq!(last_terminated(&p).exit_code, 3);
+    }
+
+    #[test]
+    fn a_fresh_container_is_started_without_counting() {
+        for prior in [
+            ContainerStatus::default(),
+            ContainerStatus { state: Some(waiting(REASON_CREATING, String::new())), ..Default::default() },
+            ContainerStatus { state: Some(waiting(REASON_CREATE_ERROR, "bad".into())), ..Default::default() },
+            // A restart in progress: the task was deleted on purpose.
+            ContainerStatus { restart_count: 4, state: Some(waiting(REASON_CREATING, "restarting".into())), ..Default::default() },
+        ] {
+            let o = with_status(&obj(RestartPolicy::Never), prior.clone());
+            let c = actual(&o, None);
+            let p = plan(&o, std::slice::from_ref(&c), &t(0));
+            assert_eq!(p.step, Step::Start { id: c.id.clone() }, "{prior:?}");
+            assert_eq!(p.status.restart_count, prior.restart_count);
+        }
+        // Running status of ANOTHER container (replaced after a spec
+        // change) says nothing about this one.
+        let o = obj(RestartPolicy::Never);
+        let mut s = was_running(&o, 42, 0);
+        s.container_id = Some("containerd://default.web.000000000000".into());
+        let o = with_status(&o, s);
+        assert!(matches!(plan(&o, &[actual(&o, None)], &t(1)).step, Step::Start { .. }));
+    }
+
+    #[test]
+    fn paused_and_unknown_tasks_are_not_ready() {
+        let o = obj(RestartPolicy::Always);
+        let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
+        assert_eq!(o.status.as_ref().unwrap().condition("Ready").unwrap().status, "True");
+        // (task status, phase, state, Ready reason)
+        for (ts, phase, state, ready_reason) in [
+            (TaskStatus::Paused, Phase::Running, "running", REASON_PAUSED),
+            (TaskStatus::Unknown, Phase::Running, "waiting", REASON_STATUS_UNKNOWN),
+            (TaskStatus::Running, Phase::Running, "running", "Running"),
+        ] {
+            let p = plan(&o, &[actual(&o, task(42, ts))], &t(5));
+            let ready = p.status.condition("Ready").unwrap();
+            assert_eq!(ready.status == "True", ts == TaskStatus::Running, "{ts:?}");
+            assert_eq!(ready.reason, ready_reason, "{ts:?}");
+            assert_eq!(p.status.phase, Some(phase), "{ts:?}");
+            let st = p.status.state.as_ref().unwrap();
+            let got = if st.running.is_some() { "running" } else if st.waiting.is_some() { "waiting" } else { "terminated" };
+            assert_eq!(got, state, "{ts:?}");
+            if ts == TaskStatus::Running {
+                assert_eq!(p.step, Step::Nothing { requeue: None });
+            } else {
+                // No event says when it resumes: look again.
+                assert_eq!(p.step, Step::Nothing { requeue: Some(RECHECK) }, "{ts:?}");
+            }
+            if ts == TaskStatus::Paused {
+                // Still the same run: pid and start time kept.
+                assert_eq!(p.status.pid, Some(42));
+                assert_eq!(st.running.as_ref().unwrap().started_at, Some(t(0)));
+            }
+        }
+        // Unknown before ever seen running: Pending.
+        let fresh = obj(RestartPolicy::Always);
+        let p = plan(&fresh, &[actual(&fresh, task(0, TaskStatus::Unknown))], &t(0));
+        assert_eq!((p.status.phase, reason(&p), p.status.pid), (Some(Phase::Pending), REASON_STATUS_UNKNOWN, None));
+    }
+
+    #[test]
+    fn oom_kills_and_signals_are_reported() {
+        // (exit code, OOM-killed, reason, signal)
+        for (code, oom, want_reason, signal) in [
+            (137, true, REASON_OOM_KILLED, Some(9)),
+            (137, false, "Error", Some(9)),
+            (143, false, "Error", Some(15)),
+            (1, false, "Error", None),
+            (0, false, "Completed", None),
+            (128, false, "Error", None),
+            (255, false, "Error", None),
+        ] {
+            let o = obj(RestartPolicy::Never);
+            let mut c = actual(&o, exited(code, 10));
+            if let Some(t) = c.task.as_mut() {
+                t.oom_killed = oom;
+            }
+            let p = plan(&o, &[c], &t(11));
+            let term = p.status.state.as_ref().and_then(|s| s.terminated.clone()).expect("terminated");
+            assert_eq!((term.reason.as_str(), term.signal), (want_reason, signal), "exit {code} oom {oom}");
+            // With a restart, lastState says the same.
+            let o = obj(RestartPolicy::Always);
+            let mut c = actual(&o, exited(code, 10));
+            if let Some(t) = c.task.as_mut() {
+                t.oom_killed = oom;
+            }
+            let last = last_terminated(&plan(&o, &[c], &t(11)));
+            assert_eq!((last.reason.as_str(), last.signal), (want_reason, signal), "exit {code} oom {oom}");
+        }
+    }
+
+    /// A named change to a spec, for the hash tables.
+    type Change = (&'static str, Box<dyn Fn(&mut ContainerSpec)>);
+
+    fn base_spec() -> ContainerSpec {
+        let spec = ContainerSpec {
+            image: "127.0.0.1:5000/busybox:1.36".into(),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec!["sleep 1".into()],
+            env: vec![steward_schema::EnvVar { name: "A".into(), value: "b".into() }],
+            working_dir: Some("/tmp".into()),
+            user: Some("1000:1000".into()),
+            mounts: vec![steward_schema::Mount {
+                mount_type: MountType::Tmpfs,
+                source: None,
+                target: "/scratch".into(),
+                read_only: false,
+                size_limit: Some(Quantity("64Mi".into())),
+            }],
+            ..Default::default()
+        };
+        let mut c = Container { spec, ..Default::default() };
+        c.apply_defaults();
+        c.spec
+    }
+
+    #[test]
+    fn spec_hash_covers_only_what_shapes_the_container() {
+        let base = base_spec();
+        let h = spec_hash(&base);
+        // Changed in place or only read when needed: same hash, same container.
+        let same: Vec<Change> = vec![
+            ("restartPolicy", Box::new(|s| s.restart_policy = Some(RestartPolicy::Never))),
+            ("terminationGracePeriodSeconds", Box::new(|s| s.termination_grace_period_seconds = Some(99))),
+            ("stopSignal", Box::new(|s| s.stop_signal = Some("SIGINT".into()))),
+            ("imagePullPolicy", Box::new(|s| s.image_pull_policy = Some(steward_schema::PullPolicy::Always))),
+            (
+                "resources.limits",
+                Box::new(|s| {
+                    s.resources = Some(steward_schema::Resources {
+                        limits: Some(steward_schema::Limits { memory: Some(Quantity("1Gi".into())), cpu: None, pids: Some(9) }),
+                    })
+                }),
+            ),
+            // The default network spelled out or left to the default.
+            ("network default", Box::new(|s| s.network = None)),
+            // The same size in another unit.
+            ("sizeLimit unit", Box::new(|s| s.mounts[0].size_limit = Some(Quantity("67108864".into())))),
+        ];
+        for (field, change) in same {
+            let mut s = base.clone();
+            change(&mut s);
+            assert_eq!(spec_hash(&s), h, "{field} must not replace the container");
+        }
+        let differ: Vec<Change> = vec![
+            ("image", Box::new(|s| s.image = "other:1".into())),
+            ("command", Box::new(|s| s.command = vec!["sh".into()])),
+            ("args", Box::new(|s| s.args = vec!["sleep 2".into()])),
+            ("env", Box::new(|s| s.env[0].value = "c".into())),
+            ("workingDir", Box::new(|s| s.working_dir = None)),
+            ("user", Box::new(|s| s.user = Some("0".into()))),
+            ("mounts", Box::new(|s| s.mounts[0].read_only = true)),
+            ("mount size", Box::new(|s| s.mounts[0].size_limit = Some(Quantity("65Mi".into())))),
+            ("network", Box::new(|s| s.network = Some(NetworkMode::Host))),
+            // Moving a value between command and args changes the process.
+            ("command/args split", Box::new(|s| {
+                s.command = vec!["sh".into(), "-c".into(), "sleep 1".into()];
+                s.args = vec![];
+            })),
+        ];
+        for (field, change) in differ {
+            let mut s = base.clone();
+            change(&mut s);
+            assert_ne!(spec_hash(&s), h, "{field} must replace the container");
+        }
+        // Limits are tracked on their own.
+        let mut s = base.clone();
+        s.resources = Some(steward_schema::Resources {
+            limits: Some(steward_schema::Limits { memory: Some(Quantity("64Mi".into())), cpu: Some(Quantity("0.5".into())), pids: None }),
+        });
+        assert_eq!(limits_label(&s), "memory=67108864,cpu=0.5,pids=");
+        assert_eq!(limits_label(&base), "memory=,cpu=,pids=");
+    }
+
+    /// The hashes are a contract with containers already running: a build
+    /// that changes either value would replace (v2) or fail to adopt
+    /// (legacy) every container on upgrade.
+    #[test]
+    fn spec_hashes_are_stable_across_builds() {
+        let s = base_spec();
+        assert_eq!(spec_hash(&s), "9116a00e2acb21f7", "the v{SPEC_HASH_VERSION} hash changed: bump SPEC_HASH_VERSION instead");
+        // main at 85f1c0c hashed `fnv_hex(serde_json::to_vec(spec))`.
+        assert_eq!(legacy_spec_hash(&s), "b18784b2fb7443f6", "the legacy hash must stay what old containers carry");
+    }
+
+    #[test]
+    fn containers_of_the_legacy_hash_are_adopted_without_a_restart() {
+        let o = obj(RestartPolicy::Always);
+        let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
+        // As created by steward before hash versions: only the legacy hash.
+        let legacy_hash = legacy_spec_hash(&o.spec);
+        let mut c = ActualContainer {
+            id: container_id(&o, &legacy_hash),
+            labels: BTreeMap::from([
+                (LABEL_SPEC_HASH.to_string(), legacy_hash.clone()),
+                (LABEL_UID.to_string(), o.metadata.uid.clone()),
+            ]),
+            task: running(42),
+            image_digest: Some("sha256:abc".into()),
+        };
+        assert!(made_from(&c, &o.spec));
+        let p = plan(&o, std::slice::from_ref(&c), &t(1));
+        // Relabelled into this version (with how it is stopped and its
+        // limits: the legacy hash covered them), not replaced.
+        let Step::Relabel { id, labels } = &p.step else { panic!("{:?}", p.step) };
+        assert_eq!(id, &c.id);
+        assert_eq!(labels, &spec_labels(&o.spec));
+        c.labels.extend(labels.clone());
+        let p = plan(&o, std::slice::from_ref(&c), &t(2));
+        assert_eq!(p.step, Step::Nothing { requeue: None });
+        assert_eq!((p.status.pid, p.status.restart_count), (Some(42), 0));
+        assert_eq!(p.status.container_id, Some(format!("containerd://{}", c.id)));
+        // From now on restartPolicy and the like change nothing...
+        let mut o2 = o.clone();
+        o2.spec.restart_policy = Some(RestartPolicy::OnFailure);
+        assert_eq!(plan(&o2, std::slice::from_ref(&c), &t(3)).step, Step::Nothing { requeue: None });
+        // ...and a real change replaces it.
+        o2.spec.args = vec!["x".into()];
+        assert!(matches!(plan(&o2, std::slice::from_ref(&c), &t(3)).step, Step::Stop { .. }));
+
+        // A legacy container of another spec is replaced.
+        let mut other = o.clone();
+        other.spec.args = vec!["old".into()];
+        let mut stale = c.clone();
+        stale.labels = BTreeMap::from([(LABEL_SPEC_HASH.to_string(), legacy_spec_hash(&other.spec))]);
+        assert!(!made_from(&stale, &o.spec));
+        assert!(matches!(plan(&o, &[stale], &t(1)).step, Step::Stop { .. }));
+        // A hash of an unknown (newer) version is not interpreted.
+        let mut newer = actual(&o, running(42));
+        newer.labels.insert(LABEL_SPEC_HASH_VERSION.into(), "3".into());
+        assert!(!made_from(&newer, &o.spec));
+    }
+
+    #[test]
+    fn in_place_changes_relabel_or_resize_without_replacing() {
+        let o = obj(RestartPolicy::Always);
+        let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
+        let c = actual(&o, running(42));
+        // Stop signal and grace follow the spec for the current container.
+        let mut o2 = o.clone();
+        o2.spec.stop_signal = Some("SIGQUIT".into());
+        o2.spec.termination_grace_period_seconds = Some(3);
+        let p = plan(&o2, std::slice::from_ref(&c), &t(1));
+        assert_eq!(
+            p.step,
+            Step::Relabel {
+                id: c.id.clone(),
+                labels: BTreeMap::from([(LABEL_STOP_GRACE.into(), "3".into()), (LABEL_STOP_SIGNAL.into(), "3".into())])
+            }
+        );
+        // Limits: resized in place.
+        let mut o3 = o.clone();
+        o3.spec.resources = Some(steward_schema::Resources {
+            limits: Some(steward_schema::Limits { memory: Some(Quantity("32Mi".into())), cpu: None, pids: None }),
+        });
+        assert_eq!(plan(&o3, std::slice::from_ref(&c), &t(1)).step, Step::Resize { id: c.id.clone() });
+        let mut resized = c.clone();
+        resized.labels.insert(LABEL_LIMITS.into(), limits_label(&o3.spec));
+        let p = plan(&o3, &[resized], &t(2));
+        assert_eq!((p.step, p.status.pid), (Step::Nothing { requeue: None }, Some(42)));
+    }
+
+    #[test]
+    fn a_stop_request_is_forgotten_before_the_task_starts() {
+        let o = obj(RestartPolicy::Always);
+        let mut c = actual(&o, None);
+        c.labels.insert(LABEL_STOP_REQUESTED.into(), "2027-01-15T08:00:00Z".into());
+        let p = plan(&o, std::slice::from_ref(&c), &t(0));
+        assert_eq!(
+            p.step,
+            Step::Relabel { id: c.id.clone(), labels: BTreeMap::from([(LABEL_STOP_REQUESTED.into(), String::new())]) }
+        );
+        c.labels.remove(LABEL_STOP_REQUESTED);
+        assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id.clone() });
     }
 }

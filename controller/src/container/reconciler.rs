@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use steward_schema::{Container, ContainerStatus, PullPolicy, Time};
+use steward_schema::{Condition, Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
-    plan, signal_number, spec_hash, teardown, Plan, Step, REASON_CREATE_ERROR, REASON_ERR_PULL, REASON_PULLING,
-    REASON_PULL_BACKOFF,
+    limits_label, plan, spec_labels, stop_params, teardown, Plan, Step, CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR,
+    REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
-    PullProgress, Runtime, RuntimeError, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH, LABEL_UID,
+    PullProgress, Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID,
     MANAGED_BY,
 };
 use crate::client::Api;
@@ -80,9 +80,7 @@ async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action
     let Some(c) = actual.first() else {
         return Ok(Action::AwaitChange);
     };
-    let spec = &obj.spec;
-    let signal = signal_number(spec.stop_signal.as_deref().unwrap_or("SIGTERM"));
-    let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64);
+    let (signal, grace) = stop_params(c, &obj.spec);
     match execute(ctx, obj, teardown(c, signal, grace, &Time::now())).await? {
         // Not done until the containers are gone.
         Action::AwaitChange => Ok(Action::Requeue(KILL_RECHECK)),
@@ -140,13 +138,13 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 Err(e) => return Err(e.into()),
             };
             let m = &obj.metadata;
-            let labels = BTreeMap::from([
+            let mut labels = BTreeMap::from([
                 (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
                 (LABEL_UID.to_string(), m.uid.clone()),
                 (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
                 (LABEL_NAME.to_string(), m.name.clone()),
-                (LABEL_SPEC_HASH.to_string(), spec_hash(&obj.spec)),
             ]);
+            labels.extend(spec_labels(&obj.spec));
             match rt.create(&id, &obj.spec, &image, labels).await {
                 Ok(()) => Ok(Action::Requeue(Duration::ZERO)),
                 Err(e @ RuntimeError::Create(_)) => {
@@ -167,14 +165,45 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             }
             Err(e) => Err(e.into()),
         },
-        Step::Stop { id, signal } => {
+        Step::Stop { id, signal, grace } => {
             // Signal first, then record it: a crash in between re-signals,
             // rather than SIGKILLing a container that was never asked.
             rt.kill(&id, signal, false).await?;
             rt.mark_stopping(&id, Time::now()).await?;
-            let grace = obj.spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64;
-            tracing::info!(container = %id, signal, grace, "stopping");
-            Ok(Action::Requeue(Duration::from_secs(grace)))
+            tracing::info!(container = %id, signal, grace = grace.as_secs(), "stopping");
+            Ok(Action::Requeue(grace))
+        }
+        Step::Relabel { id, labels } => {
+            tracing::info!(container = %id, ?labels, "relabelling");
+            rt.update_labels(&id, labels).await?;
+            Ok(Action::Requeue(Duration::ZERO))
+        }
+        Step::Resize { id } => {
+            let limits = limits_label(&obj.spec);
+            match rt.resize(&id, &obj.spec, BTreeMap::from([(LABEL_LIMITS.to_string(), limits.clone())])).await {
+                Ok(()) => {
+                    tracing::info!(container = %id, %limits, "resources updated in place");
+                    Ok(Action::Requeue(Duration::ZERO))
+                }
+                Err(e @ RuntimeError::Create(_)) => {
+                    // The container runs on with its old limits; say why,
+                    // and retry (with backoff) in case it fits later.
+                    let mut conditions = obj.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                    conditions.retain(|c| c.type_ != CONDITION_RESIZE_PENDING);
+                    let prev = obj.status.as_ref().and_then(|s| s.condition(CONDITION_RESIZE_PENDING));
+                    conditions.push(Condition {
+                        type_: CONDITION_RESIZE_PENDING.into(),
+                        status: "True".into(),
+                        reason: "Infeasible".into(),
+                        message: e.to_string(),
+                        last_transition_time: prev.and_then(|c| c.last_transition_time).or_else(|| Some(Time::now())),
+                    });
+                    let patch = json!({"status": {"conditions": conditions}});
+                    ctx.api.patch_status(&obj.metadata.namespace, &obj.metadata.name, &patch).await?;
+                    Err(e.into())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Step::Kill { id } => {
             rt.kill(&id, 9, true).await?;
@@ -258,7 +287,11 @@ pub async fn collect_garbage<R: Runtime>(runtime: &R, cache: &Cache<Container>) 
                     runtime.kill(&id, 9, true).await?;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Step::Nothing { .. } | Step::Create { .. } | Step::Start { .. } => {}
+                Step::Nothing { .. }
+                | Step::Create { .. }
+                | Step::Start { .. }
+                | Step::Relabel { .. }
+                | Step::Resize { .. } => {}
             }
             match runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
                 Some(fresh) => c = fresh,

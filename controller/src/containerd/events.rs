@@ -1,8 +1,8 @@
-//! Task events (exit, start, OOM, delete) as a stream of container ids that
+//! Task events (exit, start, OOM, delete, pause, resume) as a stream of container ids that
 //! survives containerd restarts.
 //!
 //! Contract: the stream yields the id of every container whose task
-//! started, exited, was OOM-killed or deleted. containerd does not replay
+//! started, exited, was OOM-killed, deleted, paused or resumed. containerd does not replay
 //! events, so after every (re)subscription (including the first) the stream
 //! also yields the id of EVERY managed container, once the subscription is
 //! known to be live: an exit during an outage then still reaches the
@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use containerd_client::events::{TaskDelete, TaskExit, TaskOom, TaskStart};
+use containerd_client::events::{TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use futures_util::stream::BoxStream;
@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use super::ContainerdRuntime;
 
-const TOPICS: &[&str] = &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete"];
+const TOPICS: &[&str] =
+    &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete", "/tasks/paused", "/tasks/resumed"];
 /// Our own marker event: seeing it proves the subscription is registered.
 const SYNC_TOPIC: &str = "/steward/sync";
 
@@ -98,6 +99,8 @@ async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Re
                 "/tasks/start" => TaskStart::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/tasks/oom" => TaskOom::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/tasks/delete" => TaskDelete::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/tasks/paused" => TaskPaused::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/tasks/resumed" => TaskResumed::decode(any.value.as_slice()).map(|e| e.container_id),
                 _ => continue,
             };
             match id {

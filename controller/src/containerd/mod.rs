@@ -41,6 +41,7 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
     GetRequest as GetTaskRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest,
+    UpdateTaskRequest,
 };
 use containerd_client::tonic::metadata::MetadataValue;
 use containerd_client::tonic::transport::Channel;
@@ -62,6 +63,7 @@ use logdriver::LogDriverConfig;
 pub const LABEL_IMAGE_DIGEST: &str = "steward.dev/image-digest";
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// Leases expire on their own if steward dies holding one.
 const LEASE_TTL: chrono::Duration = chrono::Duration::hours(1);
 
@@ -292,6 +294,9 @@ impl ContainerdRuntime {
                     exited_at: p.exited_at.filter(|_| stopped).and_then(|t| {
                         chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time)
                     }),
+                    // The cgroup lives until the task is deleted, so the
+                    // count is there for as long as the exit is.
+                    oom_killed: stopped && oom_kills(Path::new(CGROUP_ROOT), &self.ctx.namespace, id) > 0,
                 }
             })),
             Err(s) if s.code() == Code::NotFound => Ok(None),
@@ -467,10 +472,99 @@ impl ContainerdRuntime {
         Ok(())
     }
 
+    async fn update_labels_inner(&self, id: &str, labels: BTreeMap<String, String>) -> Result<(), RuntimeError> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        // With a mask of `labels.<key>`, containerd sets the key from the
+        // map, or deletes it when the map lacks it.
+        let mask = prost_types::FieldMask { paths: labels.keys().map(|k| format!("labels.{k}")).collect() };
+        let container = Container {
+            id: id.to_string(),
+            labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            ..Default::default()
+        };
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
+            .await
+            .map_err(|s| from_status("update container", id, &s))?;
+        Ok(())
+    }
+
+    async fn resize_inner(&self, id: &str, spec: &ContainerSpec, labels: BTreeMap<String, String>) -> Result<(), RuntimeError> {
+        let update = spec::resources_update(spec).map_err(|e| RuntimeError::Create(e.0))?;
+        let full = spec::resources(spec).map_err(|e| RuntimeError::Create(e.0))?;
+        // The running task first (as `runc update`): if the kernel refuses
+        // (a memory limit below what it uses), nothing is recorded.
+        if let Some(task) = self.get_task(id).await? {
+            if matches!(task.status, TaskStatus::Running | TaskStatus::Paused | TaskStatus::Created) {
+                let value = serde_json::to_vec(&update).map_err(|e| RuntimeError::Create(e.to_string()))?;
+                let mut t = TasksClient::new(self.ctx.channel.clone());
+                let req = UpdateTaskRequest {
+                    container_id: id.to_string(),
+                    resources: Some(prost_types::Any { type_url: RESOURCES_TYPE_URL.into(), value }),
+                    annotations: HashMap::new(),
+                };
+                t.update(self.ctx.req(req)).await.map_err(|s| match s.code() {
+                    // The kernel or runc refused the limits (e.g. memory
+                    // below what the container uses): the user's to fix.
+                    Code::Unknown | Code::InvalidArgument | Code::FailedPrecondition => {
+                        RuntimeError::Create(format!("cannot apply the new limits to container {id}: {}", s.message()))
+                    }
+                    _ => from_status("update task resources", id, &s),
+                })?;
+            }
+        }
+        // Then the stored OCI spec, so a restart keeps the new limits.
+        let Some(mut container) = self.get_container(id).await? else {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        };
+        let mut oci: serde_json::Value = container
+            .spec
+            .as_ref()
+            .and_then(|a| serde_json::from_slice(&a.value).ok())
+            .ok_or_else(|| RuntimeError::Unavailable(format!("container {id} has no readable OCI spec")))?;
+        oci["linux"]["resources"] = full;
+        let value = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Create(e.to_string()))?;
+        container.spec = Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value });
+        let mut paths = vec!["spec".to_string()];
+        for (k, v) in labels {
+            paths.push(format!("labels.{k}"));
+            container.labels.insert(k, v);
+        }
+        let mask = prost_types::FieldMask { paths };
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
+            .await
+            .map_err(|s| from_status("update container", id, &s))?;
+        Ok(())
+    }
+
     /// The log file of container `id` (rotated files are `.1`, `.2`, ...).
     pub fn log_path(&self, id: &str) -> PathBuf {
         logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id)
     }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// How many times the kernel OOM-killed a process in the memory cgroup of
+/// container `id` (`cgroupsPath` = `/<namespace>/<id>`, see spec.rs): the
+/// `oom_kill` line of `memory.oom_control` (cgroup v1) or `memory.events`
+/// (v2). 0 when the cgroup is gone or unreadable.
+pub fn oom_kills(root: &Path, namespace: &str, id: &str) -> u64 {
+    let v1 = root.join("memory").join(namespace).join(id).join("memory.oom_control");
+    let v2 = root.join(namespace).join(id).join("memory.events");
+    [v1, v2]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// `/etc/passwd` and `/etc/group` of a prepared rootfs, read straight from
@@ -610,6 +704,19 @@ impl Runtime for ContainerdRuntime {
             }
             .instrument(tracing::info_span!("mark_stopping", container = id)),
         )
+    }
+
+    fn update_labels<'a>(&'a self, id: &'a str, labels: BTreeMap<String, String>) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.update_labels_inner(id, labels).instrument(tracing::info_span!("update_labels", container = id)))
+    }
+
+    fn resize<'a>(
+        &'a self,
+        id: &'a str,
+        spec: &'a ContainerSpec,
+        labels: BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.resize_inner(id, spec, labels).instrument(tracing::info_span!("resize", container = id)))
     }
 
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {

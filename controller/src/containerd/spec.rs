@@ -310,7 +310,8 @@ fn user_mounts(spec: &ContainerSpec) -> Result<Vec<Value>, SpecError> {
     Ok(out)
 }
 
-fn resources(spec: &ContainerSpec) -> Result<Value, SpecError> {
+/// `linux.resources` of the OCI spec for `spec`'s limits.
+pub fn resources(spec: &ContainerSpec) -> Result<Value, SpecError> {
     let mut r = json!({"devices": [{"allow": false, "access": "rwm"}]});
     let Some(limits) = spec.resources.as_ref().and_then(|r| r.limits.as_ref()) else {
         return Ok(r);
@@ -339,6 +340,21 @@ fn resources(spec: &ContainerSpec) -> Result<Value, SpecError> {
             return err("spec.resources.limits.pids: must be at least 1");
         }
         r["pids"] = json!({"limit": pids});
+    }
+    Ok(r)
+}
+
+/// The `LinuxResources` of an in-place update (Tasks.Update): the limits of
+/// [`resources`], with every limit the spec does not set lifted (runc
+/// leaves a limit alone when the update omits it).
+pub fn resources_update(spec: &ContainerSpec) -> Result<Value, SpecError> {
+    let mut r = resources(spec)?;
+    if let Some(o) = r.as_object_mut() {
+        o.remove("devices");
+        o.entry("memory").or_insert(json!({"limit": -1}));
+        o.entry("cpu").or_insert(json!({"quota": -1, "period": CPU_PERIOD_US}));
+        // runc: a pids limit of 0 or less means no limit.
+        o.entry("pids").or_insert(json!({"limit": 0}));
     }
     Ok(r)
 }
