@@ -9,7 +9,7 @@
 //! without bound.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::Row;
@@ -24,6 +24,8 @@ pub(crate) struct Slot {
     pub resource: String,
     pub tx: mpsc::Sender<Event>,
     pub overflowed: Arc<AtomicBool>,
+    /// Bytes sent to `tx` and not yet received.
+    pub bytes: Arc<AtomicUsize>,
 }
 
 /// A stream of the changes to one resource; see [`crate::Store::watch`].
@@ -39,11 +41,13 @@ pub struct Watch {
     skip_through: i64,
     rx: mpsc::Receiver<Event>,
     overflowed: Arc<AtomicBool>,
+    bytes: Arc<AtomicUsize>,
 }
 
 pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> Result<Watch, StoreError> {
     let (tx, rx) = mpsc::channel(shared.config.watch_buffer.max(1));
     let overflowed = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicUsize::new(0));
     let mut st = shared.write();
     let current = st.revision;
     if let Some(r) = from {
@@ -60,7 +64,7 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
             .map(|(_, o)| Event { revision: o.revision, event_type: EventType::Added, object: o.clone(), prev: None })
             .collect(),
     };
-    st.watchers.push(Slot { resource: resource.into(), tx, overflowed: overflowed.clone() });
+    st.watchers.push(Slot { resource: resource.into(), tx, overflowed: overflowed.clone(), bytes: bytes.clone() });
     drop(st);
     let start = from.unwrap_or(current);
     Ok(Watch {
@@ -72,6 +76,7 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
         skip_through: start,
         rx,
         overflowed,
+        bytes,
     })
 }
 
@@ -92,12 +97,20 @@ impl Watch {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let received = self.rx.recv().await;
+            if let Some(e) = &received {
+                self.bytes.fetch_sub(e.object.json.len(), Ordering::SeqCst);
+            }
+            match received {
                 Some(e) if e.revision <= self.skip_through => continue,
                 Some(e) => return Some(Ok(e)),
                 None if self.overflowed.load(Ordering::SeqCst) => {
                     self.overflowed.store(false, Ordering::SeqCst);
-                    return Some(Err(StoreError::TooSlow(self.shared.config.watch_buffer)));
+                    let c = &self.shared.config;
+                    return Some(Err(StoreError::TooSlow(format!(
+                        "{} events or {} bytes",
+                        c.watch_buffer, c.watch_buffer_bytes
+                    ))));
                 }
                 None => return None,
             }
@@ -146,8 +159,20 @@ impl Watch {
             let data: String = row.get(5);
             let ty: String = row.get(1);
             let event_type = EventType::parse(&ty).ok_or_else(|| StoreError::Internal(format!("bad event type {ty:?} at revision {rv}")))?;
-            let object: Object = serde_json::from_str(&data).map_err(|e| StoreError::Internal(format!("corrupt event {rv}: {e}")))?;
-            let object = Stored::new(key, object).map_err(|e| StoreError::Internal(e.to_string()))?;
+            // Recent events are still in memory, with the previous object
+            // that decides selector visibility.
+            if let Some(e) = self.shared.read().history_at(rv) {
+                self.pending.push_back(e.clone());
+                continue;
+            }
+            let object = match serde_json::from_str::<Object>(&data).map_err(|e| e.to_string()).and_then(|o| Stored::new(key.clone(), o).map_err(|e| e.to_string())) {
+                Ok(o) => o,
+                Err(e) => {
+                    // Quarantined at open; not deliverable.
+                    tracing::error!(%key, rv, error = %e, "undecodable event skipped");
+                    continue;
+                }
+            };
             self.pending.push_back(Event { revision: rv, event_type, object, prev: None });
         }
         Ok(())

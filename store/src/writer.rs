@@ -136,7 +136,7 @@ pub(crate) async fn run(
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -321,6 +321,12 @@ fn json_str(b: &bytes::Bytes) -> &str {
 /// together under the write lock.
 fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: Vec<Event>, revision: i64) {
     let mut st = shared.write();
+    let keep = shared.config.history_events;
+    if keep > 0 {
+        st.history.extend(events.iter().cloned());
+        let excess = st.history.len().saturating_sub(keep);
+        st.history.drain(..excess);
+    }
     for (k, v) in overlay {
         match v {
             Some(o) => {
@@ -333,8 +339,17 @@ fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: 
     }
     st.revision = revision;
     let buffer = shared.config.watch_buffer;
+    let max_bytes = shared.config.watch_buffer_bytes;
     st.watchers.retain(|w| {
         for e in events.iter().filter(|e| e.object.key.resource == w.resource) {
+            let size = e.object.json.len();
+            // Undelivered bytes, bounded as well as undelivered events: a
+            // few thousand large objects must not pile up per watcher.
+            if w.bytes.fetch_add(size, Ordering::SeqCst) + size > max_bytes {
+                tracing::warn!(resource = %w.resource, max_bytes, "watcher too slow (bytes); ending it");
+                w.overflowed.store(true, Ordering::SeqCst);
+                return false;
+            }
             match w.tx.try_send(e.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
