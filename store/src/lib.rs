@@ -114,6 +114,10 @@ pub struct Config {
     /// visibility from the previous object, and paged lists be served at
     /// their first page's revision.
     pub history_events: usize,
+    /// Bytes of objects the in-memory history may hold (each event counts
+    /// its object and the previous one): a bound on what repeated large
+    /// writes can pin in memory.
+    pub history_bytes: usize,
     /// Writes that may wait for the writer; more get `Busy`.
     pub write_queue: usize,
     /// Most writes grouped into one transaction.
@@ -132,6 +136,7 @@ impl Config {
             watch_buffer: 10_000,
             watch_buffer_bytes: 64 << 20,
             history_events: 10_000,
+            history_bytes: 64 << 20,
             write_queue: 4096,
             max_batch: 256,
             snapshot_interval: Duration::from_secs(2),
@@ -158,9 +163,15 @@ pub(crate) struct State {
     /// The last `history_events` committed events, consecutive revisions,
     /// oldest first (only since this process opened the store).
     pub history: std::collections::VecDeque<Event>,
+    /// What `history` holds, counted as [`State::history_cost`].
+    pub history_bytes: usize,
 }
 
 impl State {
+    pub fn history_cost(e: &Event) -> usize {
+        e.object.json.len() + e.prev.as_ref().map_or(0, |p| p.json.len())
+    }
+
     /// The in-memory event at `revision`, if still kept.
     pub fn history_at(&self, revision: i64) -> Option<&Event> {
         let first = self.history.front()?.revision;
@@ -377,7 +388,7 @@ impl Store {
             "store opened"
         );
         let shared = Arc::new(Shared {
-            state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new(), history: Default::default() }),
+            state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new(), history: Default::default(), history_bytes: 0 }),
             config,
             readers,
         });
@@ -502,19 +513,26 @@ impl Store {
             Some(k) => Bound::Excluded(k.clone()),
             None => Bound::Included(Key::new(resource, namespace.unwrap_or(""), "")),
         };
-        let current = st
+        let mut current = st
             .objects
             .range((start, Bound::Unbounded))
             .take_while(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| ns == k.namespace))
             .filter(|(k, _)| !then.contains_key(k))
-            .map(|(k, v)| (k, v));
-        let undone = then.iter().filter_map(|(k, v)| v.map(|v| (*k, v)));
-        // Both are in key order: merge them.
-        let mut merged: Vec<(&Key, &Arc<Stored>)> = current.chain(undone).collect();
-        merged.sort_by(|a, b| a.0.cmp(b.0));
+            .peekable();
+        let mut undone = then.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).peekable();
         let mut items = Vec::new();
         let mut next = None;
-        for (_, v) in merged {
+        // Both are in key order and disjoint: merge them, lazily, so a page
+        // costs its size and the changes since `revision`, not the list.
+        loop {
+            let take_current = match (current.peek(), undone.peek()) {
+                (Some(c), Some(u)) => c.0 < u.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let v = if take_current { current.next().map(|(_, v)| v) } else { undone.next().map(|(_, v)| v) };
+            let Some(v) = v else { break };
             if !filter(v) {
                 continue;
             }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::object::{Event, EventType, Key, Stored};
 use crate::write::{self, Outcome, Write};
-use crate::{Shared, StoreError, WriteResult};
+use crate::{Shared, State, StoreError, WriteResult};
 
 pub(crate) struct Request {
     pub write: Write,
@@ -321,11 +321,17 @@ fn json_str(b: &bytes::Bytes) -> &str {
 /// together under the write lock.
 fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: Vec<Event>, revision: i64) {
     let mut st = shared.write();
-    let keep = shared.config.history_events;
+    let (keep, keep_bytes) = (shared.config.history_events, shared.config.history_bytes);
     if keep > 0 {
-        st.history.extend(events.iter().cloned());
-        let excess = st.history.len().saturating_sub(keep);
-        st.history.drain(..excess);
+        for e in &events {
+            st.history_bytes += State::history_cost(e);
+            st.history.push_back(e.clone());
+        }
+        while st.history.len() > keep || (st.history_bytes > keep_bytes && st.history.len() > 1) {
+            if let Some(old) = st.history.pop_front() {
+                st.history_bytes -= State::history_cost(&old);
+            }
+        }
     }
     for (k, v) in overlay {
         match v {

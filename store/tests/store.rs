@@ -406,3 +406,23 @@ async fn list_at_an_older_revision_undoes_later_changes() {
     assert!(matches!(small.list_at("containers", None, None, 0, 1, |_| true), Err(StoreError::Expired { .. })));
     assert_eq!(small.list_at("containers", None, None, 0, 2, |_| true).unwrap().items.len(), 2);
 }
+
+/// The in-memory history is bounded in bytes too: rewriting one large
+/// object many times does not pin every old version.
+#[tokio::test]
+async fn history_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path().join("s.db"));
+    cfg.history_bytes = 100_000;
+    let store = Store::open(cfg).await.unwrap();
+    create(&store, "a").await;
+    for i in 0..20 {
+        let mut o = store.get(&key("a")).unwrap().object.clone();
+        o.metadata.annotations.insert("pad".into(), format!("{i}{}", "x".repeat(20_000)));
+        store.write(Write::Update { key: key("a"), object: o }, false).await.unwrap();
+    }
+    // Each event holds ~40 KB (object and previous): two fit, not twenty.
+    let rev = store.revision();
+    assert!(store.list_at("containers", None, None, 0, rev - 2, |_| true).is_ok());
+    assert!(matches!(store.list_at("containers", None, None, 0, rev - 5, |_| true), Err(StoreError::Expired { .. })));
+}
