@@ -235,6 +235,31 @@ fn decode_row(key: Key, data: &str) -> Result<Arc<Stored>, String> {
     Stored::new(key, object).map_err(|e| e.to_string())
 }
 
+/// What opening the store makes of one row.
+pub(crate) enum Decoded {
+    Ok(Arc<Stored>),
+    /// Readable once its `metadata.ownerReferences` (free-form before they
+    /// were typed) are dropped: kept, and the original quarantined.
+    Salvaged(Arc<Stored>, String),
+    Bad(String),
+}
+
+pub(crate) fn decode_or_salvage(key: Key, data: &str) -> Decoded {
+    let error = match decode_row(key.clone(), data) {
+        Ok(s) => return Decoded::Ok(s),
+        Err(e) => e,
+    };
+    let salvaged = serde_json::from_str::<serde_json::Value>(data).ok().and_then(|mut v| {
+        v.get_mut("metadata")?.as_object_mut()?.remove("ownerReferences")?;
+        let object: Object = serde_json::from_value(v).ok()?;
+        Stored::new(key, object).ok()
+    });
+    match salvaged {
+        Some(s) => Decoded::Salvaged(s, error),
+        None => Decoded::Bad(error),
+    }
+}
+
 /// Copies an undecodable row into the quarantine table, so that opening
 /// the store never fails on one object.
 async fn quarantine(
@@ -327,14 +352,21 @@ impl Store {
         let snapshot: i64 = meta("snapshot").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let compacted: i64 = meta("compacted").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let mut objects = BTreeMap::new();
+        let mut dirty = std::collections::HashMap::new();
         for row in sqlx::query("SELECT resource, namespace, name, data, rv FROM objects").fetch_all(&mut conn).await? {
             let key = Key::new(row.get(0), row.get(1), row.get(2));
             let data: String = row.get(3);
-            match decode_row(key.clone(), &data) {
-                Ok(stored) => {
+            match decode_or_salvage(key.clone(), &data) {
+                Decoded::Ok(stored) => {
                     objects.insert(key, stored);
                 }
-                Err(e) => {
+                Decoded::Salvaged(stored, e) => {
+                    quarantine(&mut conn, "objects (kept without ownerReferences)", row.get(4), &key, &data, &e).await?;
+                    // The next snapshot rewrites the row readable.
+                    dirty.insert(key.clone(), Some(stored.clone()));
+                    objects.insert(key, stored);
+                }
+                Decoded::Bad(e) => {
                     quarantine(&mut conn, "objects", row.get(4), &key, &data, &e).await?;
                     sqlx::query("DELETE FROM objects WHERE resource = ? AND namespace = ? AND name = ?")
                         .bind(key.resource.as_str())
@@ -347,7 +379,6 @@ impl Store {
         }
         // Every write after the snapshot is in the event log (compaction
         // never passes the snapshot): replay it.
-        let mut dirty = std::collections::HashMap::new();
         let mut revision = snapshot.max(compacted);
         let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data FROM events WHERE rv > ? ORDER BY rv")
             .bind(snapshot)
@@ -358,9 +389,13 @@ impl Store {
             let key = Key::new(row.get(2), row.get(3), row.get(4));
             let data: String = row.get(5);
             revision = revision.max(rv);
-            let stored = match decode_row(key.clone(), &data) {
-                Ok(s) => s,
-                Err(e) => {
+            let stored = match decode_or_salvage(key.clone(), &data) {
+                Decoded::Ok(s) => s,
+                Decoded::Salvaged(s, e) => {
+                    quarantine(&mut conn, "events (kept without ownerReferences)", rv, &key, &data, &e).await?;
+                    s
+                }
+                Decoded::Bad(e) => {
                     // The event stays in the log (revisions stay
                     // consecutive); watches skip it too.
                     quarantine(&mut conn, "events", rv, &key, &data, &e).await?;

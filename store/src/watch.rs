@@ -15,7 +15,7 @@ use std::sync::Arc;
 use sqlx::Row;
 use tokio::sync::mpsc;
 
-use crate::object::{Event, EventType, Key, Object, Stored};
+use crate::object::{Event, EventType, Key};
 use crate::{Shared, StoreError};
 
 const REPLAY_BATCH: i64 = 1000;
@@ -165,9 +165,9 @@ impl Watch {
                 self.pending.push_back(e.clone());
                 continue;
             }
-            let object = match serde_json::from_str::<Object>(&data).map_err(|e| e.to_string()).and_then(|o| Stored::new(key.clone(), o).map_err(|e| e.to_string())) {
-                Ok(o) => o,
-                Err(e) => {
+            let object = match crate::decode_or_salvage(key.clone(), &data) {
+                crate::Decoded::Ok(o) | crate::Decoded::Salvaged(o, _) => o,
+                crate::Decoded::Bad(e) => {
                     // Quarantined at open; not deliverable.
                     tracing::error!(%key, rv, error = %e, "undecodable event skipped");
                     continue;

@@ -426,3 +426,33 @@ async fn history_is_bounded_in_bytes() {
     assert!(store.list_at("containers", None, None, 0, rev - 2, |_| true).is_ok());
     assert!(matches!(store.list_at("containers", None, None, 0, rev - 5, |_| true), Err(StoreError::Expired { .. })));
 }
+
+/// A row whose ownerReferences were free-form (before they were typed) is
+/// kept without them, the original copied to the quarantine table, and
+/// rewritten readable by the next snapshot.
+#[tokio::test]
+async fn open_salvages_a_row_with_untyped_owner_references() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    create(&store, "old").await;
+    store.shutdown().await;
+    let data = r#"{"apiVersion":"steward.dev/v1alpha1","kind":"Container","metadata":{"name":"old","uid":"u","resourceVersion":"1","ownerReferences":[{"whatever":1}]},"spec":{"image":"a"}}"#;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("UPDATE objects SET data = ?").bind(data).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    let o = store.get(&key("old")).expect("salvaged, not dropped");
+    assert!(o.object.metadata.owner_references.is_empty());
+    assert_eq!(o.object.metadata.uid, "u");
+    store.shutdown().await;
+    // Rewritten at shutdown's snapshot: a third open has nothing to salvage.
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    assert!(store.get(&key("old")).is_some());
+    store.shutdown().await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM quarantine").fetch_one(&mut conn).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
