@@ -59,9 +59,9 @@ fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
         (EventType::Modified, Some(false), true) => Some(EventType::Added),
         (EventType::Modified, Some(false), false) => None,
         (EventType::Modified, None, true) => Some(EventType::Modified),
-        // Replayed from before this process's in-memory history, the
-        // previous version is unknown: the object may have just left the
-        // selection, so say DELETED (a client that never had it ignores
+        // The previous version is unknown (compacted out of the log and
+        // the snapshot): the object may have just left the selection, so
+        // say DELETED (a client that never had it ignores
         // that; one that had it must not keep it).
         (EventType::Modified, None, false) => selective.then_some(EventType::Deleted),
     }

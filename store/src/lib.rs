@@ -219,7 +219,8 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (resource, namespace, name)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS events (
         rv INTEGER PRIMARY KEY, type TEXT NOT NULL, resource TEXT NOT NULL,
-        namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, ts INTEGER NOT NULL)",
+        namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, ts INTEGER NOT NULL,
+        prev_rv INTEGER)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     // Rows that could not be decoded at open: kept for an operator, never
     // read by the store.
@@ -347,6 +348,14 @@ impl Store {
         let mut conn = opts.connect().await?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&mut conn).await?;
+        }
+        // Stores made before events recorded their previous version.
+        let has_prev: i64 = sqlx::query("SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'prev_rv'")
+            .fetch_one(&mut conn)
+            .await?
+            .get(0);
+        if has_prev == 0 {
+            sqlx::query("ALTER TABLE events ADD COLUMN prev_rv INTEGER").execute(&mut conn).await?;
         }
         let meta = |k: &'static str| sqlx::query("SELECT value FROM meta WHERE key = ?").bind(k);
         let snapshot: i64 = meta("snapshot").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);

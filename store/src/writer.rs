@@ -40,7 +40,7 @@ pub(crate) enum Control {
 
 /// SQLite's bound-parameter limit is 32766; stay well below it.
 const ROWS_PER_STATEMENT: usize = 200;
-/// 7 parameters a row: one statement holds a whole default batch (256).
+/// 8 parameters a row: one statement holds a whole default batch (256).
 const EVENTS_PER_STATEMENT: usize = 1000;
 
 /// Objects changed since the last snapshot (None = deleted).
@@ -226,8 +226,8 @@ async fn persist(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sq
 }
 
 async fn insert_events(conn: &mut SqliteConnection, chunk: &[Event], ts: i64) -> Result<(), sqlx::Error> {
-    let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts) VALUES ");
-    sql.push_str(&vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(","));
+    let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts, prev_rv) VALUES ");
+    sql.push_str(&vec!["(?,?,?,?,?,?,?,?)"; chunk.len()].join(","));
     let mut q = sqlx::query(&sql);
     for e in chunk {
         let k = &e.object.key;
@@ -238,7 +238,8 @@ async fn insert_events(conn: &mut SqliteConnection, chunk: &[Event], ts: i64) ->
             .bind(k.namespace.as_str())
             .bind(k.name.as_str())
             .bind(json_str(&e.object.json))
-            .bind(ts);
+            .bind(ts)
+            .bind(e.prev.as_ref().map(|p| p.revision));
     }
     q.execute(conn).await.map(|_| ())
 }
