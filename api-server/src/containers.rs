@@ -276,6 +276,10 @@ fn apply_patch(kind: &PatchKind, body: &[u8], doc: &mut Value) -> Result<bool, A
 fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), ApiError> {
     use json_patch::PatchOperation as Op;
     let mut size = serialized_len(doc);
+    // Re-measuring the whole document is bounded too: a patch that keeps
+    // the object at the cap (add, remove, add, ...) must not cost a
+    // serialisation per operation.
+    let mut recount_budget = 32 * MAX_OBJECT_BYTES;
     for (i, op) in ops.iter().enumerate() {
         let inserted = match op {
             Op::Test(t) if t.value.is_null() && doc.pointer(t.path.as_str()).is_none() => continue,
@@ -302,7 +306,14 @@ fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Resu
             ApiError::Unprocessable(format!("JSON patch operation {i} ({}) cannot be applied: {}", op.path(), e.kind))
         })?;
         if size > MAX_OBJECT_BYTES {
+            if recount_budget < MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge(format!(
+                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {MAX_OBJECT_BYTES} bytes",
+                    op.path()
+                )));
+            }
             size = serialized_len(doc);
+            recount_budget = recount_budget.saturating_sub(size);
             if size > MAX_OBJECT_BYTES {
                 return Err(ApiError::TooLarge(format!(
                     "JSON patch operation {i} ({}) makes the object larger than the limit of {MAX_OBJECT_BYTES} bytes",

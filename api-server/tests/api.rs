@@ -882,3 +882,33 @@ async fn inflight_requests_are_bounded() {
     let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
     assert_eq!(code, 200);
 }
+
+/// A JSON patch that keeps the object at the size cap (add, remove, add,
+/// ...) is refused after a bounded amount of re-measuring, not allowed to
+/// cost a whole-object serialisation per operation.
+#[tokio::test]
+async fn patches_hovering_at_the_size_cap_are_bounded() {
+    let s = TestServer::start().await;
+    let mut c = container("cap");
+    c["spec"]["args"] = json!(["x".repeat(steward_store::MAX_OBJECT_BYTES - 2000)]);
+    create(&s, &c).await;
+    let mut ops = Vec::new();
+    for _ in 0..5000 {
+        ops.push(json!({"op": "add", "path": "/metadata/labels/k", "value": "v".repeat(60)}));
+        ops.push(json!({"op": "remove", "path": "/metadata/labels/k"}));
+    }
+    let t = std::time::Instant::now();
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/cap"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(ops).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 413, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("near the limit"), "{st}");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+}
