@@ -8,10 +8,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
-use steward_schema::manifest::{container_from_json, container_from_value};
+use steward_schema::manifest::{container_from_json, container_from_value, yaml_value_bounded};
 use steward_schema::validate::{validate_container, validate_status};
 use steward_schema::{Container, ContainerStatus, RESOURCE};
-use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult};
+use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult, MAX_DEPTH, MAX_OBJECT_BYTES};
 use tracing::Instrument;
 
 use crate::metrics::Verb;
@@ -22,6 +22,14 @@ use crate::{watch, ApiError, AppState};
 /// object between its read and its write (only when the client set no
 /// resourceVersion precondition of its own).
 const CONFLICT_RETRIES: usize = 5;
+
+/// Most operations in one JSON patch (kube-apiserver's
+/// MaxJSONPatchOperations).
+const MAX_JSON_PATCH_OPS: usize = 10_000;
+
+/// How large (in memory, roughly) a YAML body may grow by expanding its
+/// aliases: twice the largest object the store keeps.
+const MAX_YAML_EXPANSION: usize = 2 * MAX_OBJECT_BYTES;
 
 fn key(ns: &str, name: &str) -> Key {
     Key::new(RESOURCE, ns, name)
@@ -78,8 +86,9 @@ fn decode(media: &str, body: &[u8]) -> Result<Container, ApiError> {
         "application/json" => container_from_json(body).map_err(ApiError::BadRequest),
         "application/yaml" | "application/x-yaml" | "text/yaml" | "application/apply-patch+yaml" => {
             let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
-            let value: serde_yaml::Value =
-                serde_yaml::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid YAML: {e}")))?;
+            // Aliases may not expand the document past what a body of the
+            // largest size could hold.
+            let value = yaml_value_bounded(text, MAX_YAML_EXPANSION).map_err(ApiError::BadRequest)?;
             container_from_value(value).map_err(ApiError::BadRequest)
         }
         "" => Err(ApiError::UnsupportedMediaType(
@@ -240,13 +249,116 @@ fn apply_patch(kind: &PatchKind, body: &[u8], doc: &mut Value) -> Result<bool, A
         PatchKind::Json => {
             let ops: json_patch::Patch =
                 serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON patch: {e}")))?;
-            let explicit = serde_json::from_slice::<Vec<Value>>(body)
-                .map(|v| v.iter().any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")))
-                .unwrap_or(false);
-            json_patch::patch(doc, &ops).map_err(|e| bad(format!("JSON patch failed: {e}")))?;
+            if ops.0.len() > MAX_JSON_PATCH_OPS {
+                return Err(ApiError::TooLarge(format!(
+                    "the JSON patch has {} operations, more than the limit of {MAX_JSON_PATCH_OPS}",
+                    ops.0.len()
+                )));
+            }
+            let explicit = ops.0.iter().any(|op| {
+                !matches!(op, json_patch::PatchOperation::Test(_)) && op.path().as_str() == "/metadata/resourceVersion"
+            });
+            apply_json_patch(doc, &ops.0)?;
             Ok(explicit)
         }
         PatchKind::Apply => Err(bad("apply is not a document patch".into())),
+    }
+}
+
+/// Applies a JSON patch one operation at a time, so that no operation can
+/// grow the document past the stored-size cap or the depth limit (each
+/// `copy` could otherwise double it). `doc` is a scratch copy: on error it
+/// is left half-patched and must be dropped.
+///
+/// As evanphx/json-patch (Kubernetes): a `test` for `null` at an absent
+/// path succeeds (kube-runtime's finalizer helper relies on it). An
+/// operation that cannot be applied is 422.
+fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), ApiError> {
+    use json_patch::PatchOperation as Op;
+    let mut size = serialized_len(doc);
+    // Re-measuring the whole document is bounded too: a patch that keeps
+    // the object at the cap (add, remove, add, ...) must not cost a
+    // serialisation per operation.
+    let mut recount_budget = 32 * MAX_OBJECT_BYTES;
+    for (i, op) in ops.iter().enumerate() {
+        let inserted = match op {
+            Op::Test(t) if t.value.is_null() && doc.pointer(t.path.as_str()).is_none() => continue,
+            Op::Add(o) => Some(&o.value),
+            Op::Replace(o) => Some(&o.value),
+            Op::Copy(o) => doc.pointer(o.from.as_str()),
+            Op::Move(o) => doc.pointer(o.from.as_str()),
+            Op::Remove(_) | Op::Test(_) => None,
+        };
+        if let Some(v) = inserted {
+            let (bytes, depth) = measure(v);
+            let at = op.path().count() + depth;
+            if at > MAX_DEPTH {
+                return Err(ApiError::Unprocessable(format!(
+                    "JSON patch operation {i} ({}) would nest the object {at} levels deep, more than the limit of {MAX_DEPTH}",
+                    op.path()
+                )));
+            }
+            // An upper bound, made exact (one serialisation) only when it
+            // passes the cap.
+            size += bytes + op.path().as_str().len();
+        }
+        json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| {
+            ApiError::Unprocessable(format!("JSON patch operation {i} ({}) cannot be applied: {}", op.path(), e.kind))
+        })?;
+        if size > MAX_OBJECT_BYTES {
+            if recount_budget < MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge(format!(
+                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {MAX_OBJECT_BYTES} bytes",
+                    op.path()
+                )));
+            }
+            size = serialized_len(doc);
+            recount_budget = recount_budget.saturating_sub(size);
+            if size > MAX_OBJECT_BYTES {
+                return Err(ApiError::TooLarge(format!(
+                    "JSON patch operation {i} ({}) makes the object larger than the limit of {MAX_OBJECT_BYTES} bytes",
+                    op.path()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The serialised size of a value, without building the text.
+fn serialized_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// An upper bound of a value's serialised size, and its nesting depth
+/// (a scalar is 0). Values here come from a parsed body or from the
+/// document, both of bounded depth.
+fn measure(v: &Value) -> (usize, usize) {
+    match v {
+        Value::Null | Value::Bool(_) => (5, 0),
+        Value::Number(_) => (24, 0),
+        Value::String(s) => (s.len() * 6 + 2, 0),
+        Value::Array(a) => a.iter().fold((2, 1), |(b, d), x| {
+            let (xb, xd) = measure(x);
+            (b + xb + 1, d.max(xd + 1))
+        }),
+        Value::Object(m) => m.iter().fold((2, 1), |(b, d), (k, x)| {
+            let (xb, xd) = measure(x);
+            (b + k.len() * 6 + 3 + xb + 1, d.max(xd + 1))
+        }),
     }
 }
 
@@ -439,8 +551,15 @@ async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> 
     }
     let token = p.continue_token.as_deref().map(ContinueToken::decode).transpose()?;
     let after = token.as_ref().map(|t| t.key(RESOURCE));
-    let page = app.store.list(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, |s| matches(&p, s));
-    let revision = token.as_ref().map_or(page.revision, |t| t.rv);
+    // A later page is read at the first page's revision, so the pages form
+    // one snapshot; once that revision is out of reach, 410 Expired.
+    let page = match &token {
+        None => app.store.list(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, |s| matches(&p, s)),
+        Some(t) => app
+            .store
+            .list_at(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, t.rv, |s| matches(&p, s))?,
+    };
+    let revision = page.revision;
     let cont = page.next.map(|k| ContinueToken { rv: revision, ns: k.namespace, name: k.name }.encode());
     let mut body = Vec::with_capacity(128 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
     body.extend_from_slice(br#"{"apiVersion":"steward.dev/v1alpha1","kind":"ContainerList","metadata":{"resourceVersion":""#);

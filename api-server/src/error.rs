@@ -25,6 +25,13 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A well-formed request that cannot be carried out on this object (a
+    /// JSON patch whose `test` fails): 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Too many requests in flight: 429 with `Retry-After`.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,6 +63,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => Status::failure(415, "UnsupportedMediaType", msg),
             ApiError::TooLarge(_) => Status::failure(413, "RequestEntityTooLarge", msg),
             ApiError::Unavailable(_) => Status::failure(503, "ServiceUnavailable", msg),
+            ApiError::Unprocessable(_) => Status::failure(422, "Invalid", msg),
+            ApiError::TooManyRequests(_) => Status::failure(429, "TooManyRequests", msg),
             ApiError::Store(e) => match e {
                 StoreError::NotFound { key } => {
                     Status::failure(404, "NotFound", format!("containers.steward.dev {:?} not found", key.name))
@@ -75,6 +84,10 @@ impl ApiError {
                     vec![StatusCause { field: field.clone(), reason: "FieldValueForbidden".into(), message: message.clone() }],
                 )),
                 StoreError::Expired { .. } | StoreError::TooSlow(_) => Status::failure(410, "Expired", msg),
+                StoreError::TooLarge { key, .. } => {
+                    Status::failure(413, "RequestEntityTooLarge", msg).with_details(details(&key.name, vec![]))
+                }
+                StoreError::Busy => Status::failure(429, "TooManyRequests", msg),
                 StoreError::Closed => Status::failure(503, "ServiceUnavailable", msg),
                 StoreError::Internal(_) => Status::failure(500, "InternalError", msg),
             },
@@ -82,11 +95,16 @@ impl ApiError {
     }
 }
 
-/// Serialises a `Status` as the JSON response it is.
+/// Serialises a `Status` as the JSON response it is. A 429 tells the
+/// client when to retry, as kube-apiserver does.
 pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(s).unwrap_or_default();
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
 }
 
 impl IntoResponse for ApiError {
@@ -96,5 +114,20 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         status_response(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_store_is_429_with_retry_after() {
+        let r = ApiError::Store(StoreError::Busy).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        let key = steward_store::Key::new("containers", "default", "a");
+        let r = ApiError::Store(StoreError::TooLarge { key, size: 2, limit: 1 }).into_response();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

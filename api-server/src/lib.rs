@@ -11,6 +11,7 @@ mod containers;
 mod discovery;
 mod error;
 mod images;
+mod limits;
 mod logs;
 mod metrics;
 mod query;
@@ -49,6 +50,13 @@ pub struct Config {
     /// The bearer token every request (but health and version) must carry;
     /// `None` serves without authentication (embedding, tests).
     pub token: Option<String>,
+    /// Short requests served at once; more get 429 and `Retry-After`.
+    pub max_requests_inflight: usize,
+    /// Watches and followed logs open at once; more get 429.
+    pub max_long_running_inflight: usize,
+    /// A connection that has not sent a request's headers within this
+    /// time is closed (stalled or slow-loris clients).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +69,9 @@ impl Default for Config {
             upload_dir: None,
             max_image_bytes: 4 << 30,
             token: None,
+            max_requests_inflight: 400,
+            max_long_running_inflight: 1000,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +84,7 @@ pub struct App {
     /// Flips to `true` when the server starts shutting down; open watches
     /// end cleanly when they see it.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub inflight: limits::Inflight,
 }
 
 pub type AppState = Arc<App>;
@@ -111,6 +123,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), limits::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)
 }
@@ -119,6 +132,10 @@ pub fn router(app: AppState) -> Router {
 /// accepting, ends open watches, lets in-flight requests finish, and shuts
 /// the store down (every acknowledged write is already durable; queued
 /// ones are finished).
+///
+/// Connections are served by hyper directly (not `axum::serve`) to set a
+/// header read timeout: a client that never finishes its request headers
+/// is disconnected instead of holding its connection for ever.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
@@ -126,19 +143,59 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let app = Arc::new(App { store: store.clone(), config, metrics: Metrics::default(), shutdown: rx });
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, ending watches");
-        let _ = tx.send(true);
-    };
-    // Watch events and small responses must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+    let inflight = limits::Inflight::new(config.max_requests_inflight, config.max_long_running_inflight);
+    let header_timeout = config.header_read_timeout;
+    let app = Arc::new(App { store: store.clone(), config, metrics: Metrics::default(), shutdown: rx.clone(), inflight });
+    let service = hyper_util::service::TowerToHyperService::new(router(app));
+    // Every connection task holds a clone; when all are dropped, every
+    // connection has finished.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Watch events and small responses must not wait for Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-    });
-    let result = axum::serve(listener, router(app)).with_graceful_shutdown(signal).await;
+        let service = service.clone();
+        let mut stop = rx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let _done = done;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    tracing::info!("shutting down: no new connections, ending watches");
+    drop(listener);
+    let _ = tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
     store.shutdown().await;
-    result
+    Ok(())
 }

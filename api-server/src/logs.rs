@@ -50,7 +50,15 @@ impl LogOptions {
                 "timestamps" => o.read.timestamps = flag(&v),
                 "previous" => o.previous = flag(&v),
                 "tailLines" => o.read.tail = Some(num(&k, &v)? as usize),
-                "sinceSeconds" => o.read.since = Some(Utc::now() - chrono::Duration::seconds(num(&k, &v)?)),
+                "sinceSeconds" => {
+                    let secs = num(&k, &v)?;
+                    // Anything before the epoch means "everything"; a
+                    // number chrono cannot represent is refused.
+                    let since = chrono::Duration::try_seconds(secs)
+                        .and_then(|d| Utc::now().checked_sub_signed(d))
+                        .ok_or_else(|| ApiError::BadRequest(format!("query parameter sinceSeconds: {v:?} is too large")))?;
+                    o.read.since = Some(since);
+                }
                 "sinceTime" => {
                     o.read.since = Some(
                         DateTime::parse_from_rfc3339(&v)
@@ -142,4 +150,19 @@ pub async fn get(
     let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
     r.extensions_mut().insert(Verb("log"));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_seconds_overflow_is_a_bad_request() {
+        for v in ["9223372036854775807", "9223372036854775", "99999999999999"] {
+            let e = LogOptions::parse(Some(&format!("sinceSeconds={v}"))).unwrap_err();
+            assert!(e.to_string().contains("sinceSeconds"), "{e}");
+        }
+        let o = LogOptions::parse(Some("sinceSeconds=60")).unwrap();
+        assert!(o.read.since.is_some());
+    }
 }

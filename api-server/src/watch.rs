@@ -39,9 +39,11 @@ fn bookmark_frame(revision: i64) -> Bytes {
     frame("BOOKMARK", obj.as_bytes())
 }
 
-/// What a watcher with this namespace and selectors sees of `e`: the event
-/// as it is, or turned into ADDED/DELETED when the object moved into or
-/// out of the selection, or nothing.
+/// What a watcher with this namespace and selectors sees of `e`, decided
+/// from the previous object as well as the new one: was in and still in →
+/// the event as it is; was in, now out → DELETED; was out, now in →
+/// ADDED; a deletion of an object that was in (or whose last state is in)
+/// → DELETED; otherwise nothing.
 fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
     if ns.is_some_and(|ns| ns != e.object.key.namespace) {
         return None;
@@ -49,17 +51,19 @@ fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
     let now = matches(p, &e.object);
     let before = e.prev.as_ref().map(|prev| matches(p, prev));
     let selective = !p.label_selector.is_empty() || !p.field_selector.is_empty();
-    match (before, now, e.event_type) {
-        (_, true, EventType::Deleted) => Some(EventType::Deleted),
-        (Some(false), true, _) => Some(EventType::Added),
-        (Some(true), false, EventType::Modified) => Some(EventType::Deleted),
-        // Replayed from the log, the previous version is unknown: the
-        // object may have just left the selection, so say DELETED (a
-        // client that never had it ignores that; one that had it must not
-        // keep it).
-        (None, false, EventType::Modified) if selective => Some(EventType::Deleted),
-        (_, true, t) => Some(t),
-        (_, false, _) => None,
+    match (e.event_type, before, now) {
+        (EventType::Added, _, now) => now.then_some(EventType::Added),
+        (EventType::Deleted, before, now) => (now || before == Some(true) || (before.is_none() && selective)).then_some(EventType::Deleted),
+        (EventType::Modified, Some(true), true) => Some(EventType::Modified),
+        (EventType::Modified, Some(true), false) => Some(EventType::Deleted),
+        (EventType::Modified, Some(false), true) => Some(EventType::Added),
+        (EventType::Modified, Some(false), false) => None,
+        (EventType::Modified, None, true) => Some(EventType::Modified),
+        // The previous version is unknown (compacted out of the log and
+        // the snapshot): the object may have just left the selection, so
+        // say DELETED (a client that never had it ignores
+        // that; one that had it must not keep it).
+        (EventType::Modified, None, false) => selective.then_some(EventType::Deleted),
     }
 }
 
@@ -138,3 +142,59 @@ async fn step(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use steward_store::{Key, Object, Stored};
+
+    fn stored(labels: &[(&str, &str)], deleting: bool) -> Arc<Stored> {
+        let mut o = Object {
+            api_version: "steward.dev/v1alpha1".into(),
+            kind: "Container".into(),
+            metadata: Default::default(),
+            spec: serde_json::Value::Null,
+            status: None,
+        };
+        o.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if deleting {
+            o.metadata.deletion_timestamp = Some(steward_schema::Time::now());
+        }
+        Stored::new(Key::new("containers", "default", "a"), o).unwrap()
+    }
+
+    fn ev(t: EventType, prev: Option<Arc<Stored>>, object: Arc<Stored>) -> Event {
+        Event { revision: 2, event_type: t, object, prev }
+    }
+
+    #[test]
+    fn visibility_is_decided_from_the_previous_and_the_new_object() {
+        let p = Params::parse(Some("labelSelector=app%3Dweb")).unwrap();
+        let web = || stored(&[("app", "web")], false);
+        let other = || stored(&[("app", "db")], false);
+        use EventType::*;
+        let cases = [
+            (ev(Modified, Some(web()), web()), Some(Modified)),
+            (ev(Modified, Some(web()), other()), Some(Deleted)),
+            (ev(Modified, Some(other()), web()), Some(Added)),
+            (ev(Modified, Some(other()), other()), None),
+            // The last finalizer removed and the labels changed in one
+            // write: the watcher that had it must get DELETED.
+            (ev(Deleted, Some(stored(&[("app", "web")], true)), other()), Some(Deleted)),
+            (ev(Deleted, Some(other()), other()), None),
+            (ev(Deleted, Some(web()), web()), Some(Deleted)),
+            (ev(Added, None, web()), Some(Added)),
+            (ev(Added, None, other()), None),
+            // Unknown previous version (replayed from the log).
+            (ev(Modified, None, other()), Some(Deleted)),
+            (ev(Modified, None, web()), Some(Modified)),
+        ];
+        for (i, (e, want)) in cases.iter().enumerate() {
+            assert_eq!(translate(&p, None, e), *want, "case {i}");
+        }
+        // Without a selector nothing is translated.
+        let all = Params::parse(None).unwrap();
+        assert_eq!(translate(&all, None, &ev(Deleted, Some(other()), other())), Some(Deleted));
+    }
+}

@@ -320,10 +320,12 @@ async fn list_pagination_and_selectors() {
             Some(c) => cont = c.to_string(),
             None => break,
         }
-        // A write between pages does not disturb the pages.
+        // A write between pages does not disturb the pages: every page is
+        // read at the first page's revision, so the new object is not in
+        // this list.
         create(&s, &container(&format!("z{}", names.len()))).await;
     }
-    let expected: Vec<String> = (0..25).map(|i| format!("c{i:02}")).chain(["z10".into(), "z20".into()]).collect();
+    let expected: Vec<String> = (0..25).map(|i| format!("c{i:02}")).collect();
     assert_eq!(names, expected);
 
     let count = |q: &'static str| {
@@ -574,4 +576,339 @@ async fn a_token_is_required_when_configured() {
     for open in ["/healthz", "/readyz", "/version"] {
         assert_eq!(s.client.get(format!("{}{open}", s.url)).send().await.unwrap().status(), 200, "{open}");
     }
+}
+
+/// A paged list is one snapshot: later pages show objects as they were at
+/// the first page's revision (a changed object as it was, a deleted one
+/// still there, a new one absent), or 410 once that revision is gone.
+#[tokio::test]
+async fn later_pages_are_served_at_the_first_pages_revision() {
+    let s = TestServer::start_with(|c| c.history_events = 50, Default::default()).await;
+    for n in ["a", "b", "c", "d"] {
+        create(&s, &container(n)).await;
+    }
+    let (_, p1) = body(s.client.get(s.ns_url("?limit=2")).send().await.unwrap()).await;
+    let rv1 = p1["metadata"]["resourceVersion"].clone();
+    let cont = p1["metadata"]["continue"].as_str().unwrap().to_string();
+    let patch = |name: &str, b: &'static str| {
+        s.client.patch(s.ns_url(&format!("/{name}"))).header("content-type", "application/merge-patch+json").body(b).send()
+    };
+    let (code, _) = body(patch("c", r#"{"spec":{"image":"changed"}}"#).await.unwrap()).await;
+    assert_eq!(code, 200);
+    let (code, _) = body(s.client.delete(s.ns_url("/d")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    create(&s, &container("e")).await;
+    let (code, p2) = body(s.client.get(s.ns_url(&format!("?limit=2&continue={cont}"))).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{p2}");
+    assert_eq!(p2["metadata"]["resourceVersion"], rv1);
+    let items: Vec<(&str, &str)> = p2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["metadata"]["name"].as_str().unwrap(), i["spec"]["image"].as_str().unwrap()))
+        .collect();
+    assert_eq!(items, [("c", "127.0.0.1:5000/busybox:1.36"), ("d", "127.0.0.1:5000/busybox:1.36")]);
+    assert!(p2["metadata"]["continue"].is_null(), "{p2}");
+    // Enough writes to push the first page's revision out of the history.
+    for i in 0..60 {
+        let body = if i % 2 == 0 { r#"{"metadata":{"labels":{"x":"1"}}}"# } else { r#"{"metadata":{"labels":{"x":"2"}}}"# };
+        let (code, _) = body_of(patch("a", body).await.unwrap()).await;
+        assert_eq!(code, 200);
+    }
+    let (code, st) = body(s.client.get(s.ns_url(&format!("?limit=2&continue={cont}"))).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (410, Some("Expired")), "{st}");
+}
+
+async fn body_of(r: Response) -> (StatusCode, Value) {
+    body(r).await
+}
+
+/// The audit's reproduction: a JSON patch nesting a value ~120 deep inside
+/// metadata.ownerReferences was stored, and the store then refused to
+/// start. Now ownerReferences are typed, every write is depth-checked,
+/// and the store reopens.
+#[tokio::test]
+async fn deep_values_are_refused_and_the_store_still_opens() {
+    let mut s = TestServer::start().await;
+    create(&s, &container("o")).await;
+    let send = |ct: &'static str, b: String| s.client.patch(s.ns_url("/o")).header("content-type", ct).body(b).send();
+    let mut deep = json!("x");
+    for _ in 0..120 {
+        deep = json!({ "a": deep });
+    }
+    // Not an OwnerReference: refused when decoding.
+    let p = json!([{"op": "add", "path": "/metadata/ownerReferences", "value": [deep.clone()]}]).to_string();
+    let (code, st) = body(send("application/json-patch+json", p).await.unwrap()).await;
+    assert!(code.is_client_error(), "{st}");
+    // Deep in spec (an unknown field would be refused too, but depth is
+    // checked before anything else looks at it), and deep in status.
+    let p = json!([{"op": "add", "path": "/spec/x", "value": deep.clone()}]).to_string();
+    let (code, st) = body(send("application/json-patch+json", p).await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
+    let mut status_deep = json!("x");
+    for _ in 0..70 {
+        status_deep = json!([status_deep]);
+    }
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/o/status"))
+            .header("content-type", "application/merge-patch+json")
+            .body(json!({"status": {"message": status_deep}}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(code.is_client_error(), "{st}");
+    // A valid owner reference is kept.
+    let owner = json!({"apiVersion": "v1", "kind": "Thing", "name": "t", "uid": "u-1", "controller": true});
+    let p = json!({"metadata": {"ownerReferences": [owner.clone()]}}).to_string();
+    let (code, v) = body(send("application/merge-patch+json", p).await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["ownerReferences"], json!([owner]));
+    // One missing its uid is 422 naming the field.
+    let p = json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Thing", "name": "t", "uid": ""}]}}).to_string();
+    let (code, st) = body(send("application/merge-patch+json", p).await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["details"]["causes"][0]["field"].as_str()), (422, Some("metadata.ownerReferences[0].uid")));
+    // An object over the stored-size cap (under the body cap) is 413.
+    let mut big = container("big");
+    big["spec"]["args"] = json!(["x".repeat(steward_store::MAX_OBJECT_BYTES)]);
+    let (code, st) = body(s.client.post(s.ns_url("")).json(&big).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{st}");
+    // And the store opens again with the object intact.
+    s.stop().await;
+    let store = Store::open(StoreConfig::new(s._dir.path().join("steward.db"))).await.unwrap();
+    let o = store.get(&steward_store::Key::new("containers", "default", "o")).unwrap();
+    assert_eq!(o.object.metadata.owner_references.len(), 1);
+}
+
+/// 20 `copy` ops, each doubling the object, and a 9 KB YAML whose aliases
+/// expand to 10^8 nodes: both refused with a 4xx, quickly.
+#[tokio::test]
+async fn amplifying_patches_are_refused_quickly() {
+    let s = TestServer::start().await;
+    create(&s, &container("amp")).await;
+    let mut ops = vec![json!({"op": "add", "path": "/metadata/annotations", "value": {"a": "x".repeat(1000)}})];
+    for i in 0..20 {
+        ops.push(json!({"op": "copy", "from": "/metadata/annotations", "path": format!("/metadata/annotations/c{i}")}));
+    }
+    let body_text = Value::Array(ops).to_string();
+    let t = std::time::Instant::now();
+    let (code, st) = body(
+        s.client.patch(s.ns_url("/amp")).header("content-type", "application/json-patch+json").body(body_text).send().await.unwrap(),
+    )
+    .await;
+    assert!(code.is_client_error(), "{code} {st}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+
+    let a = vec!["x"; 1000].join(",");
+    let b = vec!["*a"; 100].join(",");
+    let c = vec!["*b"; 1000].join(",");
+    let yaml = format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: amp\n  annotations: {{}}\nx:\n  a: &a [{a}]\n  b: &b [{b}]\n  c: [{c}]\nspec:\n  image: busybox\n"
+    );
+    let t = std::time::Instant::now();
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/amp?fieldManager=t"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(yaml)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 400, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("aliasing"), "{st}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+
+    // More than 10000 operations.
+    let many: Vec<Value> = (0..10_001).map(|_| json!({"op": "test", "path": "/kind", "value": "Container"})).collect();
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/amp"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(many).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 413, "{st}");
+}
+
+/// kube-runtime's finalizer helper: a `test` for null at an absent path
+/// succeeds; a failing `test` is 422.
+#[tokio::test]
+async fn kube_runtime_finalizer_patch() {
+    let s = TestServer::start().await;
+    create(&s, &container("f")).await;
+    let send = |b: &'static str| s.client.patch(s.ns_url("/f")).header("content-type", "application/json-patch+json").body(b).send();
+    let (code, v) = body(
+        send(r#"[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["x"]}]"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["finalizers"], json!(["x"]));
+    // Now present: the same test fails, with 422.
+    let (code, st) = body(
+        send(r#"[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["y"]}]"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
+    // Malformed patch documents stay 400.
+    let (code, _) = body(send(r#"[{"op":"frobnicate","path":"/x"}]"#).await.unwrap()).await;
+    assert_eq!(code, 400);
+}
+
+/// One merge patch removes the last finalizer and changes the labels: a
+/// selector watcher that had the object gets DELETED. A deletion also
+/// bumps metadata.generation.
+#[tokio::test]
+async fn selector_watch_gets_deleted_when_labels_change_with_the_last_finalizer() {
+    let s = TestServer::start().await;
+    let mut c = container("g");
+    c["metadata"]["finalizers"] = json!(["x.dev/f"]);
+    let created = create(&s, &c).await;
+    let mut w = WatchReader::open(&s, &format!("labelSelector=app%3Dweb&resourceVersion={}", rv(&created))).await;
+    let (code, d) = body(s.client.delete(s.ns_url("/g")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    assert_eq!(d["metadata"]["generation"], 2, "deletionTimestamp bumps generation: {d}");
+    let e = w.next().await.unwrap();
+    assert_eq!(e["type"], "MODIFIED");
+    let (code, _) = body(
+        s.client
+            .patch(s.ns_url("/g"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"metadata":{"finalizers":null,"labels":{"app":"gone"}}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let e = w.next().await.unwrap();
+    assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("g")), "{e}");
+    // Resumed from the revision before the delete, the replay says the same.
+    let mut again = WatchReader::open(&s, &format!("labelSelector=app%3Dweb&resourceVersion={}", rv(&created))).await;
+    assert_eq!(again.next().await.unwrap()["type"], "MODIFIED");
+    assert_eq!(again.next().await.unwrap()["type"], "DELETED");
+}
+
+#[tokio::test]
+async fn since_seconds_overflow_is_400() {
+    let s = TestServer::start().await;
+    create(&s, &container("l")).await;
+    let (code, st) = body(s.client.get(s.ns_url("/l/log?sinceSeconds=9223372036854775807")).send().await.unwrap()).await;
+    assert_eq!(code, 400, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("sinceSeconds"), "{st}");
+}
+
+/// 300 connections that never finish their headers do not starve a normal
+/// request, and are closed after the header read timeout.
+#[tokio::test]
+async fn stalled_connections_are_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = steward_apiserver::Config { header_read_timeout: Duration::from_secs(1), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stalled.push(c);
+    }
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(2), s.client.get(s.ns_url("")).send()).await.expect("starved").unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Every stalled connection is closed by the server (EOF or reset).
+    for mut c in stalled {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a stalled connection was kept open");
+    }
+}
+
+/// Over the in-flight bound, a request gets 429 with Retry-After at once;
+/// watches are counted apart and do not take ordinary requests' slots.
+#[tokio::test]
+async fn inflight_requests_are_bounded() {
+    let api = steward_apiserver::Config { max_requests_inflight: 1, max_long_running_inflight: 1, ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    // A watch holds the one long-running slot; ordinary requests still work.
+    let _w = WatchReader::open(&s, "").await;
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    let r = s.client.get(s.ns_url("?watch=true")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // A create whose body never finishes holds the one ordinary slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = tokio::spawn({
+        let c = s.client.clone();
+        let url = s.ns_url("");
+        async move {
+            c.post(url).header("content-type", "application/json").body(reqwest::Body::wrap_stream(stream)).send().await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = s.client.get(s.ns_url("")).send().await.unwrap();
+        if r.status() == 429 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Probes are never shed.
+    assert_eq!(s.client.get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
+    drop(tx);
+    let _ = slow.await;
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+}
+
+/// A JSON patch that keeps the object at the size cap (add, remove, add,
+/// ...) is refused after a bounded amount of re-measuring, not allowed to
+/// cost a whole-object serialisation per operation.
+#[tokio::test]
+async fn patches_hovering_at_the_size_cap_are_bounded() {
+    let s = TestServer::start().await;
+    let mut c = container("cap");
+    c["spec"]["args"] = json!(["x".repeat(steward_store::MAX_OBJECT_BYTES - 2000)]);
+    create(&s, &c).await;
+    let mut ops = Vec::new();
+    for _ in 0..5000 {
+        ops.push(json!({"op": "add", "path": "/metadata/labels/k", "value": "v".repeat(60)}));
+        ops.push(json!({"op": "remove", "path": "/metadata/labels/k"}));
+    }
+    let t = std::time::Instant::now();
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/cap"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(ops).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 413, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("near the limit"), "{st}");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
 }

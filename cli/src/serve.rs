@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Events a watcher may fall behind before it is ended with 410 Expired.
     #[arg(long, default_value_t = 10_000)]
     pub watch_buffer: usize,
+    /// Requests (other than watches and followed logs) served at once;
+    /// more get 429 with Retry-After.
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Watches and followed logs open at once; more get 429.
+    #[arg(long, default_value_t = 1000)]
+    pub max_long_running_inflight: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -79,11 +86,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.compact_interval.is_zero() {
         anyhow::bail!("--compact-interval must be longer than 0");
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("--data-dir {}: cannot create", args.data_dir.display()))?;
+    owner_only_dir(&args.data_dir)?;
     // One server per data dir: two would each believe their in-memory view.
     let lock_path = args.data_dir.join("steward.lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&lock_path)
+    }
+    .with_context(|| format!("cannot create {}", lock_path.display()))?;
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!("--data-dir {}: another steward is already serving from it", args.data_dir.display())
     })?;
@@ -108,7 +118,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let token_file = args.token_file.clone().unwrap_or_else(|| args.data_dir.join("token"));
         Some(load_or_create_token(&token_file)?)
     };
-    let mut api = steward_apiserver::Config { max_body_bytes: args.max_body_bytes, token: token.clone(), ..Default::default() };
+    let mut api = steward_apiserver::Config {
+        max_body_bytes: args.max_body_bytes,
+        token: token.clone(),
+        max_requests_inflight: args.max_requests_inflight,
+        max_long_running_inflight: args.max_long_running_inflight,
+        ..Default::default()
+    };
 
     // The runtime first: the API serves logs and image imports through it.
     let mut supervisor = None;
@@ -230,6 +246,22 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Creates the data dir owner-only (0700): it holds every spec and env
+/// value, the token and the logs. An existing dir with a looser mode is
+/// tightened, with a warning.
+fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("--data-dir {}", dir.display());
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(|| format!("{}: cannot create", what()))?;
+    let mode = std::fs::metadata(dir).with_context(what)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "data dir readable by others; setting 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("{}: cannot set mode 0700", what()))?;
+    }
+    Ok(())
+}
+
 /// Image archives uploaded to the API go into containerd.
 struct Importer(ContainerdRuntime);
 
@@ -254,5 +286,24 @@ async fn shutdown_signal() {
             Ok(()) => tracing::info!("SIGINT received"),
             Err(e) => tracing::error!(error = %e, "cannot listen for SIGINT"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn data_dir_is_owner_only_also_when_it_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = tmp.path().join("a/b");
+        super::owner_only_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::owner_only_dir(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o700);
     }
 }

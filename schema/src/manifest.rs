@@ -171,3 +171,122 @@ spec:
         assert!(e.starts_with("metadata.nmae: unknown field `nmae`"), "{e}");
     }
 }
+
+/// Parses one YAML document whose aliases, expanded, stay within `budget`
+/// (bytes of scalars plus [`NODE_COST`] per node: roughly the memory the
+/// parsed value takes), as go-yaml refuses "excessive aliasing". A small document whose anchors are referenced many times
+/// (a "billion laughs") would otherwise expand into gigabytes: here the
+/// expansion is first walked without building anything, and abandoned
+/// as soon as it passes the budget.
+pub fn yaml_value_bounded(text: &str, budget: usize) -> Result<serde_yaml::Value, String> {
+    if text.contains('*') {
+        let left = std::cell::Cell::new(budget);
+        serde::de::DeserializeSeed::deserialize(Budget(&left), serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| format!("invalid YAML: {e}"))?;
+    }
+    serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))
+}
+
+/// What one node of a parsed YAML value costs, in budget bytes (a
+/// `serde_yaml::Value` is 80 bytes before its contents).
+pub const NODE_COST: usize = 64;
+
+/// Walks a document, charging `left` for every node and scalar byte.
+#[derive(Clone, Copy)]
+struct Budget<'a>(&'a std::cell::Cell<usize>);
+
+impl Budget<'_> {
+    fn charge<E: serde::de::Error>(self, n: usize) -> Result<(), E> {
+        match self.0.get().checked_sub(n + NODE_COST) {
+            Some(rest) => {
+                self.0.set(rest);
+                Ok(())
+            }
+            None => Err(E::custom("the document's aliases expand beyond the request size limit (excessive aliasing)")),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Budget<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Budget<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.charge(1)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.charge(8)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.charge(8)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.charge(8)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.charge(v.len())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.charge(1)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.charge(1)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.charge(1)?;
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.charge(1)?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.charge(1)?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        let ((), v) = data.variant_seed(self)?;
+        v.newtype_variant_seed(self)
+    }
+}
+
+#[cfg(test)]
+mod bounded_yaml_tests {
+    use super::yaml_value_bounded;
+
+    /// About 9 KB that expands to 10^8 nodes, and stays under serde_yaml's
+    /// own repetition limit (100 alias jumps per event).
+    pub(crate) fn laughs() -> String {
+        let a = vec!["x"; 1000].join(",");
+        let b = vec!["*a"; 100].join(",");
+        let c = vec!["*b"; 1000].join(",");
+        format!("a: &a [{a}]\nb: &b [{b}]\nc: [{c}]\n")
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_quickly() {
+        let t = std::time::Instant::now();
+        let e = yaml_value_bounded(&laughs(), 3 << 20).unwrap_err();
+        assert!(e.contains("excessive aliasing"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn modest_aliases_are_fine() {
+        let v = yaml_value_bounded("a: &x {b: 1}\nc: *x\nd: 'x*y'\n", 1000).unwrap();
+        assert_eq!(v["c"]["b"], serde_yaml::Value::from(1));
+    }
+}

@@ -79,13 +79,29 @@ pub struct ObjectMeta {
     /// Controllers that must clean up before the object goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
-    /// Owners of this object (kept verbatim; garbage collection comes later).
+    /// Owners of this object (stored; garbage collection comes later).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub owner_references: Vec<serde_json::Value>,
+    pub owner_references: Vec<OwnerReference>,
     /// Accepted and dropped: server-side apply field ownership comes later.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub managed_fields: Option<serde_json::Value>,
+}
+
+/// A reference to an owning object, as Kubernetes' `OwnerReference`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+    /// This owner is the managing controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    /// The owner cannot be deleted before this object (foreground deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
 }
 
 fn is_zero(v: &i64) -> bool {

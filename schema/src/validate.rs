@@ -153,6 +153,21 @@ pub fn validate_meta(meta: &crate::ObjectMeta, errs: &mut FieldErrors) {
             errs.invalid(format!("metadata.finalizers[{i}]"), format!("{f:?} is not a qualified name"));
         }
     }
+    let mut controllers = 0;
+    for (i, o) in meta.owner_references.iter().enumerate() {
+        let f = |name: &str| format!("metadata.ownerReferences[{i}].{name}");
+        for (name, v) in [("apiVersion", &o.api_version), ("kind", &o.kind), ("name", &o.name), ("uid", &o.uid)] {
+            if v.trim().is_empty() {
+                errs.required(f(name));
+            }
+        }
+        if o.controller == Some(true) {
+            controllers += 1;
+            if controllers > 1 {
+                errs.invalid(f("controller"), "only one owner reference can be a controller");
+            }
+        }
+    }
 }
 
 /// Validates a whole `Container` (after defaulting). Every problem is
@@ -355,6 +370,20 @@ mod tests {
             ]
         );
         assert!(errs.to_string().contains("spec.env[2].name: \"1bad\" must be a C identifier"), "{errs}");
+    }
+
+    #[test]
+    fn owner_references_are_typed_and_checked() {
+        let yaml = "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: web\n  ownerReferences:\n  - {apiVersion: v1, kind: Thing, name: a, uid: u1, controller: true}\n  - {apiVersion: v1, kind: Thing, name: '', uid: u2, controller: true}\nspec: {image: busybox}\n";
+        let mut c = crate::manifest::container_from_value(serde_yaml::from_str(yaml).unwrap()).unwrap();
+        c.apply_defaults();
+        let errs = validate_container(&c).unwrap_err();
+        let fields: Vec<&str> = errs.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.ownerReferences[1].name", "metadata.ownerReferences[1].controller"]);
+        // Anything that is not an OwnerReference is refused when decoding.
+        let nested = "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: web\n  ownerReferences:\n  - {a: {b: {c: 1}}}\nspec: {image: busybox}\n";
+        let e = crate::manifest::container_from_value(serde_yaml::from_str(nested).unwrap()).unwrap_err();
+        assert!(e.contains("ownerReferences"), "{e}");
     }
 
     #[test]

@@ -50,8 +50,14 @@ pub enum StoreError {
     #[error("too old resource version: {requested} (oldest retained: {oldest})")]
     Expired { requested: i64, oldest: i64 },
     /// A watcher fell too far behind live writes and was ended.
-    #[error("watch ended: the watcher fell more than {0} events behind; relist and watch again")]
-    TooSlow(usize),
+    #[error("watch ended: the watcher fell more than {0} behind; relist and watch again")]
+    TooSlow(String),
+    /// The object as it would be stored is larger than [`MAX_OBJECT_BYTES`].
+    #[error("{} {:?} is too large: {size} bytes as stored, more than the limit of {limit} bytes", key.resource, key.name)]
+    TooLarge { key: Key, size: usize, limit: usize },
+    /// The writer's queue is full: the caller should retry shortly.
+    #[error("the store is busy (its write queue is full); retry shortly")]
+    Busy,
     #[error("the store is shutting down")]
     Closed,
     #[error("storage error: {0}")]
@@ -63,6 +69,16 @@ impl From<sqlx::Error> for StoreError {
         StoreError::Internal(e.to_string())
     }
 }
+
+/// Largest object the store keeps, as serialised JSON (etcd's and so
+/// Kubernetes' default request limit): a larger write is `TooLarge`.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Deepest nesting of arrays and objects a stored object may have (the
+/// object itself is level 1): a deeper write is `Invalid`. Well below
+/// serde_json's recursion limit (128), so every row the store writes can
+/// be read back.
+pub const MAX_DEPTH: usize = 64;
 
 /// How much of the event log to keep. Older revisions cannot be watched
 /// from (they get `Expired`, and the client relists).
@@ -90,6 +106,20 @@ pub struct Config {
     pub compact_interval: Duration,
     /// Events a watcher may have undelivered before it is ended.
     pub watch_buffer: usize,
+    /// Bytes (of serialised objects) a watcher may have undelivered before
+    /// it is ended.
+    pub watch_buffer_bytes: usize,
+    /// Recent events kept in memory with the object before each change:
+    /// they let selector watches resumed from a recent revision decide
+    /// visibility from the previous object, and paged lists be served at
+    /// their first page's revision.
+    pub history_events: usize,
+    /// Bytes of objects the in-memory history may hold (each event counts
+    /// its object and the previous one): a bound on what repeated large
+    /// writes can pin in memory.
+    pub history_bytes: usize,
+    /// Writes that may wait for the writer; more get `Busy`.
+    pub write_queue: usize,
     /// Most writes grouped into one transaction.
     pub max_batch: usize,
     /// How often the objects table (the snapshot the event log is replayed
@@ -104,6 +134,10 @@ impl Config {
             retention: Retention::default(),
             compact_interval: Duration::from_secs(10),
             watch_buffer: 10_000,
+            watch_buffer_bytes: 64 << 20,
+            history_events: 10_000,
+            history_bytes: 64 << 20,
+            write_queue: 4096,
             max_batch: 256,
             snapshot_interval: Duration::from_secs(2),
         }
@@ -126,6 +160,24 @@ pub(crate) struct State {
     pub revision: i64,
     pub compacted: i64,
     pub watchers: Vec<watch::Slot>,
+    /// The last `history_events` committed events, consecutive revisions,
+    /// oldest first (only since this process opened the store).
+    pub history: std::collections::VecDeque<Event>,
+    /// What `history` holds, counted as [`State::history_cost`].
+    pub history_bytes: usize,
+}
+
+impl State {
+    pub fn history_cost(e: &Event) -> usize {
+        e.object.json.len() + e.prev.as_ref().map_or(0, |p| p.json.len())
+    }
+
+    /// The in-memory event at `revision`, if still kept.
+    pub fn history_at(&self, revision: i64) -> Option<&Event> {
+        let first = self.history.front()?.revision;
+        let i = usize::try_from(revision.checked_sub(first)?).ok()?;
+        self.history.get(i)
+    }
 }
 
 pub(crate) struct Shared {
@@ -167,15 +219,121 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (resource, namespace, name)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS events (
         rv INTEGER PRIMARY KEY, type TEXT NOT NULL, resource TEXT NOT NULL,
-        namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, ts INTEGER NOT NULL)",
+        namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, ts INTEGER NOT NULL,
+        prev_rv INTEGER)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    // Rows that could not be decoded at open: kept for an operator, never
+    // read by the store.
+    "CREATE TABLE IF NOT EXISTS quarantine (
+        source TEXT NOT NULL, rv INTEGER NOT NULL, resource TEXT NOT NULL, namespace TEXT NOT NULL,
+        name TEXT NOT NULL, data TEXT NOT NULL, error TEXT NOT NULL, ts INTEGER NOT NULL)",
 ];
+
+/// Decodes a stored row. serde_json's recursion limit (128) is above
+/// [`MAX_DEPTH`], so a row this store wrote always decodes.
+fn decode_row(key: Key, data: &str) -> Result<Arc<Stored>, String> {
+    let object: Object = serde_json::from_str(data).map_err(|e| e.to_string())?;
+    Stored::new(key, object).map_err(|e| e.to_string())
+}
+
+/// What opening the store makes of one row.
+pub(crate) enum Decoded {
+    Ok(Arc<Stored>),
+    /// Readable once its `metadata.ownerReferences` (free-form before they
+    /// were typed) are dropped: kept, and the original quarantined.
+    Salvaged(Arc<Stored>, String),
+    Bad(String),
+}
+
+pub(crate) fn decode_or_salvage(key: Key, data: &str) -> Decoded {
+    let error = match decode_row(key.clone(), data) {
+        Ok(s) => return Decoded::Ok(s),
+        Err(e) => e,
+    };
+    let salvaged = serde_json::from_str::<serde_json::Value>(data).ok().and_then(|mut v| {
+        v.get_mut("metadata")?.as_object_mut()?.remove("ownerReferences")?;
+        let object: Object = serde_json::from_value(v).ok()?;
+        Stored::new(key, object).ok()
+    });
+    match salvaged {
+        Some(s) => Decoded::Salvaged(s, error),
+        None => Decoded::Bad(error),
+    }
+}
+
+/// Copies an undecodable row into the quarantine table, so that opening
+/// the store never fails on one object.
+async fn quarantine(
+    conn: &mut sqlx::SqliteConnection,
+    source: &str,
+    rv: i64,
+    key: &Key,
+    data: &str,
+    error: &str,
+) -> Result<(), StoreError> {
+    tracing::error!(%key, rv, source, error, "undecodable row skipped and copied to the quarantine table");
+    sqlx::query("INSERT INTO quarantine (source, rv, resource, namespace, name, data, error, ts) VALUES (?,?,?,?,?,?,?,?)")
+        .bind(source)
+        .bind(rv)
+        .bind(key.resource.as_str())
+        .bind(key.namespace.as_str())
+        .bind(key.name.as_str())
+        .bind(data)
+        .bind(error)
+        .bind(writer::now_ms())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes `path` readable by its owner only (0600), creating it empty when
+/// missing, and tightens it (with a warning) when it is looser.
+#[cfg(unix)]
+fn owner_only(path: &std::path::Path, create: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Internal(format!("{}: {e}", path.display()));
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "store file readable by others; setting 0600");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn owner_only(_: &std::path::Path, _: bool) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// The store file and SQLite's companions (`-wal`, `-shm`).
+fn store_files(path: &std::path::Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    [path.to_path_buf(), with("-wal"), with("-shm")]
+}
 
 impl Store {
     /// Opens (creating if needed) the store at `config.path`, loads the
     /// latest snapshot of every object and replays the event log after it,
     /// then starts the writer task.
     pub async fn open(config: Config) -> Result<Store, StoreError> {
+        // SQLite gives -wal and -shm the mode of the database file: create
+        // it owner-only (it holds every spec and env value).
+        for (i, f) in store_files(&config.path).iter().enumerate() {
+            owner_only(f, i == 0)?;
+        }
         let opts = SqliteConnectOptions::new()
             .filename(&config.path)
             .create_if_missing(true)
@@ -191,21 +349,45 @@ impl Store {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&mut conn).await?;
         }
-        let corrupt = |what: String, e: serde_json::Error| StoreError::Internal(format!("corrupt {what} in {}: {e}", config.path.display()));
+        // Stores made before events recorded their previous version.
+        let has_prev: i64 = sqlx::query("SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'prev_rv'")
+            .fetch_one(&mut conn)
+            .await?
+            .get(0);
+        if has_prev == 0 {
+            sqlx::query("ALTER TABLE events ADD COLUMN prev_rv INTEGER").execute(&mut conn).await?;
+        }
         let meta = |k: &'static str| sqlx::query("SELECT value FROM meta WHERE key = ?").bind(k);
         let snapshot: i64 = meta("snapshot").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let compacted: i64 = meta("compacted").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let mut objects = BTreeMap::new();
-        for row in sqlx::query("SELECT resource, namespace, name, data FROM objects").fetch_all(&mut conn).await? {
+        let mut dirty = std::collections::HashMap::new();
+        for row in sqlx::query("SELECT resource, namespace, name, data, rv FROM objects").fetch_all(&mut conn).await? {
             let key = Key::new(row.get(0), row.get(1), row.get(2));
             let data: String = row.get(3);
-            let object: Object = serde_json::from_str(&data).map_err(|e| corrupt(format!("object {key}"), e))?;
-            let stored = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(e.to_string()))?;
-            objects.insert(key, stored);
+            match decode_or_salvage(key.clone(), &data) {
+                Decoded::Ok(stored) => {
+                    objects.insert(key, stored);
+                }
+                Decoded::Salvaged(stored, e) => {
+                    quarantine(&mut conn, "objects (kept without ownerReferences)", row.get(4), &key, &data, &e).await?;
+                    // The next snapshot rewrites the row readable.
+                    dirty.insert(key.clone(), Some(stored.clone()));
+                    objects.insert(key, stored);
+                }
+                Decoded::Bad(e) => {
+                    quarantine(&mut conn, "objects", row.get(4), &key, &data, &e).await?;
+                    sqlx::query("DELETE FROM objects WHERE resource = ? AND namespace = ? AND name = ?")
+                        .bind(key.resource.as_str())
+                        .bind(key.namespace.as_str())
+                        .bind(key.name.as_str())
+                        .execute(&mut conn)
+                        .await?;
+                }
+            }
         }
         // Every write after the snapshot is in the event log (compaction
         // never passes the snapshot): replay it.
-        let mut dirty = std::collections::HashMap::new();
         let mut revision = snapshot.max(compacted);
         let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data FROM events WHERE rv > ? ORDER BY rv")
             .bind(snapshot)
@@ -215,8 +397,20 @@ impl Store {
             let rv: i64 = row.get(0);
             let key = Key::new(row.get(2), row.get(3), row.get(4));
             let data: String = row.get(5);
-            let object: Object = serde_json::from_str(&data).map_err(|e| corrupt(format!("event {rv}"), e))?;
-            let stored = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(e.to_string()))?;
+            revision = revision.max(rv);
+            let stored = match decode_or_salvage(key.clone(), &data) {
+                Decoded::Ok(s) => s,
+                Decoded::Salvaged(s, e) => {
+                    quarantine(&mut conn, "events (kept without ownerReferences)", rv, &key, &data, &e).await?;
+                    s
+                }
+                Decoded::Bad(e) => {
+                    // The event stays in the log (revisions stay
+                    // consecutive); watches skip it too.
+                    quarantine(&mut conn, "events", rv, &key, &data, &e).await?;
+                    continue;
+                }
+            };
             let ty: String = row.get(1);
             let after = (ty != EventType::Deleted.as_str()).then_some(stored);
             match &after {
@@ -224,23 +418,25 @@ impl Store {
                 None => objects.remove(&key),
             };
             dirty.insert(key, after);
-            revision = revision.max(rv);
         }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone().create_if_missing(false).read_only(true))
             .await?;
         let checkpointer = opts.clone().create_if_missing(false).connect().await?;
+        for f in store_files(&config.path) {
+            owner_only(&f, false)?;
+        }
         tracing::info!(
             path = %config.path.display(), objects = objects.len(), revision, snapshot, replayed = dirty.len(), compacted,
             "store opened"
         );
         let shared = Arc::new(Shared {
-            state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new() }),
+            state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new(), history: Default::default(), history_bytes: 0 }),
             config,
             readers,
         });
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(shared.config.write_queue.max(1));
         tokio::spawn(writer::run(conn, checkpointer, shared.clone(), rx, dirty, snapshot));
         Ok(Store { shared, commands: tx })
     }
@@ -249,10 +445,14 @@ impl Store {
     /// for a real write, but nothing is stored.
     pub async fn write(&self, write: Write, dry_run: bool) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
+        // A full queue answers at once (the API turns it into 429 and
+        // Retry-After) instead of piling up waiting requests.
         self.commands
-            .send(writer::Command::Write(Box::new(writer::Request { write, dry_run, reply })))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+            .try_send(writer::Command::Write(Box::new(writer::Request { write, dry_run, reply })))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -314,6 +514,81 @@ impl Store {
         ListPage { items, revision: st.revision, next }
     }
 
+    /// As [`Store::list`], but as the objects were at `revision` (a page
+    /// after the first of a paged list): the current objects with every
+    /// change after `revision` undone from the in-memory history. `Expired`
+    /// when that history no longer reaches back to `revision`.
+    pub fn list_at(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&Key>,
+        limit: usize,
+        revision: i64,
+        filter: impl Fn(&Stored) -> bool,
+    ) -> Result<ListPage, StoreError> {
+        use std::ops::Bound;
+        let st = self.shared.read();
+        if revision >= st.revision {
+            drop(st);
+            let mut page = self.list(resource, namespace, after, limit, filter);
+            page.revision = page.revision.max(revision);
+            return Ok(page);
+        }
+        let oldest = st.history.front().map_or(st.revision, |e| e.revision - 1);
+        if revision < oldest {
+            return Err(StoreError::Expired { requested: revision, oldest });
+        }
+        let in_range = |k: &Key| {
+            k.resource == resource
+                && namespace.is_none_or(|ns| ns == k.namespace)
+                && after.is_none_or(|a| k > a)
+        };
+        // Each changed key's state at `revision` is the state before its
+        // earliest change after it: walk newest to oldest, last one wins.
+        let mut then: BTreeMap<&Key, Option<&Arc<Stored>>> = BTreeMap::new();
+        for e in st.history.iter().rev().take_while(|e| e.revision > revision) {
+            if in_range(&e.object.key) {
+                let before = if e.event_type == EventType::Added { None } else { e.prev.as_ref() };
+                then.insert(&e.object.key, before);
+            }
+        }
+        let start = match after {
+            Some(k) => Bound::Excluded(k.clone()),
+            None => Bound::Included(Key::new(resource, namespace.unwrap_or(""), "")),
+        };
+        let mut current = st
+            .objects
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| ns == k.namespace))
+            .filter(|(k, _)| !then.contains_key(k))
+            .peekable();
+        let mut undone = then.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).peekable();
+        let mut items = Vec::new();
+        let mut next = None;
+        // Both are in key order and disjoint: merge them, lazily, so a page
+        // costs its size and the changes since `revision`, not the list.
+        loop {
+            let take_current = match (current.peek(), undone.peek()) {
+                (Some(c), Some(u)) => c.0 < u.0,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let v = if take_current { current.next().map(|(_, v)| v) } else { undone.next().map(|(_, v)| v) };
+            let Some(v) = v else { break };
+            if !filter(v) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                next = items.last().map(|s: &Arc<Stored>| s.key.clone());
+                break;
+            }
+            items.push(v.clone());
+        }
+        Ok(ListPage { items, revision, next })
+    }
+
     /// Starts a watch of `resource`. With `from = Some(R)` it delivers every
     /// change after revision R, in order; with `None`, first the current
     /// objects as `Added`, then every later change.
@@ -339,5 +614,39 @@ impl Store {
             let _ = rx.await;
         }
         self.shared.readers.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that finds the writer's queue full is answered `Busy` at once.
+    #[tokio::test]
+    async fn a_full_write_queue_answers_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Config::new(dir.path().join("s.db"))).await.unwrap();
+        // A queue of one that nobody drains: the first write waits in it.
+        let (tx, _rx) = mpsc::channel(1);
+        let stalled = Store { shared: store.shared.clone(), commands: tx };
+        let obj = || Object {
+            api_version: "v".into(),
+            kind: "K".into(),
+            metadata: Default::default(),
+            spec: serde_json::Value::Null,
+            status: None,
+        };
+        let first = tokio::spawn({
+            let s = stalled.clone();
+            async move { s.write(Write::Create { key: Key::new("r", "n", "a"), object: obj() }, false).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stalled.commands.capacity() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the first write never queued");
+            tokio::task::yield_now().await;
+        }
+        let second = stalled.write(Write::Create { key: Key::new("r", "n", "b"), object: obj() }, false).await;
+        assert!(matches!(second, Err(StoreError::Busy)), "{second:?}");
+        first.abort();
     }
 }

@@ -8,14 +8,14 @@
 //! a watcher that lets it fill is ended with `TooSlow`, never buffered
 //! without bound.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::Row;
 use tokio::sync::mpsc;
 
-use crate::object::{Event, EventType, Key, Object, Stored};
+use crate::object::{Event, EventType, Key, Stored};
 use crate::{Shared, StoreError};
 
 const REPLAY_BATCH: i64 = 1000;
@@ -24,6 +24,8 @@ pub(crate) struct Slot {
     pub resource: String,
     pub tx: mpsc::Sender<Event>,
     pub overflowed: Arc<AtomicBool>,
+    /// Bytes sent to `tx` and not yet received.
+    pub bytes: Arc<AtomicUsize>,
 }
 
 /// A stream of the changes to one resource; see [`crate::Store::watch`].
@@ -39,11 +41,13 @@ pub struct Watch {
     skip_through: i64,
     rx: mpsc::Receiver<Event>,
     overflowed: Arc<AtomicBool>,
+    bytes: Arc<AtomicUsize>,
 }
 
 pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> Result<Watch, StoreError> {
     let (tx, rx) = mpsc::channel(shared.config.watch_buffer.max(1));
     let overflowed = Arc::new(AtomicBool::new(false));
+    let bytes = Arc::new(AtomicUsize::new(0));
     let mut st = shared.write();
     let current = st.revision;
     if let Some(r) = from {
@@ -60,7 +64,7 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
             .map(|(_, o)| Event { revision: o.revision, event_type: EventType::Added, object: o.clone(), prev: None })
             .collect(),
     };
-    st.watchers.push(Slot { resource: resource.into(), tx, overflowed: overflowed.clone() });
+    st.watchers.push(Slot { resource: resource.into(), tx, overflowed: overflowed.clone(), bytes: bytes.clone() });
     drop(st);
     let start = from.unwrap_or(current);
     Ok(Watch {
@@ -72,6 +76,7 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
         skip_through: start,
         rx,
         overflowed,
+        bytes,
     })
 }
 
@@ -92,12 +97,20 @@ impl Watch {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let received = self.rx.recv().await;
+            if let Some(e) = &received {
+                self.bytes.fetch_sub(e.object.json.len(), Ordering::SeqCst);
+            }
+            match received {
                 Some(e) if e.revision <= self.skip_through => continue,
                 Some(e) => return Some(Ok(e)),
                 None if self.overflowed.load(Ordering::SeqCst) => {
                     self.overflowed.store(false, Ordering::SeqCst);
-                    return Some(Err(StoreError::TooSlow(self.shared.config.watch_buffer)));
+                    let c = &self.shared.config;
+                    return Some(Err(StoreError::TooSlow(format!(
+                        "{} events or {} bytes",
+                        c.watch_buffer, c.watch_buffer_bytes
+                    ))));
                 }
                 None => return None,
             }
@@ -117,7 +130,7 @@ impl Watch {
     }
 
     async fn replay_batch(&mut self) -> Result<(), StoreError> {
-        let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data FROM events WHERE rv >= ? AND rv <= ? ORDER BY rv LIMIT ?")
+        let rows = sqlx::query("SELECT rv, type, resource, namespace, name, data, prev_rv FROM events WHERE rv >= ? AND rv <= ? ORDER BY rv LIMIT ?")
             .bind(self.replay_next)
             .bind(self.replay_end)
             .bind(REPLAY_BATCH)
@@ -131,6 +144,10 @@ impl Watch {
         if rows.is_empty() {
             return Err(expired(self.replay_next));
         }
+        // Each event with the revision of its previous version, when that
+        // is still to be read (from the log, for events older than the
+        // in-memory history): it decides selector visibility.
+        let mut from_log: Vec<(Event, Option<i64>)> = Vec::new();
         for row in rows {
             let rv: i64 = row.get(0);
             // One event per revision: a gap means compaction got there first.
@@ -146,10 +163,63 @@ impl Watch {
             let data: String = row.get(5);
             let ty: String = row.get(1);
             let event_type = EventType::parse(&ty).ok_or_else(|| StoreError::Internal(format!("bad event type {ty:?} at revision {rv}")))?;
-            let object: Object = serde_json::from_str(&data).map_err(|e| StoreError::Internal(format!("corrupt event {rv}: {e}")))?;
-            let object = Stored::new(key, object).map_err(|e| StoreError::Internal(e.to_string()))?;
-            self.pending.push_back(Event { revision: rv, event_type, object, prev: None });
+            // Recent events are still in memory, with the previous object
+            // that decides selector visibility.
+            let kept = self.shared.read().history_at(rv).cloned();
+            if let Some(e) = kept {
+                from_log.push((e, None));
+                continue;
+            }
+            let object = match crate::decode_or_salvage(key.clone(), &data) {
+                crate::Decoded::Ok(o) | crate::Decoded::Salvaged(o, _) => o,
+                crate::Decoded::Bad(e) => {
+                    // Quarantined at open; not deliverable.
+                    tracing::error!(%key, rv, error = %e, "undecodable event skipped");
+                    continue;
+                }
+            };
+            from_log.push((Event { revision: rv, event_type, object, prev: None }, row.get(6)));
+        }
+        let wanted: Vec<i64> = from_log.iter().filter_map(|(_, p)| *p).collect();
+        let prevs = previous_versions(&self.shared, &self.resource, &wanted).await?;
+        for (mut e, prev_rv) in from_log {
+            if let Some(p) = prev_rv {
+                e.prev = prevs.get(&p).cloned();
+            }
+            self.pending.push_back(e);
         }
         Ok(())
     }
+}
+
+/// The objects written at `revisions`, from the event log, or from the
+/// snapshot table when that version is the one it holds. A version found
+/// in neither (compacted and since overwritten) is left out: the caller
+/// treats it as unknown.
+async fn previous_versions(shared: &Shared, resource: &str, revisions: &[i64]) -> Result<HashMap<i64, Arc<Stored>>, StoreError> {
+    let mut found = HashMap::new();
+    for chunk in revisions.chunks(500) {
+        let mut sql = String::from("SELECT rv, resource, namespace, name, data FROM events WHERE rv IN (");
+        sql.push_str(&vec!["?"; chunk.len()].join(","));
+        sql.push_str(") UNION ALL SELECT rv, resource, namespace, name, data FROM objects WHERE resource = ? AND rv IN (");
+        sql.push_str(&vec!["?"; chunk.len()].join(","));
+        sql.push(')');
+        let mut q = sqlx::query(&sql);
+        for rv in chunk {
+            q = q.bind(rv);
+        }
+        q = q.bind(resource);
+        for rv in chunk {
+            q = q.bind(rv);
+        }
+        for row in q.fetch_all(&shared.readers).await? {
+            let rv: i64 = row.get(0);
+            let key = Key::new(row.get(1), row.get(2), row.get(3));
+            let data: String = row.get(4);
+            if let crate::Decoded::Ok(o) | crate::Decoded::Salvaged(o, _) = crate::decode_or_salvage(key, &data) {
+                found.insert(rv, o);
+            }
+        }
+    }
+    Ok(found)
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use steward_schema::Time;
 
 use crate::object::{EventType, Key, Object, Stored};
-use crate::StoreError;
+use crate::{StoreError, MAX_DEPTH, MAX_OBJECT_BYTES};
 
 /// A write request. Preconditions: a non-empty `resource_version` (and
 /// `uid`) must match the stored object, else `Conflict`.
@@ -79,9 +79,57 @@ fn check_preconditions(current: &Stored, resource_version: &str, uid: &str) -> R
     Ok(())
 }
 
+/// Every write's resulting object passes here before it is committed: the
+/// one place its stored size and nesting depth are checked.
 fn stored(key: &Key, mut object: Object, revision: i64) -> Result<Arc<Stored>, StoreError> {
     object.metadata.resource_version = revision.to_string();
-    Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(format!("serialising {key}: {e}")))
+    let s = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(format!("serialising {key}: {e}")))?;
+    check_limits(key, &s.json)?;
+    Ok(s)
+}
+
+/// Refuses an object whose serialised JSON is larger than
+/// [`MAX_OBJECT_BYTES`] or nests deeper than [`MAX_DEPTH`]. One pass over
+/// bytes the store has just made anyway.
+pub fn check_limits(key: &Key, json: &[u8]) -> Result<(), StoreError> {
+    if json.len() > MAX_OBJECT_BYTES {
+        return Err(StoreError::TooLarge { key: key.clone(), size: json.len(), limit: MAX_OBJECT_BYTES });
+    }
+    let depth = json_depth(json);
+    if depth > MAX_DEPTH {
+        return Err(StoreError::Invalid {
+            key: key.clone(),
+            field: "<object>".into(),
+            message: format!("nests {depth} levels of objects and arrays, more than the limit of {MAX_DEPTH}"),
+        });
+    }
+    Ok(())
+}
+
+/// The deepest nesting of objects and arrays in valid JSON text.
+pub fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn not_found(key: &Key) -> StoreError {
@@ -174,7 +222,9 @@ pub fn apply(
             let event_type = if new.metadata.finalizers.is_empty() {
                 EventType::Deleted
             } else if new.metadata.deletion_timestamp.is_none() {
+                // As Kubernetes: a deletion is a change of desired state.
                 new.metadata.deletion_timestamp = Some(now);
+                new.metadata.generation += 1;
                 EventType::Modified
             } else {
                 return Ok(Outcome::Unchanged(cur.clone()));
@@ -280,6 +330,7 @@ mod tests {
         let (t, s3) = changed(apply(del(), Some(&s2), 3, Time::now(), String::new));
         assert_eq!(t, EventType::Modified);
         assert!(s3.object.metadata.deletion_timestamp.is_some());
+        assert_eq!(s3.object.metadata.generation, s2.object.metadata.generation + 1, "deletion bumps generation");
         // A second delete changes nothing.
         assert!(matches!(apply(del(), Some(&s3), 4, Time::now(), String::new), Ok(Outcome::Unchanged(_))));
         // Adding a finalizer now is refused.

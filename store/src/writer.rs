@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::object::{Event, EventType, Key, Stored};
 use crate::write::{self, Outcome, Write};
-use crate::{Shared, StoreError, WriteResult};
+use crate::{Shared, State, StoreError, WriteResult};
 
 pub(crate) struct Request {
     pub write: Write,
@@ -40,7 +40,7 @@ pub(crate) enum Control {
 
 /// SQLite's bound-parameter limit is 32766; stay well below it.
 const ROWS_PER_STATEMENT: usize = 200;
-/// 7 parameters a row: one statement holds a whole default batch (256).
+/// 8 parameters a row: one statement holds a whole default batch (256).
 const EVENTS_PER_STATEMENT: usize = 1000;
 
 /// Objects changed since the last snapshot (None = deleted).
@@ -136,7 +136,7 @@ pub(crate) async fn run(
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -226,8 +226,8 @@ async fn persist(conn: &mut SqliteConnection, events: &[Event]) -> Result<(), sq
 }
 
 async fn insert_events(conn: &mut SqliteConnection, chunk: &[Event], ts: i64) -> Result<(), sqlx::Error> {
-    let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts) VALUES ");
-    sql.push_str(&vec!["(?,?,?,?,?,?,?)"; chunk.len()].join(","));
+    let mut sql = String::from("INSERT INTO events (rv, type, resource, namespace, name, data, ts, prev_rv) VALUES ");
+    sql.push_str(&vec!["(?,?,?,?,?,?,?,?)"; chunk.len()].join(","));
     let mut q = sqlx::query(&sql);
     for e in chunk {
         let k = &e.object.key;
@@ -238,7 +238,8 @@ async fn insert_events(conn: &mut SqliteConnection, chunk: &[Event], ts: i64) ->
             .bind(k.namespace.as_str())
             .bind(k.name.as_str())
             .bind(json_str(&e.object.json))
-            .bind(ts);
+            .bind(ts)
+            .bind(e.prev.as_ref().map(|p| p.revision));
     }
     q.execute(conn).await.map(|_| ())
 }
@@ -321,6 +322,18 @@ fn json_str(b: &bytes::Bytes) -> &str {
 /// together under the write lock.
 fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: Vec<Event>, revision: i64) {
     let mut st = shared.write();
+    let (keep, keep_bytes) = (shared.config.history_events, shared.config.history_bytes);
+    if keep > 0 {
+        for e in &events {
+            st.history_bytes += State::history_cost(e);
+            st.history.push_back(e.clone());
+        }
+        while st.history.len() > keep || (st.history_bytes > keep_bytes && st.history.len() > 1) {
+            if let Some(old) = st.history.pop_front() {
+                st.history_bytes -= State::history_cost(&old);
+            }
+        }
+    }
     for (k, v) in overlay {
         match v {
             Some(o) => {
@@ -333,8 +346,17 @@ fn publish(shared: &Shared, overlay: HashMap<Key, Option<Arc<Stored>>>, events: 
     }
     st.revision = revision;
     let buffer = shared.config.watch_buffer;
+    let max_bytes = shared.config.watch_buffer_bytes;
     st.watchers.retain(|w| {
         for e in events.iter().filter(|e| e.object.key.resource == w.resource) {
+            let size = e.object.json.len();
+            // Undelivered bytes, bounded as well as undelivered events: a
+            // few thousand large objects must not pile up per watcher.
+            if w.bytes.fetch_add(size, Ordering::SeqCst) + size > max_bytes {
+                tracing::warn!(resource = %w.resource, max_bytes, "watcher too slow (bytes); ending it");
+                w.overflowed.store(true, Ordering::SeqCst);
+                return false;
+            }
             match w.tx.try_send(e.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
