@@ -912,3 +912,17 @@ async fn patches_hovering_at_the_size_cap_are_bounded() {
     assert!(st["message"].as_str().unwrap().contains("near the limit"), "{st}");
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
 }
+
+/// The header read timeout also closes idle keep-alive connections (as an
+/// idle timeout); a client's next request on its pool then goes through.
+#[tokio::test]
+async fn idle_keep_alive_connections_closed_by_the_timeout_are_harmless() {
+    let api = steward_apiserver::Config { header_read_timeout: Duration::from_millis(300), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    for _ in 0..3 {
+        let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+        assert_eq!(code, 200);
+        // Idle for longer than the timeout: the server closes the connection.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
