@@ -254,6 +254,9 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // The server closes connections idle for 10 s (its header read
+            // timeout); drop ours first so no request races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .build()

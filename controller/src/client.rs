@@ -75,6 +75,9 @@ impl<K: Resource> Api<K> {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // The server closes connections idle for 10 s (its header read
+            // timeout); drop ours first so no request races that close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .default_headers(headers)
             .build()
             .unwrap_or_default();
