@@ -64,6 +64,9 @@ pub struct ServeArgs {
     pub watch_buffer: usize,
 }
 
+/// How often containerd is probed for `/readyz`.
+const READINESS_PROBE_EVERY: Duration = Duration::from_secs(2);
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
         anyhow::bail!(
@@ -119,6 +122,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut cfg = ContainerdConfig::new(&socket, &log_root);
         cfg.namespace = args.containerd_namespace.clone();
         let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
+        // /readyz answers 503 while containerd does not answer.
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
+        api.not_ready = Some(ready_rx);
+        tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.watch_readiness(ready_tx, READINESS_PROBE_EVERY).await }
+        });
         api.logs_dir = Some(log_root.join(&args.containerd_namespace));
         api.images = Some(Arc::new(Importer(rt.clone())));
         // Uploads a crash left half-written are of no use to anyone.

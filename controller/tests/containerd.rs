@@ -389,3 +389,61 @@ fn read_log(t: &common::TestContainerd, id: &str) -> String {
     let base = steward_logfile::log_path(&t.log_root(), &t.namespace, id);
     String::from_utf8(steward_logfile::read(&steward_logfile::log_files(&base), &Default::default()).unwrap()).unwrap()
 }
+
+/// Sends SIGCONT on drop, so a failing test never leaves containerd stopped.
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the containerd this test started.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_containerd_fails_calls_within_the_deadline_and_recovers() {
+    let t = TestContainerd::start("hung").await;
+    let mut cfg = steward_controller::containerd::ContainerdConfig::new(t.socket(), t.log_root());
+    cfg.namespace = t.namespace.clone();
+    cfg.call_timeout = Duration::from_secs(1);
+    let rt = steward_controller::containerd::ContainerdRuntime::connect(cfg).await.expect("connect");
+    assert!(rt.find("u-1").await.expect("find while containerd answers").is_empty());
+    assert_eq!(rt.probe().await, Ok(()));
+    let (ready_tx, mut ready) = tokio::sync::watch::channel(None);
+    let watcher = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.watch_readiness(ready_tx, Duration::from_millis(200)).await }
+    });
+
+    let pid = t.supervisor.as_ref().map(|s| s.pid()).unwrap_or(0) as i32;
+    assert!(pid > 0, "the supervisor started containerd");
+    // SAFETY: kill(2) on the containerd this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let guard = Continue(pid);
+
+    // What a reconcile pass does first: it must fail, not hang.
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), rt.find("u-1")).await.expect("find returned (no hang)");
+    let took = started.elapsed();
+    assert!(matches!(&r, Err(RuntimeError::Unavailable(_))), "{r:?}");
+    assert!(took < Duration::from_secs(3), "failed after {took:?}, deadline 1 s");
+    let r = tokio::time::timeout(Duration::from_secs(10), rt.start("nope")).await.expect("start returned (no hang)");
+    assert!(r.is_err(), "{r:?}");
+    // Readiness says so, with a reason.
+    let reason = tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| r.is_some()))
+        .await
+        .expect("not ready within 10 s")
+        .expect("watcher alive")
+        .clone();
+    assert!(reason.as_deref().is_some_and(|r| r.contains("containerd")), "{reason:?}");
+
+    drop(guard); // SIGCONT
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| r.is_none()))
+        .await
+        .expect("ready again within 10 s")
+        .expect("watcher alive");
+    assert!(rt.find("u-1").await.expect("find after recovery").is_empty());
+    watcher.abort();
+}

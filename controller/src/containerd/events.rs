@@ -56,7 +56,8 @@ async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Re
     // Subscribe resolves only when the first event arrives, so it runs in
     // its own task while we publish a marker event to make one arrive.
     let sub = {
-        let req = rt.ctx.req(SubscribeRequest { filters });
+        // A stream for as long as containerd lives: no deadline on it.
+        let req = rt.ctx.stream_req(SubscribeRequest { filters });
         tokio::spawn(async move { client.subscribe(req).await })
     };
     let publisher = {

@@ -64,6 +64,14 @@ const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Leases expire on their own if steward dies holding one.
 const LEASE_TTL: chrono::Duration = chrono::Duration::hours(1);
+/// The deadline of one containerd call (unary calls, and each message of a
+/// streaming one): a hung containerd fails the reconcile, never holds its
+/// slot for ever.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unpacking one layer (Diff.Apply) reads and writes the whole layer.
+const UNPACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The readiness probe: containerd must answer Version within this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach containerd and where container output goes.
 #[derive(Clone, Debug)]
@@ -77,6 +85,8 @@ pub struct ContainerdConfig {
     /// The executable the shim runs as log driver (`exe log-driver ARG`):
     /// steward itself by default.
     pub log_driver_exe: PathBuf,
+    /// The deadline of every containerd call ([`DEFAULT_CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
 }
 
 impl ContainerdConfig {
@@ -87,6 +97,7 @@ impl ContainerdConfig {
             snapshotter: "overlayfs".into(),
             logs: LogDriverConfig::new(log_root),
             log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -98,10 +109,31 @@ pub(crate) struct Ctx {
     pub namespace: String,
     pub snapshotter: String,
     pub lease: Option<String>,
+    /// The deadline of one call, or of one message of a stream.
+    pub timeout: Duration,
 }
 
 impl Ctx {
+    /// A unary request: namespace, lease, and the call deadline (sent as
+    /// `grpc-timeout`, which tonic's channel also enforces client-side, so
+    /// a containerd that never answers fails the call).
     pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut req = self.stream_req(msg);
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    /// A unary request with a deadline of its own (long operations).
+    pub fn req_within<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut req = self.stream_req(msg);
+        req.set_timeout(timeout);
+        req
+    }
+
+    /// A streaming request: no deadline on the whole stream (containerd
+    /// would end it at the deadline); callers bound each message with
+    /// [`Ctx::next`].
+    pub fn stream_req<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         // Validated at construction, so these parse.
         if let Ok(v) = MetadataValue::try_from(self.namespace.as_str()) {
@@ -114,6 +146,17 @@ impl Ctx {
             }
         }
         req
+    }
+
+    /// Awaits one step of a stream (or a streaming call) within the call
+    /// deadline; a step that takes longer is a `DeadlineExceeded` status.
+    pub async fn within<F: std::future::Future>(&self, what: &str, f: F) -> Result<F::Output, containerd_client::tonic::Status> {
+        tokio::time::timeout(self.timeout, f).await.map_err(|_| {
+            containerd_client::tonic::Status::deadline_exceeded(format!(
+                "{what}: containerd did not answer within {:?}",
+                self.timeout
+            ))
+        })
     }
 }
 
@@ -147,7 +190,13 @@ impl ContainerdRuntime {
             .build()
             .map_err(|e| RuntimeError::Unavailable(format!("http client: {e}")))?;
         let rt = ContainerdRuntime {
-            ctx: Ctx { channel, namespace: cfg.namespace.clone(), snapshotter: cfg.snapshotter.clone(), lease: None },
+            ctx: Ctx {
+                channel,
+                namespace: cfg.namespace.clone(),
+                snapshotter: cfg.snapshotter.clone(),
+                lease: None,
+                timeout: cfg.call_timeout,
+            },
             cfg: Arc::new(cfg),
             http,
         };
@@ -161,9 +210,40 @@ impl ContainerdRuntime {
 
     /// containerd's version (also a liveness check).
     pub async fn version(&self) -> Result<String, RuntimeError> {
+        self.version_within(self.ctx.timeout).await
+    }
+
+    async fn version_within(&self, timeout: Duration) -> Result<String, RuntimeError> {
         let mut v = VersionClient::new(self.ctx.channel.clone());
-        let r = v.version(()).await.map_err(|s| from_status("version", "", &s))?;
+        let r = v.version(self.ctx.req_within((), timeout)).await.map_err(|s| from_status("version", "", &s))?;
         Ok(r.into_inner().version)
+    }
+
+    /// Whether containerd answers now (within a short deadline): `Err`
+    /// says why not. What `/readyz` reports.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.version_within(PROBE_TIMEOUT).await.map(|_| ()).map_err(|e| match e {
+            RuntimeError::Unavailable(m) => m,
+            other => other.to_string(),
+        })
+    }
+
+    /// Probes containerd every `every` and publishes the verdict (`None` =
+    /// ready, `Some(reason)` = not), until every receiver is gone.
+    pub async fn watch_readiness(&self, tx: tokio::sync::watch::Sender<Option<String>>, every: Duration) {
+        loop {
+            let verdict = self.probe().await.err().map(|e| format!("containerd at {}: {e}", self.cfg.socket.display()));
+            if verdict != *tx.borrow() {
+                match &verdict {
+                    Some(r) => tracing::warn!(reason = %r, "not ready"),
+                    None => tracing::info!("containerd answers again; ready"),
+                }
+            }
+            if tx.send(verdict).is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Runs `f` under a fresh lease, deleted afterwards (it expires on its
