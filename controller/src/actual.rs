@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use steward_schema::{ContainerSpec, Time};
 
 pub const LABEL_MANAGED_BY: &str = "steward.dev/managed-by";
@@ -22,6 +23,14 @@ pub const LABEL_SPEC_HASH: &str = "steward.dev/spec-hash";
 /// survives a steward restart.
 pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
 pub const MANAGED_BY: &str = "steward";
+/// The uid of the store whose object the container belongs to: several
+/// stewards may share one containerd namespace, and each collects only its
+/// own garbage (see `container::gc`).
+pub const LABEL_STORE: &str = "steward.dev/store";
+/// The stop signal (name, e.g. `SIGTERM`) and grace period (seconds) the
+/// container was created with: how it is stopped once its object is gone.
+pub const LABEL_STOP_SIGNAL: &str = "steward.dev/stop-signal";
+pub const LABEL_STOP_GRACE: &str = "steward.dev/stop-grace-seconds";
 
 /// The state of a task (the running process of a container).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +144,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Records when a stop was requested (label on the container).
     fn mark_stopping<'a>(&'a self, id: &'a str, at: Time) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
+    /// Sets one label on the container, leaving the others as they are.
+    fn set_label<'a>(&'a self, id: &'a str, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
     /// Deletes a stopped task.
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
@@ -145,4 +157,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// re-subscribed across runtime restarts. Events are hints: the
     /// reconciler re-reads actual state.
     fn events(&self) -> BoxStream<'static, String>;
+
+    /// Ids of containers just created in the namespace, by anyone (so a
+    /// stray one is collected within seconds, not at the next sweep).
+    /// Best effort: creates during an outage are left to the sweep.
+    fn created(&self) -> BoxStream<'static, String> {
+        futures_util::stream::pending().boxed()
+    }
 }

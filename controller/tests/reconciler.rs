@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use steward_controller::actual::*;
 use steward_controller::client::Api;
-use steward_controller::container::reconciler::{collect_garbage, object_of, reconcile, Context, FINALIZER};
+use steward_controller::container::gc::Collector;
+use steward_controller::container::reconciler::{object_of, reconcile, Context, FINALIZER};
 use steward_controller::runtime::controller::{Config, Controller};
 use steward_schema::{Container, ContainerSpec, PullPolicy, Time};
 use tokio::sync::broadcast;
@@ -134,6 +135,12 @@ impl Runtime for Fake {
         }
         ok(())
     }
+    fn set_label<'a>(&'a self, id: &'a str, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        if let Some(c) = self.s.lock().unwrap().containers.get_mut(id) {
+            c.labels.insert(key.into(), value.into());
+        }
+        ok(())
+    }
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
         let mut s = self.s.lock().unwrap();
         s.log.push(format!("delete-task {id}"));
@@ -171,6 +178,9 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// The store identity the harness's reconciler labels containers with.
+const STORE: &str = "store-a";
+
 const BASE: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
 
 impl Harness {
@@ -182,7 +192,7 @@ impl Harness {
         tokio::spawn(steward_apiserver::serve(listener, store, Default::default(), std::future::pending()));
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone() });
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into() });
         let cfg = Config { error_backoff: (Duration::from_millis(50), Duration::from_millis(400)), ..Default::default() };
         let events = fake.events().filter_map(|id| async move { object_of(&id) });
         let ctl = Controller::new(Arc::new(api), cfg).trigger(events);
@@ -316,19 +326,54 @@ async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
     assert_eq!(h.fake.ids().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_without_a_live_object_is_collected() {
-    let h = Harness::start().await;
-    h.apply("keep", json!({"image": "busybox"})).await;
-    h.wait_for("keep", "Running", |o| phase(o) == "Running").await;
-    // A container left by an object that no longer exists.
-    let stray = ActualContainer {
-        id: "default.gone.000000000000".into(),
-        labels: BTreeMap::from([(LABEL_UID.to_string(), "dead-uid".to_string()), (LABEL_MANAGED_BY.to_string(), "steward".to_string())]),
-        task: Some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None }),
+fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
+    let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    ActualContainer {
+        id: id.into(),
+        labels: l,
+        task: running.then_some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None }),
         image_digest: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
+    let h = Harness::start().await;
+    h.apply("keep", json!({"image": "busybox", "stopSignal": "SIGINT"})).await;
+    let keep = h.wait_for("keep", "Running", |o| phase(o) == "Running").await.unwrap();
+    let keep_uid = keep["metadata"]["uid"].as_str().unwrap().to_string();
+    let keep_id = h.fake.ids()[0].clone();
+    {
+        let s = h.fake.s.lock().unwrap();
+        let labels = &s.containers[&keep_id].labels;
+        assert_eq!(labels.get(LABEL_STORE).map(String::as_str), Some(STORE), "created with the store's identity");
+        assert_eq!(labels.get(LABEL_STOP_SIGNAL).map(String::as_str), Some("SIGINT"));
+        assert_eq!(labels.get(LABEL_STOP_GRACE).map(String::as_str), Some("10"));
+    }
+    let ns = [(LABEL_NAMESPACE, "default")];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        ns.iter().chain(extra).copied().collect()
     };
-    h.fake.s.lock().unwrap().containers.insert(stray.id.clone(), stray);
+    let strays = [
+        // Another store's container whose object this store has never heard of.
+        stray("default.theirs.1", &with(&[(LABEL_STORE, "store-b"), (LABEL_UID, "u-b"), (LABEL_NAME, "theirs")]), true),
+        // This store's, object gone: stopped with ITS signal (SIGHUP), no grace.
+        stray(
+            "default.gone.1",
+            &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-gone"), (LABEL_NAME, "gone"), (LABEL_STOP_SIGNAL, "SIGHUP"), (LABEL_STOP_GRACE, "0")]),
+            true,
+        ),
+        // This store's, named like a live object but of an older incarnation.
+        stray("default.keep.old", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-old"), (LABEL_NAME, "keep")]), false),
+        // From a steward before store identities: its object lives here.
+        stray("default.keep.legacy", &[(LABEL_NAMESPACE, "default"), (LABEL_UID, keep_uid.as_str()), (LABEL_NAME, "keep")], false),
+        // From a steward before store identities, no object here: perhaps another store's.
+        stray("default.legacy.1", &with(&[(LABEL_UID, "u-legacy"), (LABEL_NAME, "legacy")]), true),
+    ];
+    for c in strays {
+        h.fake.s.lock().unwrap().containers.insert(c.id.clone(), c);
+    }
     // A controller whose only job here is to load the cache.
     let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
     let cache = ctl.cache();
@@ -337,9 +382,39 @@ async fn garbage_without_a_live_object_is_collected() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    assert_eq!(collect_garbage(h.fake.as_ref(), &cache).await.unwrap(), 1);
-    assert_eq!(h.fake.ids().len(), 1);
-    assert!(h.fake.ids()[0].starts_with("default.keep."));
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+
+    let mut total = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gc.sweep(&cache).await.unwrap();
+        total += r.collected;
+        assert_eq!(r.unclaimed, ["default.legacy.1"]);
+        if r.again_in.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "orphans not collected: {:?}", h.fake.ids());
+        tokio::time::sleep(r.again_in.unwrap().min(Duration::from_millis(100))).await;
+    }
+    assert_eq!(total, 2);
+    let mut left = h.fake.ids();
+    left.sort();
+    assert_eq!(left, [keep_id.as_str(), "default.keep.legacy", "default.legacy.1", "default.theirs.1"]);
+    let log = h.fake.s.lock().unwrap().log.clone();
+    assert!(log.contains(&"kill default.gone.1 1".to_string()), "stopped with its own signal first: {log:?}");
+    assert!(!log.iter().any(|l| l.starts_with("kill default.gone.1 9")), "no SIGKILL needed: {log:?}");
+    assert!(!log.iter().any(|l| l.contains("theirs") || l.contains("legacy")), "{log:?}");
+    let adopted = h.fake.s.lock().unwrap().containers["default.keep.legacy"].labels.get(LABEL_STORE).cloned();
+    assert_eq!(adopted.as_deref(), Some(STORE), "the legacy container of a live object is adopted");
+
+    // One container checked on its own (as after its create event) with no
+    // cache at all: the live GET keeps the live one and takes the stray.
+    assert_eq!(gc.check(&keep_id).await.unwrap().collected, 0);
+    let ghost = stray("default.ghost.1", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-ghost"), (LABEL_NAME, "ghost")]), false);
+    h.fake.s.lock().unwrap().containers.insert(ghost.id.clone(), ghost);
+    assert_eq!(gc.check("default.ghost.1").await.unwrap().collected, 1);
+    assert!(!h.fake.ids().contains(&"default.ghost.1".to_string()));
+    assert!(h.fake.ids().contains(&keep_id));
     let _ = tx.send(());
     run.await.unwrap();
 }

@@ -1,7 +1,7 @@
 //! Carries out the plan: writes status, then takes exactly one step
 //! against the runtime, and says when to look again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use super::plan::{
     REASON_PULL_BACKOFF,
 };
 use crate::actual::{
-    PullProgress, Runtime, RuntimeError, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH, LABEL_UID,
-    MANAGED_BY,
+    PullProgress, Runtime, RuntimeError, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_SPEC_HASH,
+    LABEL_STOP_GRACE, LABEL_STOP_SIGNAL, LABEL_STORE, LABEL_UID, MANAGED_BY,
 };
 use crate::client::Api;
-use crate::runtime::controller::{Action, Cache};
+use crate::runtime::controller::Action;
 use crate::runtime::finalizer::{finalizer, FinalizerError, FinalizerEvent};
 use crate::runtime::{ObjectRef, SourceError};
 
@@ -50,6 +50,9 @@ impl From<FinalizerError<ReconcileError>> for ReconcileError {
 pub struct Context<R> {
     pub api: Api<Container>,
     pub runtime: Arc<R>,
+    /// The identity of the store the objects live in: every container
+    /// created carries it (`steward.dev/store`), see [`super::gc`].
+    pub store_uid: String,
 }
 
 /// The reconcile function handed to the controller runtime.
@@ -146,6 +149,13 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
                 (LABEL_NAME.to_string(), m.name.clone()),
                 (LABEL_SPEC_HASH.to_string(), spec_hash(&obj.spec)),
+                (LABEL_STORE.to_string(), ctx.store_uid.clone()),
+                // How to stop it once its object is gone (garbage collection).
+                (LABEL_STOP_SIGNAL.to_string(), obj.spec.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into())),
+                (
+                    LABEL_STOP_GRACE.to_string(),
+                    obj.spec.termination_grace_period_seconds.unwrap_or(10).max(0).to_string(),
+                ),
             ]);
             match rt.create(&id, &obj.spec, &image, labels).await {
                 Ok(()) => Ok(Action::Requeue(Duration::ZERO)),
@@ -231,45 +241,6 @@ async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::ac
     // it cannot land after the caller's final status) and stops.
     let _ = reporter.await;
     result
-}
-
-/// Removes every managed container whose object is gone (or is another
-/// incarnation with the same name). Returns how many were collected.
-/// Call only once `cache` holds a complete list.
-pub async fn collect_garbage<R: Runtime>(runtime: &R, cache: &Cache<Container>) -> Result<usize, RuntimeError> {
-    let all = runtime.list().await?;
-    // Read the cache after listing: a container created meanwhile belongs
-    // to an object already in the cache.
-    let live: HashSet<String> = cache.list().iter().map(|o| o.metadata.uid.clone()).collect();
-    let mut collected = 0;
-    for c in all.iter().filter(|c| !live.contains(c.label(LABEL_UID))) {
-        tracing::info!(container = %c.id, uid = c.label(LABEL_UID), "collecting garbage");
-        let mut c = c.clone();
-        // No object says how to stop it: SIGKILL, then delete.
-        for _ in 0..20 {
-            match teardown(&c, 9, Duration::ZERO, &Time::now()) {
-                Step::Remove { id } => {
-                    runtime.remove(&id).await?;
-                    collected += 1;
-                    break;
-                }
-                Step::DeleteTask { id } => runtime.delete_task(&id).await?,
-                Step::Kill { id } | Step::Stop { id, .. } => {
-                    runtime.kill(&id, 9, true).await?;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Step::Nothing { .. } | Step::Create { .. } | Step::Start { .. } => {}
-            }
-            match runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
-                Some(fresh) => c = fresh,
-                None => {
-                    collected += 1;
-                    break;
-                }
-            }
-        }
-    }
-    Ok(collected)
 }
 
 /// The object a runtime container id belongs to (`ns.name.tag`).

@@ -547,6 +547,22 @@ impl ContainerdRuntime {
         Ok(())
     }
 
+    /// Sets one label of a container; the other fields and labels stay as
+    /// they are.
+    async fn update_label(&self, id: &str, key: &str, value: &str) -> Result<(), RuntimeError> {
+        let container = Container {
+            id: id.to_string(),
+            labels: HashMap::from([(key.to_string(), value.to_string())]),
+            ..Default::default()
+        };
+        let mask = prost_types::FieldMask { paths: vec![format!("labels.{key}")] };
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
+            .await
+            .map_err(|s| from_status("update container", id, &s))?;
+        Ok(())
+    }
+
     /// The log file of container `id` (rotated files are `.1`, `.2`, ...).
     pub fn log_path(&self, id: &str) -> PathBuf {
         logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id)
@@ -675,21 +691,18 @@ impl Runtime for ContainerdRuntime {
         Box::pin(
             async move {
                 let value = at.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                let container = Container {
-                    id: id.to_string(),
-                    labels: HashMap::from([(LABEL_STOP_REQUESTED.to_string(), value)]),
-                    ..Default::default()
-                };
-                // Only this label: the other fields and labels stay as created.
-                let mask = prost_types::FieldMask { paths: vec![format!("labels.{LABEL_STOP_REQUESTED}")] };
-                let mut c = ContainersClient::new(self.ctx.channel.clone());
-                c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
-                    .await
-                    .map_err(|s| from_status("update container", id, &s))?;
-                Ok(())
+                self.update_label(id, LABEL_STOP_REQUESTED, &value).await
             }
             .instrument(tracing::info_span!("mark_stopping", container = id)),
         )
+    }
+
+    fn set_label<'a>(&'a self, id: &'a str, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.update_label(id, key, value).instrument(tracing::info_span!("set_label", container = id, key)))
+    }
+
+    fn created(&self) -> BoxStream<'static, String> {
+        events::created_stream(self.clone())
     }
 
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
