@@ -149,27 +149,49 @@ pub struct Steward {
     pub token: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
+    /// More `serve` flags, kept across restarts.
+    pub extra_args: Vec<String>,
 }
 
 impl Steward {
     pub fn start(data_dir: &Path) -> Steward {
-        let (url, proc) = Self::spawn(data_dir);
+        Self::start_with(data_dir, &[])
+    }
+
+    /// `serve` with more flags (e.g. `--containerd-socket` of another
+    /// steward's containerd).
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Steward {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let (url, proc) = Self::spawn(data_dir, &extra_args);
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        Steward { url, token, data_dir: data_dir.to_path_buf(), proc }
+        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, extra_args }
+    }
+
+    /// The containerd socket this steward uses.
+    pub fn containerd_socket(&self) -> PathBuf {
+        let mut args = self.extra_args.iter();
+        while let Some(a) = args.next() {
+            if a == "--containerd-socket" {
+                if let Some(s) = args.next() {
+                    return PathBuf::from(s);
+                }
+            }
+        }
+        self.data_dir.join("containerd/containerd.sock")
     }
 
     /// SIGKILLs steward (containers and containerd live on) and starts a
     /// new one on the same data dir.
     pub fn kill_and_restart(&mut self) {
         self.proc.kill();
-        let (url, proc) = Self::spawn(&self.data_dir);
+        let (url, proc) = Self::spawn(&self.data_dir, &self.extra_args);
         self.url = url;
         self.proc = proc;
     }
 
-    fn spawn(data_dir: &Path) -> (String, Proc) {
+    fn spawn(data_dir: &Path, extra_args: &[String]) -> (String, Proc) {
         let mut cmd = Command::new(steward_bin());
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(extra_args);
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -246,7 +268,7 @@ impl Steward {
     fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
-            .arg(self.data_dir.join("containerd/containerd.sock"))
+            .arg(self.containerd_socket())
             .args(["--namespace", "steward"])
             .args(args);
         c

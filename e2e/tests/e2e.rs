@@ -189,3 +189,82 @@ fn containers_outlive_steward_and_are_adopted() {
     e.steward.ok(&["delete", "containers", "survivor", "--wait"]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true));
 }
+
+/// Two stewards (two data dirs) on ONE containerd namespace: neither
+/// collects the other's containers, at start or in its sweeps, even for an
+/// object of the same name; a stray container created behind steward's
+/// back with its labels and its store's uid is gone within seconds (from
+/// containerd's create event: A sweeps only every 5 minutes).
+#[test]
+fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let mut a = Steward::start(&dir.path().join("a"));
+    let sock = a.containerd_socket().to_string_lossy().into_owned();
+    let mut b = Steward::start_with(&dir.path().join("b"), &["--containerd-socket", &sock, "--gc-interval", "1s"]);
+    let uid_of = |s: &Steward| {
+        let p = s.data_dir.join("store-uid");
+        let mode = std::fs::metadata(&p).expect("serve creates DATA/store-uid").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        std::fs::read_to_string(&p).unwrap().trim().to_string()
+    };
+    let (store_a, store_b) = (uid_of(&a), uid_of(&b));
+    assert_ne!(store_a, store_b);
+
+    // The same name in both stores: a GET of default/web in either finds an
+    // object, of another uid.
+    let m = manifest("web", &registry.image(), "  command: [sleep, \"3600\"]\n");
+    a.apply(dir.path(), "web", &m);
+    b.apply(dir.path(), "web", &m);
+    let running = |s: &Steward| {
+        let v = s.wait("web", "Running", T, |v| phase(v) == "Running");
+        (container_id(&v), v["status"]["pid"].as_u64().expect("pid"))
+    };
+    let (id_a, pid_a) = running(&a);
+    let (id_b, pid_b) = running(&b);
+    assert_ne!(id_a, id_b);
+    let labels = a.ctr(&["containers", "info", &id_a]);
+    assert!(labels.contains(&format!("\"steward.dev/store\": \"{store_a}\"")), "{labels}");
+
+    // Restarts sweep at start; B sweeps every second.
+    a.kill_and_restart();
+    b.kill_and_restart();
+    let alive = |pid: u64| Path::new(&format!("/proc/{pid}")).exists();
+    let watch_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < watch_until {
+        assert!(alive(pid_a) && alive(pid_b), "a container was killed:\nA:\n{}\nB:\n{}", tail(&a.proc.logs(), 30), tail(&b.proc.logs(), 30));
+        let ids = a.ctr_ids("containers");
+        assert!(ids.contains(&id_a) && ids.contains(&id_b), "{ids:?}\nB:\n{}", tail(&b.proc.logs(), 30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for s in [&a, &b] {
+        let v = s.get("web").expect("web");
+        assert_eq!(v["status"]["restartCount"].as_i64(), Some(0), "{v:#}");
+    }
+
+    // Strays behind steward's back, made with ctr: one with A's labels and
+    // uid (object gone) and one of a third store (never touched).
+    let image = format!("{}", registry.image());
+    let stray = |id: &str, store: &str| {
+        a.ctr(&[
+            "containers", "create",
+            "--label", "steward.dev/managed-by=steward",
+            "--label", &format!("steward.dev/store={store}"),
+            "--label", "steward.dev/uid=no-such-uid",
+            "--label", "steward.dev/namespace=default",
+            "--label", "steward.dev/name=ghost",
+            &image, id,
+        ]);
+    };
+    stray("stray-other", "some-third-store");
+    stray("stray-a", &store_a);
+    wait_for("the stray with A's store uid to be collected", Duration::from_secs(10), || {
+        (!a.ctr_ids("containers").contains(&"stray-a".to_string())).then_some(())
+    });
+    assert!(a.ctr_ids("containers").contains(&"stray-other".to_string()), "a third store's container was collected");
+    assert!(alive(pid_a) && alive(pid_b));
+    drop(b);
+    drop(a);
+}
