@@ -13,6 +13,7 @@ use crate::actual::{Runtime, LABEL_NAME, LABEL_NAMESPACE};
 use crate::runtime::ObjectRef;
 use crate::client::Api;
 use crate::container::gc::Collector;
+use crate::container::pulls::Pulls;
 use crate::container::reconciler::{object_of, reconcile, Context};
 use crate::runtime::controller::{Config, Controller};
 
@@ -43,7 +44,10 @@ pub async fn run<R: Runtime>(
     shutdown: impl Future<Output = ()>,
 ) {
     let api: Api<Container> = Api::all_with_token(server, token);
-    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone() });
+    // Pulls run outside the reconcile slots; their waiters are woken when
+    // they end.
+    let (pulls, pulled) = Pulls::new(runtime.clone());
+    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls });
     let collector = Collector { runtime: runtime.clone(), api: api.clone(), store_uid: config.store_uid.clone() };
     let mut created = runtime.created();
     // Runtime events name containers; most ids say whose they are, hashed
@@ -60,7 +64,7 @@ pub async fn run<R: Runtime>(
             Some(ObjectRef::new(c.label(LABEL_NAMESPACE), c.label(LABEL_NAME)))
         }
     });
-    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events);
+    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events).trigger(pulled);
     let cache = ctl.cache();
     let gc = tokio::spawn(async move {
         cache.wait_ready().await;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use steward_controller::actual::*;
 use steward_controller::client::Api;
 use steward_controller::container::gc::Collector;
+use steward_controller::container::pulls::Pulls;
 use steward_controller::container::reconciler::{object_of, reconcile, Context, FINALIZER};
 use steward_controller::runtime::controller::{Config, Controller};
 use steward_schema::{Container, ContainerSpec, PullPolicy, Time};
@@ -31,11 +32,23 @@ struct FakeState {
 struct Fake {
     s: Mutex<FakeState>,
     events: broadcast::Sender<String>,
+    /// Pulls (ensure_image with a policy that may pull) per image.
+    pulls: Mutex<BTreeMap<String, u32>>,
+    /// Pulls of "gated" images wait for this to be true.
+    gate: tokio::sync::watch::Receiver<bool>,
+    open_gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl Fake {
     fn new() -> Arc<Self> {
-        Arc::new(Fake { s: Mutex::new(FakeState { next_pid: 100, ..Default::default() }), events: broadcast::channel(1024).0 })
+        let (open_gate, gate) = tokio::sync::watch::channel(false);
+        Arc::new(Fake {
+            s: Mutex::new(FakeState { next_pid: 100, ..Default::default() }),
+            events: broadcast::channel(1024).0,
+            pulls: Mutex::default(),
+            gate,
+            open_gate,
+        })
     }
     fn exit(&self, id: &str, code: u32) {
         let mut s = self.s.lock().unwrap();
@@ -69,10 +82,24 @@ impl Runtime for Fake {
     fn ensure_image<'a>(
         &'a self,
         image: &'a str,
-        _: PullPolicy,
+        policy: PullPolicy,
         progress: Box<dyn Fn(PullProgress) + Send + Sync + 'a>,
     ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>> {
         Box::pin(async move {
+            // Images named "slow", "gated" or "missing" are not present
+            // locally; the others are.
+            let remote = ["slow", "gated", "missing"].iter().any(|w| image.contains(w));
+            if policy == PullPolicy::Never {
+                if remote {
+                    return Err(RuntimeError::ImageNeverPull(format!("image {image} is not present")));
+                }
+                return Ok(ImageConfig { digest: "sha256:feed".into(), cmd: vec!["sh".into()], ..Default::default() });
+            }
+            *self.pulls.lock().unwrap().entry(image.to_string()).or_default() += 1;
+            if image.contains("gated") {
+                // Held until the test opens the gate.
+                let _ = self.gate.clone().wait_for(|open| *open).await;
+            }
             if image.contains("missing") {
                 return Err(RuntimeError::ImagePull(format!("pull {image}: manifest unknown")));
             }
@@ -192,10 +219,15 @@ impl Harness {
         tokio::spawn(steward_apiserver::serve(listener, store, Default::default(), std::future::pending()));
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into() });
-        let cfg = Config { error_backoff: (Duration::from_millis(50), Duration::from_millis(400)), ..Default::default() };
+        let (pulls, pulled) = Pulls::new(fake.clone());
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into(), pulls });
+        let cfg = Config {
+            error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
+            concurrency: 2,
+            ..Default::default()
+        };
         let events = fake.events().filter_map(|id| async move { object_of(&id) });
-        let ctl = Controller::new(Arc::new(api), cfg).trigger(events);
+        let ctl = Controller::new(Arc::new(api), cfg).trigger(events).trigger(pulled);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(ctl.run(move |o| reconcile(o, ctx.clone()), async move {
             let _ = rx.await;
@@ -423,8 +455,51 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
 async fn a_pull_in_progress_shows_bytes_in_status() {
     let h = Harness::start().await;
     h.apply("pulling", json!({"image": "127.0.0.1:5000/slow:1"})).await;
-    let o = h.wait_for("pulling", "ImagePulling", |o| waiting(o) == "ImagePulling").await.unwrap();
-    let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
-    assert_eq!(msg, "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB");
+    // The first pass starts the pull; the next ones (every second) show its progress.
+    let want = "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB";
+    h.wait_for("pulling", "ImagePulling with bytes", |o| {
+        waiting(o) == "ImagePulling" && o.and_then(|o| o.pointer("/status/state/waiting/message")).and_then(Value::as_str) == Some(want)
+    })
+    .await;
     h.wait_for("pulling", "Running after the pull", |o| phase(o) == "Running").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_containers_of_one_image_share_one_pull_outside_the_slots() {
+    // Two reconcile slots, twelve containers waiting for one slow pull.
+    let h = Harness::start().await;
+    let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        h.apply(n, json!({"image": "127.0.0.1:5000/gated:1"})).await;
+    }
+    for n in &names {
+        h.wait_for(n, "ImagePulling", |o| waiting(o) == "ImagePulling").await;
+    }
+    // The slots are free: a container whose image is here starts meanwhile.
+    h.apply("cached", json!({"image": "busybox"})).await;
+    h.wait_for("cached", "Running while the pull is held", |o| phase(o) == "Running").await;
+    assert_eq!(h.fake.pulls.lock().unwrap().clone(), BTreeMap::from([("127.0.0.1:5000/gated:1".to_string(), 1)]));
+
+    h.fake.open_gate.send(true).unwrap();
+    for n in &names {
+        h.wait_for(n, "Running after the shared pull", |o| phase(o) == "Running").await;
+    }
+    assert_eq!(
+        h.fake.pulls.lock().unwrap().clone(),
+        BTreeMap::from([("127.0.0.1:5000/gated:1".to_string(), 1)]),
+        "one pull for all twelve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shared_pull_reaches_every_waiter() {
+    let h = Harness::start().await;
+    for n in ["m1", "m2", "m3"] {
+        h.apply(n, json!({"image": "127.0.0.1:5000/missing:1"})).await;
+    }
+    for n in ["m1", "m2", "m3"] {
+        let o = h.wait_for(n, "ErrImagePull", |o| matches!(waiting(o), "ErrImagePull" | "ImagePullBackOff")).await.unwrap();
+        let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("manifest unknown"), "{msg}");
+    }
 }

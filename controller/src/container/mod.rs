@@ -4,4 +4,5 @@
 
 pub mod gc;
 pub mod plan;
+pub mod pulls;
 pub mod reconciler;
