@@ -150,8 +150,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// Deletes a stopped task.
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
-    /// Deletes the container, its snapshot and its logs (the task must be gone).
+    /// Deletes the container and its snapshot (the task must be gone). Its
+    /// logs stay (`logs --previous` after a spec change): they go with the
+    /// object ([`Runtime::remove_logs`]).
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Removes every log of one object (all its run attempts, across the
+    /// containers that replaced each other): when the object is deleted.
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// The objects that have logs kept here, as (namespace, name, uid).
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>>;
 
     /// Ids of containers whose task changed state (exit, start, OOM),
     /// re-subscribed across runtime restarts. Events are hints: the

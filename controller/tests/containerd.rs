@@ -95,7 +95,7 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
         assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp in {line:?}");
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{line}");
     }
-    let read = read_log(&t, &id);
+    let read = read_log(&t, &id).await;
     assert!(read.lines().any(|l| l == "hello") && read.lines().any(|l| l == "oops"), "{read}");
 
     let listed = t.rt.list().await.unwrap();
@@ -136,13 +136,20 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
     t.rt.delete_task(&id).await.expect("delete task");
     t.rt.delete_task(&id).await.expect("delete task again = ok");
     assert!(!pid_alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(" Z ")).unwrap_or(true));
+    let log = t.rt.log_path(&id).await.expect("log path");
     t.rt.remove(&id).await.expect("remove");
     t.rt.remove(&id).await.expect("remove again = ok");
 
     assert!(t.rt.list().await.unwrap().is_empty(), "no containers left");
     assert!(snapshots_labelled(&t, LABEL_NAME, "web").await.is_empty(), "no snapshots left");
     assert!(t.task(&id).await.is_none());
-    assert!(!t.rt.log_path(&id).exists(), "logs removed");
+    // The logs outlive the container (`logs --previous` after a spec
+    // change) and go with the object.
+    assert!(log.exists(), "{} kept after the container is removed", log.display());
+    assert_eq!(t.rt.log_owners().await.unwrap(), [("default".to_string(), "web".to_string(), "u-1".to_string())]);
+    t.rt.remove_logs("default", "web", "u-1").await.expect("remove logs");
+    assert!(!log.exists(), "logs removed with the object");
+    assert!(t.rt.log_owners().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +190,7 @@ async fn spec_limits_are_visible_inside_the_container() {
     t.rt.create(&id, &spec, &image, labels("limits")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = read_log(&t, &id);
+    let out = read_log(&t, &id).await;
     println!("{out}");
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     assert!(out.contains(&format!("/{}/{id}", t.namespace)), "cgroup path: {out}");
@@ -229,7 +236,7 @@ async fn host_network_shares_the_host_stack() {
     t.rt.create(&id, &spec, &image, labels("hostnet")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = read_log(&t, &id);
+    let out = read_log(&t, &id).await;
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert!(out.starts_with(&format!("{host_links}\n")), "host has {host_links} links: {out}");
@@ -385,8 +392,8 @@ async fn supervisor_restarts_containerd_and_events_resume() {
 
 
 /// The container's output as the API's log endpoint reads it.
-fn read_log(t: &common::TestContainerd, id: &str) -> String {
-    let base = steward_logfile::log_path(&t.log_root(), &t.namespace, id);
+async fn read_log(t: &common::TestContainerd, id: &str) -> String {
+    let base = t.rt.log_path(id).await.expect("log path");
     String::from_utf8(steward_logfile::read(&steward_logfile::log_files(&base), &Default::default()).unwrap()).unwrap()
 }
 

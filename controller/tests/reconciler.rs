@@ -27,6 +27,9 @@ struct FakeState {
     /// Commands whose processes exit at once with this code.
     exit_codes: BTreeMap<String, u32>,
     log: Vec<String>,
+    /// Objects with log directories (namespace, name, uid): one appears
+    /// when a task of theirs starts.
+    logs: Vec<(String, String, String)>,
 }
 
 struct Fake {
@@ -144,6 +147,10 @@ impl Runtime for Fake {
             return Box::pin(async { Err(RuntimeError::NotFound("container".into())) });
         };
         c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None });
+        let owner = (c.label(LABEL_NAMESPACE).to_string(), c.label(LABEL_NAME).to_string(), c.label(LABEL_UID).to_string());
+        if !s.logs.contains(&owner) {
+            s.logs.push(owner);
+        }
         drop(s);
         if let Some(code) = code {
             // Exits right after starting, as a crashing process would.
@@ -181,6 +188,15 @@ impl Runtime for Fake {
         s.log.push(format!("remove {id}"));
         s.containers.remove(id);
         ok(())
+    }
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("remove-logs {namespace}/{name} {uid}"));
+        s.logs.retain(|o| o.2 != uid);
+        ok(())
+    }
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>> {
+        ok(self.s.lock().unwrap().logs.clone())
     }
     fn events(&self) -> BoxStream<'static, String> {
         let rx = self.events.subscribe();
@@ -502,4 +518,45 @@ async fn a_failed_shared_pull_reaches_every_waiter() {
         let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains("manifest unknown"), "{msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
+    let h = Harness::start().await;
+    h.apply("gone", json!({"image": "busybox"})).await;
+    h.apply("stays", json!({"image": "busybox"})).await;
+    let gone = h.wait_for("gone", "Running", |o| phase(o) == "Running").await.unwrap();
+    h.wait_for("stays", "Running", |o| phase(o) == "Running").await;
+    let gone_uid = gone["metadata"]["uid"].as_str().unwrap().to_string();
+    // A spec change keeps them (for `logs --previous`) ...
+    h.apply("stays", json!({"image": "busybox", "args": ["v2"]})).await;
+    h.wait_for("stays", "Running v2", |o| {
+        phase(o) == "Running" && o.and_then(|o| o.pointer("/status/observedGeneration")).and_then(Value::as_i64) == Some(2)
+    })
+    .await;
+    assert!(!h.fake.s.lock().unwrap().log.iter().any(|l| l.starts_with("remove-logs default/stays")));
+    // ... deleting the object removes them, after its containers.
+    h.http.delete(format!("{}{BASE}/gone", h.url)).send().await.unwrap();
+    h.wait_for("gone", "deleted", |o| o.is_none()).await;
+    let log = h.fake.s.lock().unwrap().log.clone();
+    let removed_at = log.iter().position(|l| *l == format!("remove-logs default/gone {gone_uid}")).expect("logs removed");
+    assert!(log[..removed_at].iter().any(|l| l.starts_with("remove default.gone.")), "{log:?}");
+
+    // Logs a crash left behind (container removed, logs not): collected by
+    // the sweep after a live GET; a live object's logs stay.
+    h.fake.s.lock().unwrap().logs.push(("default".into(), "crashed".into(), "u-crashed".into()));
+    h.fake.s.lock().unwrap().logs.push(("default".into(), "stays".into(), "u-older-incarnation".into()));
+    let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
+    let cache = ctl.cache();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(ctl.run(|_| async { Ok::<_, String>(steward_controller::runtime::controller::Action::AwaitChange) }, async move {
+        let _ = rx.await;
+    }));
+    cache.wait_ready().await;
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    assert_eq!(gc.sweep(&cache).await.unwrap().logs_collected, 2);
+    let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.1.clone()).collect();
+    assert_eq!(owners, ["stays"]);
+    let _ = tx.send(());
+    run.await.unwrap();
 }

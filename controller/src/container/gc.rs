@@ -43,6 +43,9 @@ pub struct GcReport {
     pub collected: usize,
     /// Legacy containers labelled as this store's.
     pub adopted: usize,
+    /// Log directories of objects that are gone, removed (a crash between
+    /// removing the last container and its logs).
+    pub logs_collected: usize,
     /// Unlabelled containers without an object here, left alone.
     pub unclaimed: Vec<String>,
     /// Orphans still stopping: look again after this.
@@ -90,6 +93,7 @@ impl<R: Runtime> Collector<R> {
         for c in &all {
             self.handle(c, &live, &mut report).await;
         }
+        self.collect_logs(&all, &live, &mut report).await;
         if !report.unclaimed.is_empty() {
             tracing::warn!(
                 containers = ?report.unclaimed,
@@ -99,6 +103,39 @@ impl<R: Runtime> Collector<R> {
             );
         }
         Ok(report)
+    }
+
+    /// Removes the logs of objects that are gone: no container has their
+    /// uid and a live GET says 404 or another uid.
+    async fn collect_logs(&self, all: &[ActualContainer], live: &HashSet<String>, report: &mut GcReport) {
+        let owners = match self.runtime.log_owners().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list log directories");
+                return;
+            }
+        };
+        let in_use: HashSet<&str> = all.iter().map(|c| c.label(LABEL_UID)).collect();
+        for (ns, name, uid) in owners {
+            if in_use.contains(uid.as_str()) || live.contains(&uid) {
+                continue;
+            }
+            match self.api.get(&ns, &name).await {
+                Ok(Some(o)) if o.metadata.uid == uid => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(object = %format!("{ns}/{name}"), error = %e, "cannot check the owner of logs; keeping them");
+                    continue;
+                }
+            }
+            match self.runtime.remove_logs(&ns, &name, &uid).await {
+                Ok(()) => {
+                    tracing::info!(object = %format!("{ns}/{name}"), %uid, "collected the logs of a deleted object");
+                    report.logs_collected += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not remove orphan logs"),
+            }
+        }
     }
 
     /// Looks at one container (just created, by its event).

@@ -85,6 +85,10 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
 async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
     let actual = ctx.runtime.find(&obj.metadata.uid).await?;
     let Some(c) = actual.first() else {
+        // The containers are gone: their logs go last, before the
+        // finalizer (a crash here finds this pass again).
+        let m = &obj.metadata;
+        ctx.runtime.remove_logs(&m.namespace, &m.name, &m.uid).await?;
         return Ok(Action::AwaitChange);
     };
     let spec = &obj.spec;

@@ -53,7 +53,7 @@ use tracing::Instrument;
 
 use crate::actual::{
     ActualContainer, ImageConfig, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
+    LABEL_NAME, LABEL_NAMESPACE, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
 };
 use errors::{create_error, from_status};
 use logdriver::LogDriverConfig;
@@ -487,16 +487,19 @@ impl ContainerdRuntime {
                 }
             }
         }
-        if self.get_container(id).await?.is_none() {
+        let Some(container) = self.get_container(id).await? else {
             return Err(RuntimeError::NotFound(format!("container {id}")));
-        }
+        };
         let rootfs = self.snapshot_mounts(id).await?;
         let log_dir = self.cfg.logs.root.join(&self.ctx.namespace);
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| RuntimeError::Create(format!("cannot create log directory {}: {e}", log_dir.display())))?;
+        // Logs go to the object's directory, one file per run attempt.
+        let mut logs = self.cfg.logs.clone();
+        logs.dir = object_log_dir(&container.labels);
         // stdout and stderr must both be set (an empty stderr crashes the
         // 1.6 shim); with binary:// one driver gets both streams.
-        let uri = self.cfg.logs.binary_uri(&self.cfg.log_driver_exe);
+        let uri = logs.binary_uri(&self.cfg.log_driver_exe);
         let mut t = TasksClient::new(self.ctx.channel.clone());
         let req = CreateTaskRequest {
             container_id: id.to_string(),
@@ -542,6 +545,8 @@ impl ContainerdRuntime {
             Err(st) if st.code() == Code::NotFound => {}
             Err(st) => return Err(from_status("remove snapshot", id, &st)),
         }
+        // Logs of the old layout (per container id) go with the container;
+        // per-object logs stay for `logs --previous` (see Runtime::remove).
         let base = logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id);
         logdriver::remove_logs(&base).map_err(|e| RuntimeError::Unavailable(format!("remove logs of {id}: {e}")))?;
         Ok(())
@@ -563,9 +568,22 @@ impl ContainerdRuntime {
         Ok(())
     }
 
-    /// The log file of container `id` (rotated files are `.1`, `.2`, ...).
-    pub fn log_path(&self, id: &str) -> PathBuf {
-        logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id)
+    /// The current log file of container `id` (rotated files are `.1`,
+    /// `.2`, ...): its object's newest run attempt, or the old layout's
+    /// per-id file.
+    pub async fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let labels = self.get_container(id).await?.map(|c| c.labels).unwrap_or_default();
+        if let Some(dir) = object_log_dir(&labels) {
+            let dir = self.cfg.logs.root.join(&self.ctx.namespace).join(dir);
+            if let (Some(current), _) = steward_logfile::current_and_previous(&dir) {
+                return Ok(current);
+            }
+        }
+        Ok(logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id))
+    }
+
+    fn logs_root(&self) -> PathBuf {
+        self.cfg.logs.root.join(&self.ctx.namespace)
     }
 }
 
@@ -589,6 +607,13 @@ fn read_user_db(mounts: &[Mount]) -> (Option<String>, Option<String>) {
     }
     let find = |rel: &str| dirs.iter().find_map(|d| std::fs::read_to_string(d.join(rel)).ok());
     (find("etc/passwd"), find("etc/group"))
+}
+
+/// The log directory name of the object a container belongs to (its
+/// labels), if they name one.
+fn object_log_dir(labels: &HashMap<String, String>) -> Option<String> {
+    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+    steward_logfile::object_dir_name(get(LABEL_NAMESPACE), get(LABEL_NAME), get(LABEL_UID))
 }
 
 /// A failed image store as an `ErrImagePull` message.
@@ -703,6 +728,25 @@ impl Runtime for ContainerdRuntime {
 
     fn created(&self) -> BoxStream<'static, String> {
         events::created_stream(self.clone())
+    }
+
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let Some(dir) = steward_logfile::object_dir_name(namespace, name, uid) else { return Ok(()) };
+            let path = self.logs_root().join(dir);
+            steward_logfile::remove_object_logs(&path)
+                .map_err(|e| RuntimeError::Unavailable(format!("remove logs {}: {e}", path.display())))
+        })
+    }
+
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>> {
+        Box::pin(async move {
+            let root = self.logs_root();
+            let dirs = tokio::task::spawn_blocking(move || steward_logfile::object_dirs(&root))
+                .await
+                .map_err(|e| RuntimeError::Unavailable(format!("listing log directories: {e}")))?;
+            Ok(dirs.into_iter().map(|(_, owner)| owner).collect())
+        })
     }
 
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
