@@ -268,3 +268,31 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
     drop(b);
     drop(a);
 }
+
+/// A spec change replaces the container; `logs --previous` then shows the
+/// replaced container's output (as the kubelet does), `logs` the new one's,
+/// and deleting the object removes its log files.
+#[test]
+fn logs_previous_after_a_spec_change_and_logs_go_with_the_object() {
+    let e = env();
+    let s = &e.steward;
+    let img = e.registry.image();
+    let m = |word: &str| manifest("talk", &img, &format!("  command: [/bin/sh, -c, \"echo said {word}; exec sleep 3600\"]\n  terminationGracePeriodSeconds: 1\n"));
+    s.apply(e.dir.path(), "talk", &m("first"));
+    let v1 = s.wait("talk", "Running", T, |v| phase(v) == "Running");
+    wait_for("the first container's output", T, || s.ok(&["logs", "talk"]).contains("said first").then_some(()));
+    s.apply(e.dir.path(), "talk", &m("second"));
+    let v2 = s.wait("talk", "Running the new spec", T, |v| phase(v) == "Running" && container_id(v) != container_id(&v1));
+    assert_ne!(container_id(&v1), container_id(&v2));
+    wait_for("the second container's output", T, || s.ok(&["logs", "talk"]).contains("said second").then_some(()));
+    let current = s.ok(&["logs", "talk"]);
+    assert!(!current.contains("said first"), "{current}");
+    let previous = s.ok(&["logs", "talk", "--previous"]);
+    assert!(previous.contains("said first") && !previous.contains("said second"), "{previous}");
+
+    let uid = v2["metadata"]["uid"].as_str().expect("uid").to_string();
+    let dir = s.data_dir.join("logs/steward").join(format!("default_talk_{uid}"));
+    assert!(dir.is_dir(), "{}", dir.display());
+    s.ok(&["delete", "containers", "talk", "--wait", "--timeout", "60s"]);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
