@@ -296,3 +296,62 @@ fn logs_previous_after_a_spec_change_and_logs_go_with_the_object() {
     s.ok(&["delete", "containers", "talk", "--wait", "--timeout", "60s"]);
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// `GET path` on steward's API without a token (health endpoints are
+/// open): the status code and body.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to steward");
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    let code = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Sends SIGCONT on drop, so a failing test never leaves containerd stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the containerd this test stopped.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// A containerd that stops answering (SIGSTOP): `/readyz` says 503 with the
+/// reason, a container applied meanwhile waits (reconciles fail at the call
+/// deadline rather than hang); after SIGCONT all is well again.
+#[test]
+fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
+    let e = env();
+    let s = &e.steward;
+    assert_eq!(http_get(&s.url, "/readyz").0, 200);
+    let data = s.data_dir.to_string_lossy().into_owned();
+    let containerd: Vec<i32> = pids_mentioning(&data)
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .collect();
+    assert_eq!(containerd.len(), 1, "steward's supervised containerd: {containerd:?}");
+    // SAFETY: kill(2) on the containerd of this test's steward.
+    assert_eq!(unsafe { libc::kill(containerd[0], libc::SIGSTOP) }, 0);
+    let resume = Resume(containerd[0]);
+    let (code, body) = wait_for("/readyz to say 503", Duration::from_secs(15), || {
+        let r = http_get(&s.url, "/readyz");
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("containerd"), "{body}");
+    // The API itself still answers.
+    assert_eq!(http_get(&s.url, "/healthz").0, 200);
+    s.apply(e.dir.path(), "late", &manifest("late", &e.registry.image(), "  command: [sleep, \"3600\"]\n"));
+    assert_ne!(phase(&s.get("late").expect("late")), "Running");
+    drop(resume);
+    wait_for("/readyz to say 200 again", Duration::from_secs(15), || (http_get(&s.url, "/readyz").0 == 200).then_some(()));
+    s.wait("late", "Running after containerd answers again", Duration::from_secs(90), |v| phase(v) == "Running");
+}
