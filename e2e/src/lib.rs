@@ -116,7 +116,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
                 dir.join("registry").display()
             ),
         )
@@ -139,6 +139,11 @@ impl Registry {
 
     pub fn image(&self) -> String {
         format!("{}/busybox:1.36", self.addr)
+    }
+
+    /// The registry's log: one `response completed` line per request.
+    pub fn logs(&self) -> String {
+        self._proc.logs()
     }
 }
 

@@ -355,3 +355,44 @@ fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
     wait_for("/readyz to say 200 again", Duration::from_secs(15), || (http_get(&s.url, "/readyz").0 == 200).then_some(()));
     s.wait("late", "Running after containerd answers again", Duration::from_secs(90), |v| phase(v) == "Running");
 }
+
+/// Twelve containers of one image nobody has pulled yet, with two reconcile
+/// slots: one pull, shared; the registry serves the manifest and each blob
+/// once, and no pull collides with another on containerd's content lock.
+#[test]
+fn twelve_containers_of_one_uncached_image_fetch_each_blob_once() {
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let s = Steward::start_with(&dir.path().join("data"), &["--concurrency", "2"]);
+    let mut docs = Vec::new();
+    for i in 0..12 {
+        docs.push(manifest(&format!("p{i}"), &registry.image(), "  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n"));
+    }
+    s.apply(dir.path(), "twelve", &docs.join("---\n"));
+    for i in 0..12 {
+        s.wait(&format!("p{i}"), "Running", T, |v| phase(v) == "Running");
+    }
+    let log = registry.logs();
+    let mut fetches: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in log.lines().filter(|l| l.contains("response completed") && l.contains("http.request.method=GET")) {
+        // logrus quotes a value only when it needs to.
+        let Some(rest) = line.split("http.request.uri=").nth(1) else { continue };
+        let uri = match rest.strip_prefix('"') {
+            Some(q) => q.split('"').next().unwrap_or_default(),
+            None => rest.split(' ').next().unwrap_or_default(),
+        };
+        if uri.contains("/blobs/") || uri.contains("/manifests/") {
+            *fetches.entry(uri.to_string()).or_default() += 1;
+        }
+    }
+    assert!(fetches.keys().any(|u| u.contains("/blobs/")), "no blob fetch seen in the registry log:\n{}", tail(&log, 20));
+    for (uri, n) in &fetches {
+        assert_eq!(*n, 1, "{uri} fetched {n} times: {fetches:#?}");
+    }
+    assert!(fetches.keys().any(|u| u.contains("/manifests/")), "{fetches:#?}");
+    eprintln!("registry requests: {fetches:#?}");
+    let slog = s.proc.logs();
+    assert!(!slog.contains("locked"), "a pull hit containerd's content lock:\n{}", tail(&slog, 40));
+    assert!(!slog.contains("ErrImagePull"), "{}", tail(&slog, 40));
+}
