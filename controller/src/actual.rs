@@ -80,6 +80,14 @@ pub struct ImageConfig {
     pub top_layer_chain_id: String,
 }
 
+/// An object whose logs are kept (its run attempts' files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
 /// Progress of an image pull, for `ImagePulling` status messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PullProgress {
@@ -159,8 +167,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// containers that replaced each other): when the object is deleted.
     fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
-    /// The objects that have logs kept here, as (namespace, name, uid).
-    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>>;
+    /// The objects that have logs kept here.
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>>;
 
     /// Ids of containers whose task changed state (exit, start, OOM),
     /// re-subscribed across runtime restarts. Events are hints: the

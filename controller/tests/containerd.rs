@@ -146,7 +146,8 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
     // The logs outlive the container (`logs --previous` after a spec
     // change) and go with the object.
     assert!(log.exists(), "{} kept after the container is removed", log.display());
-    assert_eq!(t.rt.log_owners().await.unwrap(), [("default".to_string(), "web".to_string(), "u-1".to_string())]);
+    let owner = steward_controller::actual::LogOwner { namespace: "default".into(), name: "web".into(), uid: "u-1".into() };
+    assert_eq!(t.rt.log_owners().await.unwrap(), [owner]);
     t.rt.remove_logs("default", "web", "u-1").await.expect("remove logs");
     assert!(!log.exists(), "logs removed with the object");
     assert!(t.rt.log_owners().await.unwrap().is_empty());

@@ -29,7 +29,7 @@ struct FakeState {
     log: Vec<String>,
     /// Objects with log directories (namespace, name, uid): one appears
     /// when a task of theirs starts.
-    logs: Vec<(String, String, String)>,
+    logs: Vec<LogOwner>,
 }
 
 struct Fake {
@@ -147,7 +147,11 @@ impl Runtime for Fake {
             return Box::pin(async { Err(RuntimeError::NotFound("container".into())) });
         };
         c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None });
-        let owner = (c.label(LABEL_NAMESPACE).to_string(), c.label(LABEL_NAME).to_string(), c.label(LABEL_UID).to_string());
+        let owner = LogOwner {
+            namespace: c.label(LABEL_NAMESPACE).to_string(),
+            name: c.label(LABEL_NAME).to_string(),
+            uid: c.label(LABEL_UID).to_string(),
+        };
         if !s.logs.contains(&owner) {
             s.logs.push(owner);
         }
@@ -192,10 +196,10 @@ impl Runtime for Fake {
     fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
         let mut s = self.s.lock().unwrap();
         s.log.push(format!("remove-logs {namespace}/{name} {uid}"));
-        s.logs.retain(|o| o.2 != uid);
+        s.logs.retain(|o| o.uid != uid);
         ok(())
     }
-    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>> {
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>> {
         ok(self.s.lock().unwrap().logs.clone())
     }
     fn events(&self) -> BoxStream<'static, String> {
@@ -544,8 +548,9 @@ async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
 
     // Logs a crash left behind (container removed, logs not): collected by
     // the sweep after a live GET; a live object's logs stay.
-    h.fake.s.lock().unwrap().logs.push(("default".into(), "crashed".into(), "u-crashed".into()));
-    h.fake.s.lock().unwrap().logs.push(("default".into(), "stays".into(), "u-older-incarnation".into()));
+    let owner = |name: &str, uid: &str| LogOwner { namespace: "default".into(), name: name.into(), uid: uid.into() };
+    h.fake.s.lock().unwrap().logs.push(owner("crashed", "u-crashed"));
+    h.fake.s.lock().unwrap().logs.push(owner("stays", "u-older-incarnation"));
     let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
     let cache = ctl.cache();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -555,7 +560,7 @@ async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
     cache.wait_ready().await;
     let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
     assert_eq!(gc.sweep(&cache).await.unwrap().logs_collected, 2);
-    let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.1.clone()).collect();
+    let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.name.clone()).collect();
     assert_eq!(owners, ["stays"]);
     let _ = tx.send(());
     run.await.unwrap();

@@ -246,7 +246,7 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
 
     // Strays behind steward's back, made with ctr: one with A's labels and
     // uid (object gone) and one of a third store (never touched).
-    let image = format!("{}", registry.image());
+    let image = registry.image();
     let stray = |id: &str, store: &str| {
         a.ctr(&[
             "containers", "create",

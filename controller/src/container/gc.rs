@@ -24,7 +24,7 @@ use steward_schema::{Container, Time};
 
 use super::plan::{signal_number, teardown, Step};
 use crate::actual::{
-    ActualContainer, Runtime, RuntimeError, LABEL_NAME, LABEL_NAMESPACE, LABEL_STOP_GRACE, LABEL_STOP_SIGNAL,
+    ActualContainer, LogOwner, Runtime, RuntimeError, LABEL_NAME, LABEL_NAMESPACE, LABEL_STOP_GRACE, LABEL_STOP_SIGNAL,
     LABEL_STORE, LABEL_UID,
 };
 use crate::client::Api;
@@ -116,7 +116,7 @@ impl<R: Runtime> Collector<R> {
             }
         };
         let in_use: HashSet<&str> = all.iter().map(|c| c.label(LABEL_UID)).collect();
-        for (ns, name, uid) in owners {
+        for LogOwner { namespace: ns, name, uid } in owners {
             if in_use.contains(uid.as_str()) || live.contains(&uid) {
                 continue;
             }

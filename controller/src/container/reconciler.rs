@@ -151,7 +151,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                     return Err(e.into());
                 }
                 Err(ImageError::Runtime(e)) => return Err(e.into()),
-                Err(ImageError::Api(e)) => return Err(e.into()),
+                Err(ImageError::Api(e)) => return Err(e),
             };
             let m = &obj.metadata;
             let labels = BTreeMap::from([

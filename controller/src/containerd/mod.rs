@@ -52,7 +52,7 @@ use steward_schema::{ContainerSpec, MountType, PullPolicy, Time};
 use tracing::Instrument;
 
 use crate::actual::{
-    ActualContainer, ImageConfig, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
+    ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
     LABEL_NAME, LABEL_NAMESPACE, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
 };
 use errors::{create_error, from_status};
@@ -739,13 +739,13 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
-    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<(String, String, String)>, RuntimeError>> {
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>> {
         Box::pin(async move {
             let root = self.logs_root();
             let dirs = tokio::task::spawn_blocking(move || steward_logfile::object_dirs(&root))
                 .await
                 .map_err(|e| RuntimeError::Unavailable(format!("listing log directories: {e}")))?;
-            Ok(dirs.into_iter().map(|(_, owner)| owner).collect())
+            Ok(dirs.into_iter().map(|(_, (namespace, name, uid))| LogOwner { namespace, name, uid }).collect())
         })
     }
 

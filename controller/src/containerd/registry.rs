@@ -395,7 +395,7 @@ mod tests {
         let reg = Registry::new(reqwest::Client::new(), reference).unwrap().with_small_timeout(std::time::Duration::from_millis(300));
         let started = std::time::Instant::now();
         let r = tokio::time::timeout(std::time::Duration::from_secs(10), reg.fetch_top()).await.expect("no hang");
-        let e = r.err().expect("a registry that never answers is an error");
+        let e = r.expect_err("a registry that never answers is an error");
         assert!(e.contains("timed out"), "{e}");
         assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
         held.abort();
