@@ -125,6 +125,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// with their tasks: what one reconcile pass reads.
     fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>>;
 
+    /// One managed container by id, with its task (`None` if there is no
+    /// such container, or it is not steward's).
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ActualContainer>, RuntimeError>> {
+        Box::pin(async move { Ok(self.list().await?.into_iter().find(|c| c.id == id)) })
+    }
+
     /// Makes the image present (pulling per policy), reporting progress.
     fn ensure_image<'a>(
         &'a self,

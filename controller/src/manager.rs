@@ -78,7 +78,7 @@ pub async fn run<R: Runtime>(
                     next = tokio::time::Instant::now() + config.gc_interval;
                     collector.sweep(&cache).await
                 }
-                Some(id) = created.next() => collector.check(&id).await,
+                Some(id) = created.next() => collector.check(&id, Some(&cache)).await,
             };
             match report {
                 Ok(r) => {

@@ -461,10 +461,10 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
 
     // One container checked on its own (as after its create event) with no
     // cache at all: the live GET keeps the live one and takes the stray.
-    assert_eq!(gc.check(&keep_id).await.unwrap().collected, 0);
+    assert_eq!(gc.check(&keep_id, None).await.unwrap().collected, 0);
     let ghost = stray("default.ghost.1", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-ghost"), (LABEL_NAME, "ghost")]), false);
     h.fake.s.lock().unwrap().containers.insert(ghost.id.clone(), ghost);
-    assert_eq!(gc.check("default.ghost.1").await.unwrap().collected, 1);
+    assert_eq!(gc.check("default.ghost.1", Some(&cache)).await.unwrap().collected, 1);
     assert!(!h.fake.ids().contains(&"default.ghost.1".to_string()));
     assert!(h.fake.ids().contains(&keep_id));
     let _ = tx.send(());

@@ -138,12 +138,16 @@ impl<R: Runtime> Collector<R> {
         }
     }
 
-    /// Looks at one container (just created, by its event).
-    pub async fn check(&self, id: &str) -> Result<GcReport, RuntimeError> {
+    /// Looks at one container (just created, by its event). `cache`, if
+    /// given, saves the GET for containers of objects it holds.
+    pub async fn check(&self, id: &str, cache: Option<&Cache<Container>>) -> Result<GcReport, RuntimeError> {
         let mut report = GcReport::default();
-        let all = self.runtime.list().await?;
-        if let Some(c) = all.iter().find(|c| c.id == id) {
-            self.handle(c, &HashSet::new(), &mut report).await;
+        if let Some(c) = self.runtime.get(id).await? {
+            let live: HashSet<String> = match cache {
+                Some(cache) => cache.list().iter().map(|o| o.metadata.uid.clone()).filter(|u| u == c.label(LABEL_UID)).collect(),
+                None => HashSet::new(),
+            };
+            self.handle(&c, &live, &mut report).await;
         }
         Ok(report)
     }

@@ -660,6 +660,16 @@ impl Runtime for ContainerdRuntime {
         )
     }
 
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ActualContainer>, RuntimeError>> {
+        Box::pin(async move {
+            let Some(c) = self.get_container(id).await? else { return Ok(None) };
+            if c.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+                return Ok(None);
+            }
+            Ok(self.with_tasks(vec![c]).await?.pop())
+        })
+    }
+
     fn ensure_image<'a>(
         &'a self,
         image: &'a str,
