@@ -83,11 +83,10 @@ pub async fn get(
         Some(d) => current_and_previous(d),
         None => (None, None),
     };
+    let no_previous = || ApiError::BadRequest(format!("previous terminated container {name:?} has no logs"));
     let (current, base) = match current {
-        Some(current) => {
-            let base = if o.previous { previous.unwrap_or_else(|| dir.join("none.log")) } else { current.clone() };
-            (current, base)
-        }
+        Some(current) if o.previous => (current, previous.ok_or_else(no_previous)?),
+        Some(current) => (current.clone(), current),
         // Containers started before it log per container id.
         None => {
             attempts_dir = None;
@@ -111,7 +110,7 @@ pub async fn get(
     };
     let files = log_files(&base);
     if files.is_empty() && o.previous {
-        return Err(ApiError::BadRequest(format!("previous terminated container {name:?} has no logs")));
+        return Err(no_previous());
     }
     // File reads block: keep them off the async workers. The follower
     // continues exactly where this read of the current file ended.
