@@ -173,6 +173,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// containers that replaced each other): when the object is deleted.
     fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
+    /// Removes the files of the old per-container-id log layout whose
+    /// container is not in `keep` (left by a crash, or by an older
+    /// steward); returns how many containers' logs went.
+    fn collect_legacy_logs<'a>(&'a self, keep: &'a std::collections::HashSet<String>) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        let _ = keep;
+        Box::pin(async { Ok(0) })
+    }
+
     /// The objects that have logs kept here.
     fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>>;
 

@@ -455,3 +455,18 @@ async fn a_hung_containerd_fails_calls_within_the_deadline_and_recovers() {
     assert!(rt.find("u-1").await.expect("find after recovery").is_empty());
     watcher.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_per_id_logs_of_containers_that_are_gone_are_collected() {
+    let t = TestContainerd::start("oldlogs").await;
+    let root = t.log_root().join(&t.namespace);
+    std::fs::create_dir_all(&root).unwrap();
+    for f in ["default.gone.1.log", "default.gone.1.log.1", "default.gone.1.previous.log", "default.kept.1.log"] {
+        std::fs::write(root.join(f), "2026-11-25T10:00:00Z stdout F x\n").unwrap();
+    }
+    let keep = std::collections::HashSet::from(["default.kept.1".to_string()]);
+    assert_eq!(t.rt.collect_legacy_logs(&keep).await.unwrap(), 1);
+    let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["default.kept.1.log"]);
+}

@@ -111,6 +111,32 @@ pub fn object_dirs(ns_root: &Path) -> Vec<(PathBuf, (String, String, String))> {
     out
 }
 
+/// The container ids that have files of the old per-id layout under
+/// `ns_root` (`<id>.log*`, `<id>.previous.log*`).
+pub fn legacy_log_ids(ns_root: &Path) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(ns_root) {
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let fname = e.file_name();
+            let Some(f) = fname.to_str() else { continue };
+            // Drop a rotation suffix (`.3`), then `.log`, then `.previous`.
+            let f = match f.rsplit_once('.') {
+                Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+                _ => f,
+            };
+            let Some(id) = f.strip_suffix(".log") else { continue };
+            let id = id.strip_suffix(".previous").unwrap_or(id);
+            if !id.is_empty() {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
 /// `ROOT/<namespace>/<id>.log` (containers started before per-object logs).
 pub fn log_path(root: &Path, namespace: &str, id: &str) -> PathBuf {
     root.join(namespace).join(format!("{id}.log"))
@@ -562,6 +588,18 @@ mod tests {
         assert_eq!(s(f.poll(&ReadOptions::default())), "last of run 0\nrun 1\n");
         second.write_record("stdout", false, b"more").unwrap();
         assert_eq!(s(f.poll(&ReadOptions::default())), "more\n");
+    }
+
+    #[test]
+    fn finds_the_ids_of_old_per_id_logs() {
+        let root = tempfile::tempdir().unwrap();
+        for f in ["a.b.1.log", "a.b.1.log.2", "a.b.1.previous.log", "c.log.1", "d.previous.log.1", "notes.txt"] {
+            std::fs::write(root.path().join(f), "").unwrap();
+        }
+        std::fs::create_dir(root.path().join("default_web_u1")).unwrap();
+        assert_eq!(legacy_log_ids(root.path()), ["a.b.1", "c", "d"]);
+        remove_logs(&log_path(root.path().parent().unwrap(), root.path().file_name().unwrap().to_str().unwrap(), "a.b.1")).unwrap();
+        assert_eq!(legacy_log_ids(root.path()), ["c", "d"]);
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl<R: Runtime> Collector<R> {
                 return;
             }
         };
+        // Files of the old per-id layout: kept while their container exists.
+        let ids: HashSet<String> = all.iter().map(|c| c.id.clone()).collect();
+        match self.runtime.collect_legacy_logs(&ids).await {
+            Ok(n) => report.logs_collected += n,
+            Err(e) => tracing::warn!(error = %e, "could not collect old per-container logs"),
+        }
         let in_use: HashSet<&str> = all.iter().map(|c| c.label(LABEL_UID)).collect();
         for LogOwner { namespace: ns, name, uid } in owners {
             if in_use.contains(uid.as_str()) || live.contains(&uid) {

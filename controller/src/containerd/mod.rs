@@ -749,6 +749,27 @@ impl Runtime for ContainerdRuntime {
         })
     }
 
+    fn collect_legacy_logs<'a>(&'a self, keep: &'a std::collections::HashSet<String>) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        Box::pin(async move {
+            let root = self.logs_root();
+            let keep = keep.clone();
+            let ns = self.ctx.namespace.clone();
+            let logs_root = self.cfg.logs.root.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut n = 0;
+                for id in steward_logfile::legacy_log_ids(&root).into_iter().filter(|id| !keep.contains(id)) {
+                    logdriver::remove_logs(&logdriver::log_path(&logs_root, &ns, &id))
+                        .map_err(|e| RuntimeError::Unavailable(format!("remove logs of {id}: {e}")))?;
+                    tracing::info!(container = %id, "collected the logs of a container that is gone");
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("collecting old logs: {e}")))?
+        })
+    }
+
     fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>> {
         Box::pin(async move {
             let root = self.logs_root();
