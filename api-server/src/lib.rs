@@ -49,6 +49,10 @@ pub struct Config {
     /// The bearer token every request (but health and version) must carry;
     /// `None` serves without authentication (embedding, tests).
     pub token: Option<String>,
+    /// What `/readyz` also depends on, published by whoever watches it (the
+    /// controller probes containerd): `Some(reason)` answers 503 with the
+    /// reason. `None` here: only the server itself counts.
+    pub not_ready: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             upload_dir: None,
             max_image_bytes: 4 << 30,
             token: None,
+            not_ready: None,
         }
     }
 }

@@ -22,7 +22,7 @@ fn env_with(bin: &Path) -> Env {
     require_tools();
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start(dir.path());
-    let steward = Steward::start_with(bin, &dir.path().join("data"));
+    let steward = Steward::start_bin(bin, &dir.path().join("data"), &[]);
     Env { steward, registry, dir }
 }
 
