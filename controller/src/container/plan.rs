@@ -782,6 +782,13 @@ mod tests {
         let mut bare = actual(&old, running(9));
         bare.labels.retain(|k, _| k != LABEL_STOP_SIGNAL && k != LABEL_STOP_GRACE);
         assert_eq!(stop_params(&bare, Some(&new.spec)), (10, Duration::from_secs(1)));
+        // No object any more (garbage): its own labels, else the defaults.
+        assert_eq!(recorded_stop(&c), (Some(2), Some(Duration::from_secs(30))));
+        assert_eq!(stop_params(&c, None), (2, Duration::from_secs(30)));
+        assert_eq!(stop_params(&bare, None), (DEFAULT_STOP_SIGNAL, DEFAULT_STOP_GRACE));
+        // A value it cannot read counts as not recorded.
+        bare.labels.insert(LABEL_STOP_SIGNAL.into(), "SIGTERM".into());
+        assert_eq!(recorded_stop(&bare), (None, None));
     }
 
     #[test]
