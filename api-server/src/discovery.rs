@@ -15,9 +15,12 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(app): State<AppState>) -> Response {
     if *app.shutdown.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else {
-        "ok".into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let reason = app.config.not_ready.as_ref().and_then(|rx| rx.borrow().clone());
+    match reason {
+        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {r}")).into_response(),
+        None => "ok".into_response(),
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Config {
     /// A connection that has not sent a request's headers within this
     /// time is closed (stalled or slow-loris clients).
     pub header_read_timeout: Duration,
+    /// What `/readyz` also depends on, published by whoever watches it (the
+    /// controller probes containerd): `Some(reason)` answers 503 with the
+    /// reason. `None` here: only the server itself counts.
+    pub not_ready: Option<tokio::sync::watch::Receiver<Option<String>>>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             max_requests_inflight: 400,
             max_long_running_inflight: 1000,
             header_read_timeout: Duration::from_secs(10),
+            not_ready: None,
         }
     }
 }

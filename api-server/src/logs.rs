@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use steward_schema::RESOURCE;
-use steward_logfile::{log_files, previous_base, Follower, ReadOptions};
+use steward_logfile::{current_and_previous, log_files, object_dir_name, previous_base, Follower, ReadOptions};
 use steward_schema::validate::is_runtime_id;
 use steward_store::{Key, StoreError};
 
@@ -84,24 +84,41 @@ pub async fn get(
     let Some(dir) = app.config.logs_dir.clone() else {
         return Err(ApiError::NotFound("this server keeps no container logs (no controller)".into()));
     };
-    let id = obj
-        .object
-        .status
-        .as_ref()
-        .and_then(|s| s.get("containerID"))
-        .and_then(Value::as_str)
-        .map(|s| s.trim_start_matches("containerd://").to_string())
-        .ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
-    // The id comes from status, which clients can write: it must name a
-    // file in the log directory and nothing else.
-    if !is_runtime_id(&id) {
-        return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
-    }
-    let current = dir.join(format!("{id}.log"));
-    let base = if o.previous { previous_base(&current) } else { current.clone() };
+    let uid = obj.object.metadata.uid.clone();
+    // Current layout: the object's directory, one file per run attempt.
+    let mut attempts_dir = object_dir_name(&ns, &name, &uid).map(|d| dir.join(d));
+    let (current, previous) = match &attempts_dir {
+        Some(d) => current_and_previous(d),
+        None => (None, None),
+    };
+    let no_previous = || ApiError::BadRequest(format!("previous terminated container {name:?} has no logs"));
+    let (current, base) = match current {
+        Some(current) if o.previous => (current, previous.ok_or_else(no_previous)?),
+        Some(current) => (current.clone(), current),
+        // Containers started before it log per container id.
+        None => {
+            attempts_dir = None;
+            let id = obj
+                .object
+                .status
+                .as_ref()
+                .and_then(|s| s.get("containerID"))
+                .and_then(Value::as_str)
+                .map(|s| s.trim_start_matches("containerd://").to_string())
+                .ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
+            // The id comes from status, which clients can write: it must name a
+            // file in the log directory and nothing else.
+            if !is_runtime_id(&id) {
+                return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
+            }
+            let current = dir.join(format!("{id}.log"));
+            let base = if o.previous { previous_base(&current) } else { current.clone() };
+            (current, base)
+        }
+    };
     let files = log_files(&base);
     if files.is_empty() && o.previous {
-        return Err(ApiError::BadRequest(format!("previous terminated container {name:?} has no logs")));
+        return Err(no_previous());
     }
     // File reads block: keep them off the async workers. The follower
     // continues exactly where this read of the current file ended.
@@ -113,7 +130,10 @@ pub async fn get(
     .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?
     .map_err(|e| ApiError::Unavailable(format!("reading logs: {e}")))?;
     let body = if follow {
-        let follower = Follower::from_offset(current, end);
+        let mut follower = Follower::from_offset(current, end);
+        if let Some(d) = &attempts_dir {
+            follower = follower.across_attempts(d.clone());
+        }
         let shutdown = app.shutdown.clone();
         let stream = futures_util::stream::unfold(
             (Some(first), Some(follower), read, shutdown),

@@ -926,3 +926,21 @@ async fn idle_keep_alive_connections_closed_by_the_timeout_are_harmless() {
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
 }
+
+#[tokio::test]
+async fn readyz_reports_a_dependency_that_is_not_ready() {
+    let (tx, rx) = tokio::sync::watch::channel(None::<String>);
+    let cfg = steward_apiserver::Config { not_ready: Some(rx), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, cfg).await;
+    let get = || s.client.get(format!("{}/readyz", s.url)).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    tx.send(Some("containerd at /x.sock: deadline exceeded".into())).unwrap();
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("containerd at /x.sock: deadline exceeded"), "{text}");
+    // Liveness is not readiness: the server itself is fine.
+    assert_eq!(s.client.get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
+    tx.send(None).unwrap();
+    assert_eq!(get().await.unwrap().status(), 200);
+}

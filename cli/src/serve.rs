@@ -73,7 +73,14 @@ pub struct ServeArgs {
     /// Watches and followed logs open at once; more get 429.
     #[arg(long, default_value_t = 1000)]
     pub max_long_running_inflight: usize,
+    /// How often runtime containers are checked for garbage (default 5m;
+    /// also at start, and at once for every container created).
+    #[arg(long, value_parser = crate::duration::parse_duration)]
+    pub gc_interval: Option<Duration>,
 }
+
+/// How often containerd is probed for `/readyz`.
+const READINESS_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
@@ -97,6 +104,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!("--data-dir {}: another steward is already serving from it", args.data_dir.display())
     })?;
+
+    let store_uid = load_or_create_store_uid(&args.data_dir)?;
 
     let mut cfg = steward_store::Config::new(args.data_dir.join("steward.db"));
     cfg.retention.max_age = args.event_retention;
@@ -143,6 +152,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut cfg = ContainerdConfig::new(&socket, &log_root);
         cfg.namespace = args.containerd_namespace.clone();
         let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
+        // /readyz answers 503 while containerd does not answer.
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
+        api.not_ready = Some(ready_rx);
+        tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.watch_readiness(ready_tx, READINESS_PROBE_EVERY).await }
+        });
         api.logs_dir = Some(log_root.join(&args.containerd_namespace));
         api.images = Some(Arc::new(Importer(rt.clone())));
         // Uploads a crash left half-written are of no use to anyone.
@@ -171,6 +187,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let server = format!("http://{addr}");
         let mut cfg = ManagerConfig::default();
         cfg.controller.concurrency = args.concurrency;
+        cfg.store_uid = store_uid;
+        if let Some(every) = args.gc_interval {
+            cfg.gc_interval = every;
+        }
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             manager::run(&server, token.as_deref(), rt, cfg, stop).await;
@@ -260,6 +280,48 @@ fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot set mode 0700", what()))?;
     }
     Ok(())
+}
+
+/// The store's identity, `DATA/store-uid`: made once with the data dir
+/// (random, 0600, written whole), then read at every start. Every container
+/// this steward creates carries it, so several stewards can share one
+/// containerd namespace without collecting each other's containers.
+fn load_or_create_store_uid(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("store-uid");
+    let what = || format!("{}", path.display());
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let uid = s.trim().to_string();
+            let valid = uid.len() >= 16 && uid.len() <= 63 && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid {
+                anyhow::bail!("{}: not a store uid ({uid:?}); restore it from a backup, or remove the file only if no container of this data dir runs", what());
+            }
+            return Ok(uid);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(what),
+    }
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for a new store uid")?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let uid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+    let tmp = data_dir.join(format!(".store-uid.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(uid.as_bytes()).and_then(|()| f.sync_all()).with_context(what)?;
+    std::fs::rename(&tmp, &path).with_context(what)?;
+    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).with_context(what)?;
+    tracing::info!(path = %path.display(), store_uid = %uid, "created the store's identity");
+    Ok(uid)
 }
 
 /// Image archives uploaded to the API go into containerd.

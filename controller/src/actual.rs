@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use steward_schema::{ContainerSpec, Time};
 
 pub const LABEL_MANAGED_BY: &str = "steward.dev/managed-by";
@@ -22,7 +23,9 @@ pub const LABEL_SPEC_HASH: &str = "steward.dev/spec-hash";
 /// containers created before hashes were versioned (the legacy hash).
 pub const LABEL_SPEC_HASH_VERSION: &str = "steward.dev/spec-hash-version";
 /// The signal (number) and grace period (seconds) this container is
-/// stopped with: its own, recorded at create, whatever the spec says later.
+/// stopped with: its own, recorded at create, whatever the spec says later
+/// (also by the garbage collector once its object is gone). Read them with
+/// `container::plan::recorded_stop`.
 pub const LABEL_STOP_SIGNAL: &str = "steward.dev/stop-signal";
 pub const LABEL_STOP_GRACE: &str = "steward.dev/termination-grace-period-seconds";
 /// The resource limits applied to the container (changed in place).
@@ -31,6 +34,10 @@ pub const LABEL_LIMITS: &str = "steward.dev/limits";
 /// survives a steward restart.
 pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
 pub const MANAGED_BY: &str = "steward";
+/// The uid of the store whose object the container belongs to: several
+/// stewards may share one containerd namespace, and each collects only its
+/// own garbage (see `container::gc`).
+pub const LABEL_STORE: &str = "steward.dev/store";
 
 /// The state of a task (the running process of a container).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +90,14 @@ pub struct ImageConfig {
     pub top_layer_chain_id: String,
 }
 
+/// An object whose logs are kept (its run attempts' files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
 /// Progress of an image pull, for `ImagePulling` status messages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PullProgress {
@@ -119,6 +134,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// The managed containers of one object (label `steward.dev/uid`),
     /// with their tasks: what one reconcile pass reads.
     fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>>;
+
+    /// One managed container by id, with its task (`None` if there is no
+    /// such container, or it is not steward's).
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ActualContainer>, RuntimeError>> {
+        Box::pin(async move { Ok(self.list().await?.into_iter().find(|c| c.id == id)) })
+    }
 
     /// Makes the image present (pulling per policy), reporting progress.
     fn ensure_image<'a>(
@@ -164,11 +185,35 @@ pub trait Runtime: Send + Sync + 'static {
     /// Deletes a stopped task.
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
 
-    /// Deletes the container, its snapshot and its logs (the task must be gone).
+    /// Deletes the container and its snapshot (the task must be gone). Its
+    /// logs stay (`logs --previous` after a spec change): they go with the
+    /// object ([`Runtime::remove_logs`]).
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Removes every log of one object (all its run attempts, across the
+    /// containers that replaced each other): when the object is deleted.
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
+
+    /// Removes the files of the old per-container-id log layout whose
+    /// container is not in `keep` (left by a crash, or by an older
+    /// steward); returns how many containers' logs went.
+    fn collect_legacy_logs<'a>(&'a self, keep: &'a std::collections::HashSet<String>) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        let _ = keep;
+        Box::pin(async { Ok(0) })
+    }
+
+    /// The objects that have logs kept here.
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>>;
 
     /// Ids of containers whose task changed state (exit, start, OOM),
     /// re-subscribed across runtime restarts. Events are hints: the
     /// reconciler re-reads actual state.
     fn events(&self) -> BoxStream<'static, String>;
+
+    /// Ids of containers just created in the namespace, by anyone (so a
+    /// stray one is collected within seconds, not at the next sweep).
+    /// Best effort: creates during an outage are left to the sweep.
+    fn created(&self) -> BoxStream<'static, String> {
+        futures_util::stream::pending().boxed()
+    }
 }

@@ -12,7 +12,9 @@ use steward_schema::Container;
 use crate::actual::{Runtime, LABEL_NAME, LABEL_NAMESPACE};
 use crate::runtime::ObjectRef;
 use crate::client::Api;
-use crate::container::reconciler::{collect_garbage, object_of, reconcile, Context};
+use crate::container::gc::Collector;
+use crate::container::pulls::Pulls;
+use crate::container::reconciler::{object_of, reconcile, Context};
 use crate::runtime::controller::{Config, Controller};
 
 #[derive(Clone, Debug)]
@@ -21,11 +23,14 @@ pub struct ManagerConfig {
     /// How often runtime containers are checked for garbage (also once at
     /// start, when the cache is loaded).
     pub gc_interval: Duration,
+    /// The identity of the store (see `container::gc`): labels every
+    /// container created; only containers with it are ever collected.
+    pub store_uid: String,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        ManagerConfig { controller: Config::default(), gc_interval: Duration::from_secs(300) }
+        ManagerConfig { controller: Config::default(), gc_interval: Duration::from_secs(300), store_uid: String::new() }
     }
 }
 
@@ -39,7 +44,12 @@ pub async fn run<R: Runtime>(
     shutdown: impl Future<Output = ()>,
 ) {
     let api: Api<Container> = Api::all_with_token(server, token);
-    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone() });
+    // Pulls run outside the reconcile slots; their waiters are woken when
+    // they end.
+    let (pulls, pulled) = Pulls::new(runtime.clone());
+    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls });
+    let collector = Collector { runtime: runtime.clone(), api: api.clone(), store_uid: config.store_uid.clone() };
+    let mut created = runtime.created();
     // Runtime events name containers; most ids say whose they are, hashed
     // ones are looked up by their labels.
     let lookup = runtime.clone();
@@ -54,17 +64,36 @@ pub async fn run<R: Runtime>(
             Some(ObjectRef::new(c.label(LABEL_NAMESPACE), c.label(LABEL_NAME)))
         }
     });
-    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events);
+    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events).trigger(pulled);
     let cache = ctl.cache();
     let gc = tokio::spawn(async move {
         cache.wait_ready().await;
+        // A sweep at start, then every gc_interval, sooner while orphans
+        // are in their grace period; a container created by anyone is
+        // looked at at once (a stray is gone within seconds).
+        let mut next = tokio::time::Instant::now();
         loop {
-            match collect_garbage(runtime.as_ref(), &cache).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(collected = n, "garbage collected"),
-                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            let report = tokio::select! {
+                _ = tokio::time::sleep_until(next) => {
+                    next = tokio::time::Instant::now() + config.gc_interval;
+                    collector.sweep(&cache).await
+                }
+                Some(id) = created.next() => collector.check(&id, Some(&cache)).await,
+            };
+            match report {
+                Ok(r) => {
+                    if r.collected > 0 || r.adopted > 0 {
+                        tracing::info!(collected = r.collected, adopted = r.adopted, "garbage collected");
+                    }
+                    if let Some(d) = r.again_in {
+                        next = next.min(tokio::time::Instant::now() + d);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection failed");
+                    next = next.min(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
             }
-            tokio::time::sleep(config.gc_interval).await;
         }
     });
     tracing::info!("controllers running");

@@ -95,7 +95,7 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
         assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp in {line:?}");
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{line}");
     }
-    let read = read_log(&t, &id);
+    let read = read_log(&t, &id).await;
     assert!(read.lines().any(|l| l == "hello") && read.lines().any(|l| l == "oops"), "{read}");
 
     let listed = t.rt.list().await.unwrap();
@@ -136,13 +136,21 @@ async fn lifecycle_import_create_start_logs_kill_remove() {
     t.rt.delete_task(&id).await.expect("delete task");
     t.rt.delete_task(&id).await.expect("delete task again = ok");
     assert!(!pid_alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(" Z ")).unwrap_or(true));
+    let log = t.rt.log_path(&id).await.expect("log path");
     t.rt.remove(&id).await.expect("remove");
     t.rt.remove(&id).await.expect("remove again = ok");
 
     assert!(t.rt.list().await.unwrap().is_empty(), "no containers left");
     assert!(snapshots_labelled(&t, LABEL_NAME, "web").await.is_empty(), "no snapshots left");
     assert!(t.task(&id).await.is_none());
-    assert!(!t.rt.log_path(&id).exists(), "logs removed");
+    // The logs outlive the container (`logs --previous` after a spec
+    // change) and go with the object.
+    assert!(log.exists(), "{} kept after the container is removed", log.display());
+    let owner = steward_controller::actual::LogOwner { namespace: "default".into(), name: "web".into(), uid: "u-1".into() };
+    assert_eq!(t.rt.log_owners().await.unwrap(), [owner]);
+    t.rt.remove_logs("default", "web", "u-1").await.expect("remove logs");
+    assert!(!log.exists(), "logs removed with the object");
+    assert!(t.rt.log_owners().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +191,7 @@ async fn spec_limits_are_visible_inside_the_container() {
     t.rt.create(&id, &spec, &image, labels("limits")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = read_log(&t, &id);
+    let out = read_log(&t, &id).await;
     println!("{out}");
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     assert!(out.contains(&format!("/{}/{id}", t.namespace)), "cgroup path: {out}");
@@ -229,7 +237,7 @@ async fn host_network_shares_the_host_stack() {
     t.rt.create(&id, &spec, &image, labels("hostnet")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
-    let out = read_log(&t, &id);
+    let out = read_log(&t, &id).await;
     assert_eq!(stopped.exit_code, Some(0), "{out}");
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert!(out.starts_with(&format!("{host_links}\n")), "host has {host_links} links: {out}");
@@ -385,8 +393,8 @@ async fn supervisor_restarts_containerd_and_events_resume() {
 
 
 /// The container's output as the API's log endpoint reads it.
-fn read_log(t: &common::TestContainerd, id: &str) -> String {
-    let base = steward_logfile::log_path(&t.log_root(), &t.namespace, id);
+async fn read_log(t: &common::TestContainerd, id: &str) -> String {
+    let base = t.rt.log_path(id).await.expect("log path");
     String::from_utf8(steward_logfile::read(&steward_logfile::log_files(&base), &Default::default()).unwrap()).unwrap()
 }
 
@@ -408,7 +416,9 @@ async fn oom_kills_are_told_apart_from_sigkill() {
     t.rt.create(&hog, &spec, &image, labels("hog")).await.expect("create");
     t.rt.start(&hog).await.expect("start");
     let stopped = t.wait_stopped(&hog, Duration::from_secs(30)).await;
-    assert_eq!(stopped.exit_code, Some(137), "log: {}", read_log(&t, &hog));
+    if stopped.exit_code != Some(137) {
+        panic!("exit {:?}, want 137; log: {}", stopped.exit_code, read_log(&t, &hog).await);
+    }
     assert!(stopped.oom_killed, "an OOM kill was not seen: {stopped:?}");
 
     let killed = unique("killed");
@@ -520,4 +530,77 @@ async fn a_paused_task_is_reported_and_can_be_killed() {
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;
     assert_eq!(stopped.exit_code, Some(137));
     t.cleanup().await;
+}
+
+/// Sends SIGCONT on drop, so a failing test never leaves containerd stopped.
+struct Continue(i32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the containerd this test started.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_containerd_fails_calls_within_the_deadline_and_recovers() {
+    let t = TestContainerd::start("hung").await;
+    let mut cfg = steward_controller::containerd::ContainerdConfig::new(t.socket(), t.log_root());
+    cfg.namespace = t.namespace.clone();
+    cfg.call_timeout = Duration::from_secs(1);
+    let rt = steward_controller::containerd::ContainerdRuntime::connect(cfg).await.expect("connect");
+    assert!(rt.find("u-1").await.expect("find while containerd answers").is_empty());
+    assert_eq!(rt.probe().await, Ok(()));
+    let (ready_tx, mut ready) = tokio::sync::watch::channel(None);
+    let watcher = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.watch_readiness(ready_tx, Duration::from_millis(200)).await }
+    });
+
+    let pid = t.supervisor.as_ref().map(|s| s.pid()).unwrap_or(0) as i32;
+    assert!(pid > 0, "the supervisor started containerd");
+    // SAFETY: kill(2) on the containerd this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let guard = Continue(pid);
+
+    // What a reconcile pass does first: it must fail, not hang.
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), rt.find("u-1")).await.expect("find returned (no hang)");
+    let took = started.elapsed();
+    assert!(matches!(&r, Err(RuntimeError::Unavailable(_))), "{r:?}");
+    assert!(took < Duration::from_secs(3), "failed after {took:?}, deadline 1 s");
+    let r = tokio::time::timeout(Duration::from_secs(10), rt.start("nope")).await.expect("start returned (no hang)");
+    assert!(r.is_err(), "{r:?}");
+    // Readiness says so, with a reason.
+    let reason = tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| r.is_some()))
+        .await
+        .expect("not ready within 10 s")
+        .expect("watcher alive")
+        .clone();
+    assert!(reason.as_deref().is_some_and(|r| r.contains("containerd")), "{reason:?}");
+
+    drop(guard); // SIGCONT
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| r.is_none()))
+        .await
+        .expect("ready again within 10 s")
+        .expect("watcher alive");
+    assert!(rt.find("u-1").await.expect("find after recovery").is_empty());
+    watcher.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_per_id_logs_of_containers_that_are_gone_are_collected() {
+    let t = TestContainerd::start("oldlogs").await;
+    let root = t.log_root().join(&t.namespace);
+    std::fs::create_dir_all(&root).unwrap();
+    for f in ["default.gone.1.log", "default.gone.1.log.1", "default.gone.1.previous.log", "default.kept.1.log"] {
+        std::fs::write(root.join(f), "2026-11-25T10:00:00Z stdout F x\n").unwrap();
+    }
+    let keep = std::collections::HashSet::from(["default.kept.1".to_string()]);
+    assert_eq!(t.rt.collect_legacy_logs(&keep).await.unwrap(), 1);
+    let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["default.kept.1.log"]);
 }

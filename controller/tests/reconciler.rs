@@ -13,7 +13,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use steward_controller::actual::*;
 use steward_controller::client::Api;
-use steward_controller::container::reconciler::{collect_garbage, object_of, reconcile, Context, FINALIZER};
+use steward_controller::container::gc::Collector;
+use steward_controller::container::pulls::Pulls;
+use steward_controller::container::reconciler::{object_of, reconcile, Context, FINALIZER};
 use steward_controller::runtime::controller::{Config, Controller};
 use steward_schema::{Container, ContainerSpec, PullPolicy, Time};
 use tokio::sync::broadcast;
@@ -25,16 +27,31 @@ struct FakeState {
     /// Commands whose processes exit at once with this code.
     exit_codes: BTreeMap<String, u32>,
     log: Vec<String>,
+    /// Objects with log directories (namespace, name, uid): one appears
+    /// when a task of theirs starts.
+    logs: Vec<LogOwner>,
 }
 
 struct Fake {
     s: Mutex<FakeState>,
     events: broadcast::Sender<String>,
+    /// Pulls (ensure_image with a policy that may pull) per image.
+    pulls: Mutex<BTreeMap<String, u32>>,
+    /// Pulls of "gated" images wait for this to be true.
+    gate: tokio::sync::watch::Receiver<bool>,
+    open_gate: tokio::sync::watch::Sender<bool>,
 }
 
 impl Fake {
     fn new() -> Arc<Self> {
-        Arc::new(Fake { s: Mutex::new(FakeState { next_pid: 100, ..Default::default() }), events: broadcast::channel(1024).0 })
+        let (open_gate, gate) = tokio::sync::watch::channel(false);
+        Arc::new(Fake {
+            s: Mutex::new(FakeState { next_pid: 100, ..Default::default() }),
+            events: broadcast::channel(1024).0,
+            pulls: Mutex::default(),
+            gate,
+            open_gate,
+        })
     }
     fn exit(&self, id: &str, code: u32) {
         let mut s = self.s.lock().unwrap();
@@ -68,10 +85,24 @@ impl Runtime for Fake {
     fn ensure_image<'a>(
         &'a self,
         image: &'a str,
-        _: PullPolicy,
+        policy: PullPolicy,
         progress: Box<dyn Fn(PullProgress) + Send + Sync + 'a>,
     ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>> {
         Box::pin(async move {
+            // Images named "slow", "gated" or "missing" are not present
+            // locally; the others are.
+            let remote = ["slow", "gated", "missing"].iter().any(|w| image.contains(w));
+            if policy == PullPolicy::Never {
+                if remote {
+                    return Err(RuntimeError::ImageNeverPull(format!("image {image} is not present")));
+                }
+                return Ok(ImageConfig { digest: "sha256:feed".into(), cmd: vec!["sh".into()], ..Default::default() });
+            }
+            *self.pulls.lock().unwrap().entry(image.to_string()).or_default() += 1;
+            if image.contains("gated") {
+                // Held until the test opens the gate.
+                let _ = self.gate.clone().wait_for(|open| *open).await;
+            }
             if image.contains("missing") {
                 return Err(RuntimeError::ImagePull(format!("pull {image}: manifest unknown")));
             }
@@ -116,6 +147,14 @@ impl Runtime for Fake {
             return Box::pin(async { Err(RuntimeError::NotFound("container".into())) });
         };
         c.task = Some(Task { pid, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false });
+        let owner = LogOwner {
+            namespace: c.label(LABEL_NAMESPACE).to_string(),
+            name: c.label(LABEL_NAME).to_string(),
+            uid: c.label(LABEL_UID).to_string(),
+        };
+        if !s.logs.contains(&owner) {
+            s.logs.push(owner);
+        }
         drop(s);
         if let Some(code) = code {
             // Exits right after starting, as a crashing process would.
@@ -174,6 +213,15 @@ impl Runtime for Fake {
         s.containers.remove(id);
         ok(())
     }
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let mut s = self.s.lock().unwrap();
+        s.log.push(format!("remove-logs {namespace}/{name} {uid}"));
+        s.logs.retain(|o| o.uid != uid);
+        ok(())
+    }
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>> {
+        ok(self.s.lock().unwrap().logs.clone())
+    }
     fn events(&self) -> BoxStream<'static, String> {
         let rx = self.events.subscribe();
         futures_util::stream::unfold(rx, |mut rx| async move {
@@ -197,6 +245,9 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// The store identity the harness's reconciler labels containers with.
+const STORE: &str = "store-a";
+
 const BASE: &str = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
 
 impl Harness {
@@ -208,10 +259,15 @@ impl Harness {
         tokio::spawn(steward_apiserver::serve(listener, store, Default::default(), std::future::pending()));
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone() });
-        let cfg = Config { error_backoff: (Duration::from_millis(50), Duration::from_millis(400)), ..Default::default() };
+        let (pulls, pulled) = Pulls::new(fake.clone());
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into(), pulls });
+        let cfg = Config {
+            error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
+            concurrency: 2,
+            ..Default::default()
+        };
         let events = fake.events().filter_map(|id| async move { object_of(&id) });
-        let ctl = Controller::new(Arc::new(api), cfg).trigger(events);
+        let ctl = Controller::new(Arc::new(api), cfg).trigger(events).trigger(pulled);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(ctl.run(move |o| reconcile(o, ctx.clone()), async move {
             let _ = rx.await;
@@ -342,19 +398,54 @@ async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
     assert_eq!(h.fake.ids().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_without_a_live_object_is_collected() {
-    let h = Harness::start().await;
-    h.apply("keep", json!({"image": "busybox"})).await;
-    h.wait_for("keep", "Running", |o| phase(o) == "Running").await;
-    // A container left by an object that no longer exists.
-    let stray = ActualContainer {
-        id: "default.gone.000000000000".into(),
-        labels: BTreeMap::from([(LABEL_UID.to_string(), "dead-uid".to_string()), (LABEL_MANAGED_BY.to_string(), "steward".to_string())]),
-        task: Some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false }),
+fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
+    let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    ActualContainer {
+        id: id.into(),
+        labels: l,
+        task: running.then_some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false }),
         image_digest: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
+    let h = Harness::start().await;
+    h.apply("keep", json!({"image": "busybox", "stopSignal": "SIGINT"})).await;
+    let keep = h.wait_for("keep", "Running", |o| phase(o) == "Running").await.unwrap();
+    let keep_uid = keep["metadata"]["uid"].as_str().unwrap().to_string();
+    let keep_id = h.fake.ids()[0].clone();
+    {
+        let s = h.fake.s.lock().unwrap();
+        let labels = &s.containers[&keep_id].labels;
+        assert_eq!(labels.get(LABEL_STORE).map(String::as_str), Some(STORE), "created with the store's identity");
+        assert_eq!(labels.get(LABEL_STOP_SIGNAL).map(String::as_str), Some("2"));
+        assert_eq!(labels.get(LABEL_STOP_GRACE).map(String::as_str), Some("10"));
+    }
+    let ns = [(LABEL_NAMESPACE, "default")];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        ns.iter().chain(extra).copied().collect()
     };
-    h.fake.s.lock().unwrap().containers.insert(stray.id.clone(), stray);
+    let strays = [
+        // Another store's container whose object this store has never heard of.
+        stray("default.theirs.1", &with(&[(LABEL_STORE, "store-b"), (LABEL_UID, "u-b"), (LABEL_NAME, "theirs")]), true),
+        // This store's, object gone: stopped with ITS signal (SIGHUP), no grace.
+        stray(
+            "default.gone.1",
+            &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-gone"), (LABEL_NAME, "gone"), (LABEL_STOP_SIGNAL, "1"), (LABEL_STOP_GRACE, "0")]),
+            true,
+        ),
+        // This store's, named like a live object but of an older incarnation.
+        stray("default.keep.old", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-old"), (LABEL_NAME, "keep")]), false),
+        // From a steward before store identities: its object lives here.
+        stray("default.keep.legacy", &[(LABEL_NAMESPACE, "default"), (LABEL_UID, keep_uid.as_str()), (LABEL_NAME, "keep")], false),
+        // From a steward before store identities, no object here: perhaps another store's.
+        stray("default.legacy.1", &with(&[(LABEL_UID, "u-legacy"), (LABEL_NAME, "legacy")]), true),
+    ];
+    for c in strays {
+        h.fake.s.lock().unwrap().containers.insert(c.id.clone(), c);
+    }
     // A controller whose only job here is to load the cache.
     let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
     let cache = ctl.cache();
@@ -363,9 +454,42 @@ async fn garbage_without_a_live_object_is_collected() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    assert_eq!(collect_garbage(h.fake.as_ref(), &cache).await.unwrap(), 1);
-    assert_eq!(h.fake.ids().len(), 1);
-    assert!(h.fake.ids()[0].starts_with("default.keep."));
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+
+    let mut total = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gc.sweep(&cache).await.unwrap();
+        total += r.collected;
+        assert_eq!(r.unclaimed, ["default.legacy.1"]);
+        if r.again_in.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "orphans not collected: {:?}", h.fake.ids());
+        tokio::time::sleep(r.again_in.unwrap().min(Duration::from_millis(100))).await;
+    }
+    assert_eq!(total, 2);
+    let mut left = h.fake.ids();
+    left.sort();
+    assert_eq!(left, [keep_id.as_str(), "default.keep.legacy", "default.legacy.1", "default.theirs.1"]);
+    let log = h.fake.s.lock().unwrap().log.clone();
+    assert!(log.contains(&"kill default.gone.1 1".to_string()), "stopped with its own signal first: {log:?}");
+    assert!(!log.iter().any(|l| l.starts_with("kill default.gone.1 9")), "no SIGKILL needed: {log:?}");
+    assert!(!log.iter().any(|l| l.contains("theirs") || l.contains("default.legacy.1")), "{log:?}");
+    // The adopted one is only relabelled (the store label, nothing else).
+    let legacy: Vec<&String> = log.iter().filter(|l| l.contains("default.keep.legacy")).collect();
+    assert_eq!(legacy, ["relabel default.keep.legacy steward.dev/store"], "{log:?}");
+    let adopted = h.fake.s.lock().unwrap().containers["default.keep.legacy"].labels.get(LABEL_STORE).cloned();
+    assert_eq!(adopted.as_deref(), Some(STORE), "the legacy container of a live object is adopted");
+
+    // One container checked on its own (as after its create event) with no
+    // cache at all: the live GET keeps the live one and takes the stray.
+    assert_eq!(gc.check(&keep_id, None).await.unwrap().collected, 0);
+    let ghost = stray("default.ghost.1", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-ghost"), (LABEL_NAME, "ghost")]), false);
+    h.fake.s.lock().unwrap().containers.insert(ghost.id.clone(), ghost);
+    assert_eq!(gc.check("default.ghost.1", Some(&cache)).await.unwrap().collected, 1);
+    assert!(!h.fake.ids().contains(&"default.ghost.1".to_string()));
+    assert!(h.fake.ids().contains(&keep_id));
     let _ = tx.send(());
     run.await.unwrap();
 }
@@ -374,9 +498,12 @@ async fn garbage_without_a_live_object_is_collected() {
 async fn a_pull_in_progress_shows_bytes_in_status() {
     let h = Harness::start().await;
     h.apply("pulling", json!({"image": "127.0.0.1:5000/slow:1"})).await;
-    let o = h.wait_for("pulling", "ImagePulling", |o| waiting(o) == "ImagePulling").await.unwrap();
-    let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
-    assert_eq!(msg, "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB");
+    // The first pass starts the pull; the next ones (every second) show its progress.
+    let want = "pulling 127.0.0.1:5000/slow:1: 5.0 MiB of 10.0 MiB";
+    h.wait_for("pulling", "ImagePulling with bytes", |o| {
+        waiting(o) == "ImagePulling" && o.and_then(|o| o.pointer("/status/state/waiting/message")).and_then(Value::as_str) == Some(want)
+    })
+    .await;
     h.wait_for("pulling", "Running after the pull", |o| phase(o) == "Running").await;
 }
 
@@ -481,4 +608,86 @@ async fn an_infeasible_resize_is_reported_and_cleared() {
     let o = h.wait_for("web", "ResizePending gone", |o| o.is_some_and(|o| o["status"]["observedGeneration"] == 3) && pending(o).is_none()).await.unwrap();
     assert_eq!((container_of(&o), o["status"]["pid"].clone()), (id.clone(), pid));
     assert_eq!(h.fake.s.lock().unwrap().containers[&id].label(LABEL_LIMITS), "memory=33554432,cpu=,pids=");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_containers_of_one_image_share_one_pull_outside_the_slots() {
+    // Two reconcile slots, twelve containers waiting for one slow pull.
+    let h = Harness::start().await;
+    let names: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        h.apply(n, json!({"image": "127.0.0.1:5000/gated:1"})).await;
+    }
+    for n in &names {
+        h.wait_for(n, "ImagePulling", |o| waiting(o) == "ImagePulling").await;
+    }
+    // The slots are free: a container whose image is here starts meanwhile.
+    h.apply("cached", json!({"image": "busybox"})).await;
+    h.wait_for("cached", "Running while the pull is held", |o| phase(o) == "Running").await;
+    assert_eq!(h.fake.pulls.lock().unwrap().clone(), BTreeMap::from([("127.0.0.1:5000/gated:1".to_string(), 1)]));
+
+    h.fake.open_gate.send(true).unwrap();
+    for n in &names {
+        h.wait_for(n, "Running after the shared pull", |o| phase(o) == "Running").await;
+    }
+    assert_eq!(
+        h.fake.pulls.lock().unwrap().clone(),
+        BTreeMap::from([("127.0.0.1:5000/gated:1".to_string(), 1)]),
+        "one pull for all twelve"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shared_pull_reaches_every_waiter() {
+    let h = Harness::start().await;
+    for n in ["m1", "m2", "m3"] {
+        h.apply(n, json!({"image": "127.0.0.1:5000/missing:1"})).await;
+    }
+    for n in ["m1", "m2", "m3"] {
+        let o = h.wait_for(n, "ErrImagePull", |o| matches!(waiting(o), "ErrImagePull" | "ImagePullBackOff")).await.unwrap();
+        let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("manifest unknown"), "{msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
+    let h = Harness::start().await;
+    h.apply("gone", json!({"image": "busybox"})).await;
+    h.apply("stays", json!({"image": "busybox"})).await;
+    let gone = h.wait_for("gone", "Running", |o| phase(o) == "Running").await.unwrap();
+    h.wait_for("stays", "Running", |o| phase(o) == "Running").await;
+    let gone_uid = gone["metadata"]["uid"].as_str().unwrap().to_string();
+    // A spec change keeps them (for `logs --previous`) ...
+    h.apply("stays", json!({"image": "busybox", "args": ["v2"]})).await;
+    h.wait_for("stays", "Running v2", |o| {
+        phase(o) == "Running" && o.and_then(|o| o.pointer("/status/observedGeneration")).and_then(Value::as_i64) == Some(2)
+    })
+    .await;
+    assert!(!h.fake.s.lock().unwrap().log.iter().any(|l| l.starts_with("remove-logs default/stays")));
+    // ... deleting the object removes them, after its containers.
+    h.http.delete(format!("{}{BASE}/gone", h.url)).send().await.unwrap();
+    h.wait_for("gone", "deleted", |o| o.is_none()).await;
+    let log = h.fake.s.lock().unwrap().log.clone();
+    let removed_at = log.iter().position(|l| *l == format!("remove-logs default/gone {gone_uid}")).expect("logs removed");
+    assert!(log[..removed_at].iter().any(|l| l.starts_with("remove default.gone.")), "{log:?}");
+
+    // Logs a crash left behind (container removed, logs not): collected by
+    // the sweep after a live GET; a live object's logs stay.
+    let owner = |name: &str, uid: &str| LogOwner { namespace: "default".into(), name: name.into(), uid: uid.into() };
+    h.fake.s.lock().unwrap().logs.push(owner("crashed", "u-crashed"));
+    h.fake.s.lock().unwrap().logs.push(owner("stays", "u-older-incarnation"));
+    let ctl = Controller::<Container, _>::new(Arc::new(Api::all(&h.url)), Config::default());
+    let cache = ctl.cache();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(ctl.run(|_| async { Ok::<_, String>(steward_controller::runtime::controller::Action::AwaitChange) }, async move {
+        let _ = rx.await;
+    }));
+    cache.wait_ready().await;
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    assert_eq!(gc.sweep(&cache).await.unwrap().logs_collected, 2);
+    let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.name.clone()).collect();
+    assert_eq!(owners, ["stays"]);
+    let _ = tx.send(());
+    run.await.unwrap();
 }

@@ -116,7 +116,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
                 dir.join("registry").display()
             ),
         )
@@ -140,6 +140,11 @@ impl Registry {
     pub fn image(&self) -> String {
         format!("{}/busybox:1.36", self.addr)
     }
+
+    /// The registry's log: one `response completed` line per request.
+    pub fn logs(&self) -> String {
+        self._proc.logs()
+    }
 }
 
 /// `steward serve` with its own supervised containerd (the `make run` path).
@@ -149,6 +154,8 @@ pub struct Steward {
     pub token: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
+    /// More `serve` flags, kept across restarts.
+    pub extra_args: Vec<String>,
 }
 
 /// The commit of main before versioned spec hashes: the upgrade test runs
@@ -196,14 +203,35 @@ pub fn old_steward_bin() -> PathBuf {
 
 impl Steward {
     pub fn start(data_dir: &Path) -> Steward {
-        Self::start_with(&steward_bin(), data_dir)
+        Self::start_bin(&steward_bin(), data_dir, &[])
     }
 
-    /// `steward serve` of binary `bin` (e.g. an older release).
-    pub fn start_with(bin: &Path, data_dir: &Path) -> Steward {
-        let (url, proc) = Self::spawn_bin(bin, data_dir);
+    /// `serve` with more flags (e.g. `--containerd-socket` of another
+    /// steward's containerd).
+    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Steward {
+        Self::start_bin(&steward_bin(), data_dir, extra_args)
+    }
+
+    /// `steward serve` of binary `bin` (e.g. an older release, see
+    /// [`old_steward_bin`]) with more flags.
+    pub fn start_bin(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> Steward {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let (url, proc) = Self::spawn(bin, data_dir, &extra_args);
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        Steward { url, token, data_dir: data_dir.to_path_buf(), proc }
+        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, extra_args }
+    }
+
+    /// The containerd socket this steward uses.
+    pub fn containerd_socket(&self) -> PathBuf {
+        let mut args = self.extra_args.iter();
+        while let Some(a) = args.next() {
+            if a == "--containerd-socket" {
+                if let Some(s) = args.next() {
+                    return PathBuf::from(s);
+                }
+            }
+        }
+        self.data_dir.join("containerd/containerd.sock")
     }
 
     /// SIGKILLs steward (containers and containerd live on) and starts a
@@ -215,14 +243,14 @@ impl Steward {
     /// As [`Self::kill_and_restart`], the new one being binary `bin`.
     pub fn kill_and_restart_with(&mut self, bin: &Path) {
         self.proc.kill();
-        let (url, proc) = Self::spawn_bin(bin, &self.data_dir);
+        let (url, proc) = Self::spawn(bin, &self.data_dir, &self.extra_args);
         self.url = url;
         self.proc = proc;
     }
 
-    fn spawn_bin(bin: &Path, data_dir: &Path) -> (String, Proc) {
+    fn spawn(bin: &Path, data_dir: &Path, extra_args: &[String]) -> (String, Proc) {
         let mut cmd = Command::new(bin);
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(extra_args);
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -299,7 +327,7 @@ impl Steward {
     fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
-            .arg(self.data_dir.join("containerd/containerd.sock"))
+            .arg(self.containerd_socket())
             .args(["--namespace", "steward"])
             .args(args);
         c

@@ -189,3 +189,210 @@ fn containers_outlive_steward_and_are_adopted() {
     e.steward.ok(&["delete", "containers", "survivor", "--wait"]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true));
 }
+
+/// Two stewards (two data dirs) on ONE containerd namespace: neither
+/// collects the other's containers, at start or in its sweeps, even for an
+/// object of the same name; a stray container created behind steward's
+/// back with its labels and its store's uid is gone within seconds (from
+/// containerd's create event: A sweeps only every 5 minutes).
+#[test]
+fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let mut a = Steward::start(&dir.path().join("a"));
+    let sock = a.containerd_socket().to_string_lossy().into_owned();
+    let mut b = Steward::start_with(&dir.path().join("b"), &["--containerd-socket", &sock, "--gc-interval", "1s"]);
+    let uid_of = |s: &Steward| {
+        let p = s.data_dir.join("store-uid");
+        let mode = std::fs::metadata(&p).expect("serve creates DATA/store-uid").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+        std::fs::read_to_string(&p).unwrap().trim().to_string()
+    };
+    let (store_a, store_b) = (uid_of(&a), uid_of(&b));
+    assert_ne!(store_a, store_b);
+
+    // The same name in both stores: a GET of default/web in either finds an
+    // object, of another uid.
+    let m = manifest("web", &registry.image(), "  command: [sleep, \"3600\"]\n");
+    a.apply(dir.path(), "web", &m);
+    b.apply(dir.path(), "web", &m);
+    let running = |s: &Steward| {
+        let v = s.wait("web", "Running", T, |v| phase(v) == "Running");
+        (container_id(&v), v["status"]["pid"].as_u64().expect("pid"))
+    };
+    let (id_a, pid_a) = running(&a);
+    let (id_b, pid_b) = running(&b);
+    assert_ne!(id_a, id_b);
+    let labels = a.ctr(&["containers", "info", &id_a]);
+    assert!(labels.contains(&format!("\"steward.dev/store\": \"{store_a}\"")), "{labels}");
+
+    // Restarts sweep at start; B sweeps every second.
+    a.kill_and_restart();
+    b.kill_and_restart();
+    let alive = |pid: u64| Path::new(&format!("/proc/{pid}")).exists();
+    let watch_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < watch_until {
+        assert!(alive(pid_a) && alive(pid_b), "a container was killed:\nA:\n{}\nB:\n{}", tail(&a.proc.logs(), 30), tail(&b.proc.logs(), 30));
+        let ids = a.ctr_ids("containers");
+        assert!(ids.contains(&id_a) && ids.contains(&id_b), "{ids:?}\nB:\n{}", tail(&b.proc.logs(), 30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for s in [&a, &b] {
+        let v = s.get("web").expect("web");
+        assert_eq!(v["status"]["restartCount"].as_i64(), Some(0), "{v:#}");
+    }
+
+    // Strays behind steward's back, made with ctr: one with A's labels and
+    // uid (object gone) and one of a third store (never touched).
+    let image = registry.image();
+    let stray = |id: &str, store: &str| {
+        a.ctr(&[
+            "containers", "create",
+            "--label", "steward.dev/managed-by=steward",
+            "--label", &format!("steward.dev/store={store}"),
+            "--label", "steward.dev/uid=no-such-uid",
+            "--label", "steward.dev/namespace=default",
+            "--label", "steward.dev/name=ghost",
+            &image, id,
+        ]);
+    };
+    stray("stray-other", "some-third-store");
+    stray("stray-a", &store_a);
+    wait_for("the stray with A's store uid to be collected", Duration::from_secs(10), || {
+        (!a.ctr_ids("containers").contains(&"stray-a".to_string())).then_some(())
+    });
+    assert!(a.ctr_ids("containers").contains(&"stray-other".to_string()), "a third store's container was collected");
+    assert!(alive(pid_a) && alive(pid_b));
+    drop(b);
+    drop(a);
+}
+
+/// A spec change replaces the container; `logs --previous` then shows the
+/// replaced container's output (as the kubelet does), `logs` the new one's,
+/// and deleting the object removes its log files.
+#[test]
+fn logs_previous_after_a_spec_change_and_logs_go_with_the_object() {
+    let e = env();
+    let s = &e.steward;
+    let img = e.registry.image();
+    let m = |word: &str| manifest("talk", &img, &format!("  command: [/bin/sh, -c, \"echo said {word}; exec sleep 3600\"]\n  terminationGracePeriodSeconds: 1\n"));
+    s.apply(e.dir.path(), "talk", &m("first"));
+    let v1 = s.wait("talk", "Running", T, |v| phase(v) == "Running");
+    wait_for("the first container's output", T, || s.ok(&["logs", "talk"]).contains("said first").then_some(()));
+    s.apply(e.dir.path(), "talk", &m("second"));
+    let v2 = s.wait("talk", "Running the new spec", T, |v| phase(v) == "Running" && container_id(v) != container_id(&v1));
+    assert_ne!(container_id(&v1), container_id(&v2));
+    wait_for("the second container's output", T, || s.ok(&["logs", "talk"]).contains("said second").then_some(()));
+    let current = s.ok(&["logs", "talk"]);
+    assert!(!current.contains("said first"), "{current}");
+    let previous = s.ok(&["logs", "talk", "--previous"]);
+    assert!(previous.contains("said first") && !previous.contains("said second"), "{previous}");
+
+    let uid = v2["metadata"]["uid"].as_str().expect("uid").to_string();
+    let dir = s.data_dir.join("logs/steward").join(format!("default_talk_{uid}"));
+    assert!(dir.is_dir(), "{}", dir.display());
+    s.ok(&["delete", "containers", "talk", "--wait", "--timeout", "60s"]);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// `GET path` on steward's API without a token (health endpoints are
+/// open): the status code and body.
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to steward");
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).expect("read");
+    let code = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Sends SIGCONT on drop, so a failing test never leaves containerd stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the containerd this test stopped.
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// A containerd that stops answering (SIGSTOP): `/readyz` says 503 with the
+/// reason, a container applied meanwhile waits (reconciles fail at the call
+/// deadline rather than hang); after SIGCONT all is well again.
+#[test]
+fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
+    let e = env();
+    let s = &e.steward;
+    assert_eq!(http_get(&s.url, "/readyz").0, 200);
+    let data = s.data_dir.to_string_lossy().into_owned();
+    let containerd: Vec<i32> = pids_mentioning(&data)
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .collect();
+    assert_eq!(containerd.len(), 1, "steward's supervised containerd: {containerd:?}");
+    // SAFETY: kill(2) on the containerd of this test's steward.
+    assert_eq!(unsafe { libc::kill(containerd[0], libc::SIGSTOP) }, 0);
+    let resume = Resume(containerd[0]);
+    let (code, body) = wait_for("/readyz to say 503", Duration::from_secs(15), || {
+        let r = http_get(&s.url, "/readyz");
+        (r.0 == 503).then_some(r)
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("containerd"), "{body}");
+    // The API itself still answers.
+    assert_eq!(http_get(&s.url, "/healthz").0, 200);
+    s.apply(e.dir.path(), "late", &manifest("late", &e.registry.image(), "  command: [sleep, \"3600\"]\n"));
+    assert_ne!(phase(&s.get("late").expect("late")), "Running");
+    drop(resume);
+    wait_for("/readyz to say 200 again", Duration::from_secs(15), || (http_get(&s.url, "/readyz").0 == 200).then_some(()));
+    s.wait("late", "Running after containerd answers again", Duration::from_secs(90), |v| phase(v) == "Running");
+}
+
+/// Twelve containers of one image nobody has pulled yet, with two reconcile
+/// slots: one pull, shared; the registry serves the manifest and each blob
+/// once, and no pull collides with another on containerd's content lock.
+#[test]
+fn twelve_containers_of_one_uncached_image_fetch_each_blob_once() {
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let s = Steward::start_with(&dir.path().join("data"), &["--concurrency", "2"]);
+    let mut docs = Vec::new();
+    for i in 0..12 {
+        docs.push(manifest(&format!("p{i}"), &registry.image(), "  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n"));
+    }
+    s.apply(dir.path(), "twelve", &docs.join("---\n"));
+    for i in 0..12 {
+        s.wait(&format!("p{i}"), "Running", T, |v| phase(v) == "Running");
+    }
+    let log = registry.logs();
+    let mut fetches: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in log.lines().filter(|l| l.contains("response completed") && l.contains("http.request.method=GET")) {
+        // logrus quotes a value only when it needs to.
+        let Some(rest) = line.split("http.request.uri=").nth(1) else { continue };
+        let uri = match rest.strip_prefix('"') {
+            Some(q) => q.split('"').next().unwrap_or_default(),
+            None => rest.split(' ').next().unwrap_or_default(),
+        };
+        if uri.contains("/blobs/") || uri.contains("/manifests/") {
+            *fetches.entry(uri.to_string()).or_default() += 1;
+        }
+    }
+    assert!(fetches.keys().any(|u| u.contains("/blobs/")), "no blob fetch seen in the registry log:\n{}", tail(&log, 20));
+    for (uri, n) in &fetches {
+        assert_eq!(*n, 1, "{uri} fetched {n} times: {fetches:#?}");
+    }
+    assert!(fetches.keys().any(|u| u.contains("/manifests/")), "{fetches:#?}");
+    eprintln!("registry requests: {fetches:#?}");
+    let slog = s.proc.logs();
+    assert!(!slog.contains("locked"), "a pull hit containerd's content lock:\n{}", tail(&slog, 40));
+    assert!(!slog.contains("ErrImagePull"), "{}", tail(&slog, 40));
+}

@@ -22,7 +22,7 @@ fn env_with(bin: &Path) -> Env {
     require_tools();
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = Registry::start(dir.path());
-    let steward = Steward::start_with(bin, &dir.path().join("data"));
+    let steward = Steward::start_bin(bin, &dir.path().join("data"), &[]);
     Env { steward, registry, dir }
 }
 
@@ -170,12 +170,15 @@ fn upgrade_from_the_previous_steward_adopts_its_containers() {
     // The new steward on the same data dir (containers and containerd live on).
     e.steward.kill_and_restart_with(&steward_bin());
     let s = &e.steward;
+    let store = std::fs::read_to_string(s.data_dir.join("store-uid")).expect("serve makes DATA/store-uid").trim().to_string();
     for (name, v) in &before {
         let id = container_id(v);
-        // Adopted = relabelled into this hash version, the same container.
+        // Adopted = relabelled into this hash version (the reconciler) and
+        // into this store (the garbage collector: the old steward wrote no
+        // store label), the same container.
         let labels = wait_for(&format!("{name} relabelled by the new steward"), T, || {
             let l = ctr_labels(s, &id);
-            (l["steward.dev/spec-hash-version"] == "2").then_some(l)
+            (l["steward.dev/spec-hash-version"] == "2" && l["steward.dev/store"] == store.as_str()).then_some(l)
         });
         if *name == "web" {
             assert_eq!((labels["steward.dev/stop-signal"].as_str(), labels["steward.dev/termination-grace-period-seconds"].as_str()), (Some("15"), Some("3")));

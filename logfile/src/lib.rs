@@ -2,13 +2,21 @@
 //! `steward-controller` writes it, the API's log endpoint in
 //! `steward-apiserver` reads it.
 //!
-//! Files: `ROOT/<containerd namespace>/<id>.log`, rotated by size to
-//! `.log.1` ... `.log.<max-files - 1>` (higher = older). A new task of the
-//! same container first moves the last task's files to
-//! `<id>.previous.log*`. Lines are CRI records,
+//! Files: one directory per object (an incarnation: namespace, name and
+//! uid), `ROOT/<containerd namespace>/<ns>_<name>_<uid>/`, holding one log
+//! per run attempt, `0.log`, `1.log`, ... (as the kubelet's
+//! `<restartCount>.log`), across restarts AND across the containers that
+//! replace each other on a spec change: the newest attempt is the current
+//! log, the one before it what `logs --previous` shows. Only the last
+//! [`KEEP_ATTEMPTS`] attempts are kept. Each attempt is rotated by size to
+//! `<n>.log.1` ... (higher = older). The directory goes when the object
+//! does. Lines are CRI records,
 //! `2026-11-25T10:00:00.123456789Z stdout F hello`, where `P` instead of `F`
 //! marks a partial line continued by the next record. Containers may print
 //! any bytes: readers show them lossily, never fail on them.
+//!
+//! Containers started before this layout log to `ROOT/<ns>/<id>.log` (the
+//! previous task's files as `<id>.previous.log*`); those are still read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
@@ -16,7 +24,120 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-/// `ROOT/<namespace>/<id>.log`.
+/// Run attempts kept per object: the current one, the previous one (what
+/// `logs --previous` shows) and one more.
+pub const KEEP_ATTEMPTS: usize = 3;
+
+/// The directory name of one object's logs: `<ns>_<name>_<uid>`, or `None`
+/// when a part could escape the directory or be ambiguous (object names
+/// and namespaces are DNS labels, uids UUIDs: none has `_` or `/`).
+pub fn object_dir_name(namespace: &str, name: &str, uid: &str) -> Option<String> {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    (ok(namespace) && ok(name) && ok(uid)).then(|| format!("{namespace}_{name}_{uid}"))
+}
+
+/// The (namespace, name, uid) an object log directory belongs to.
+pub fn parse_object_dir_name(dir: &str) -> Option<(String, String, String)> {
+    let mut parts = dir.splitn(3, '_');
+    let (ns, name, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    object_dir_name(ns, name, uid).filter(|d| d == dir).map(|_| (ns.to_string(), name.to_string(), uid.to_string()))
+}
+
+/// The attempts in an object's log directory, oldest first: (number, the
+/// attempt's base file `<n>.log`).
+pub fn attempts(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut out: Vec<(u32, PathBuf)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let fname = e.file_name();
+            let Some(n) = fname.to_str().and_then(|f| f.strip_suffix(".log")).and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            out.push((n, e.path()));
+        }
+    }
+    out.sort_by_key(|a| a.0);
+    out
+}
+
+/// The current attempt's base file (the newest) and the previous one's.
+pub fn current_and_previous(dir: &Path) -> (Option<PathBuf>, Option<PathBuf>) {
+    let mut a = attempts(dir);
+    let current = a.pop().map(|x| x.1);
+    let previous = a.pop().map(|x| x.1);
+    (current, previous)
+}
+
+/// Opens the log of a new run attempt in `dir` (created if missing):
+/// number = the newest + 1, and only the last [`KEEP_ATTEMPTS`] (this one
+/// included) are kept.
+pub fn open_next_attempt(dir: &Path, max_size: u64, max_files: u32) -> io::Result<RotatingLog> {
+    std::fs::create_dir_all(dir)?;
+    let existing = attempts(dir);
+    let next = existing.last().map_or(0, |(n, _)| n + 1);
+    let drop = existing.len().saturating_sub(KEEP_ATTEMPTS - 1);
+    for (_, base) in &existing[..drop] {
+        remove_files(&log_files(base))?;
+    }
+    RotatingLog::open(dir.join(format!("{next}.log")), max_size, max_files)
+}
+
+/// Removes one object's logs (every attempt); a missing directory is fine.
+pub fn remove_object_logs(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The object log directories under `ns_root` (`ROOT/<containerd
+/// namespace>`), with whose they are.
+pub fn object_dirs(ns_root: &Path) -> Vec<(PathBuf, (String, String, String))> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(ns_root) {
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Some(owner) = e.file_name().to_str().and_then(parse_object_dir_name) {
+                out.push((e.path(), owner));
+            }
+        }
+    }
+    out
+}
+
+/// The container ids that have files of the old per-id layout under
+/// `ns_root` (`<id>.log*`, `<id>.previous.log*`).
+pub fn legacy_log_ids(ns_root: &Path) -> Vec<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(ns_root) {
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let fname = e.file_name();
+            let Some(f) = fname.to_str() else { continue };
+            // Drop a rotation suffix (`.3`), then `.log`, then `.previous`.
+            let f = match f.rsplit_once('.') {
+                Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+                _ => f,
+            };
+            let Some(id) = f.strip_suffix(".log") else { continue };
+            let id = id.strip_suffix(".previous").unwrap_or(id);
+            if !id.is_empty() {
+                ids.insert(id.to_string());
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// `ROOT/<namespace>/<id>.log` (containers started before per-object logs).
 pub fn log_path(root: &Path, namespace: &str, id: &str) -> PathBuf {
     root.join(namespace).join(format!("{id}.log"))
 }
@@ -275,6 +396,9 @@ pub fn read_with_end(files: &[PathBuf], opts: &ReadOptions) -> io::Result<(Vec<u
 /// it reads open: when the name moves on to a new file (rotation), the old
 /// one is read to its end first, so no line is lost or repeated.
 pub struct Follower {
+    /// Set for an object's log directory: a newer run attempt there is
+    /// followed once the current one is read to its end.
+    attempts_dir: Option<PathBuf>,
     path: PathBuf,
     file: Option<File>,
     ino: u64,
@@ -289,7 +413,14 @@ impl Follower {
         use std::os::unix::fs::MetadataExt;
         let file = File::open(&path).ok();
         let ino = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.ino());
-        Follower { path, file, ino, offset, joiner: Joiner::default(), missing: 0 }
+        Follower { attempts_dir: None, path, file, ino, offset, joiner: Joiner::default(), missing: 0 }
+    }
+
+    /// Also moves on to the next run attempt in `dir` (the object's log
+    /// directory) when one starts, as `logs -f` did across restarts.
+    pub fn across_attempts(mut self, dir: PathBuf) -> Self {
+        self.attempts_dir = Some(dir);
+        self
     }
 
     /// False once the log has been gone for two polls in a row (the
@@ -333,6 +464,19 @@ impl Follower {
                 }
             }
             Err(_) => self.missing += 1,
+        }
+        // A new run attempt started: the old file is finished (read above).
+        if let Some(dir) = &self.attempts_dir {
+            if let (Some(newest), _) = current_and_previous(dir) {
+                if newest != self.path {
+                    self.path = newest;
+                    self.file = File::open(&self.path).ok();
+                    self.ino = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.ino());
+                    self.offset = 0;
+                    self.missing = 0;
+                    self.drain();
+                }
+            }
         }
         Joiner::render(std::mem::take(&mut self.joiner.lines), opts)
     }
@@ -392,6 +536,80 @@ mod tests {
         assert_eq!(s(read(&log_files(&base), &ReadOptions::default()).unwrap()), "abcdef\na\u{fffd}b\n");
         let rec = parse_record("2026-11-25T10:00:00.123456789Z stdout F hello world").unwrap();
         assert_eq!((rec.stream, rec.partial, rec.content), ("stdout", false, "hello world"));
+    }
+
+    #[test]
+    fn one_file_per_attempt_and_only_the_last_few_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let name = object_dir_name("default", "web", "0b6c-11").unwrap();
+        assert_eq!(parse_object_dir_name(&name), Some(("default".into(), "web".into(), "0b6c-11".into())));
+        let dir = root.path().join(&name);
+        assert_eq!(current_and_previous(&dir), (None, None));
+        for run in 0..5 {
+            let mut log = open_next_attempt(&dir, 1 << 20, 2).unwrap();
+            log.write_record("stdout", false, format!("run {run}").as_bytes()).unwrap();
+        }
+        let nums: Vec<u32> = attempts(&dir).into_iter().map(|a| a.0).collect();
+        assert_eq!(nums, (5 - KEEP_ATTEMPTS as u32..5).collect::<Vec<_>>(), "numbered by attempt, the oldest dropped");
+        let (cur, prev) = current_and_previous(&dir);
+        assert_eq!(s(read(&log_files(&cur.unwrap()), &ReadOptions::default()).unwrap()), "run 4\n");
+        assert_eq!(s(read(&log_files(&prev.unwrap()), &ReadOptions::default()).unwrap()), "run 3\n");
+        // Rotated files of a dropped attempt go with it.
+        let mut big = open_next_attempt(&dir, 40, 3).unwrap();
+        for i in 0..6 {
+            big.write_record("stdout", false, format!("line {i}").as_bytes()).unwrap();
+        }
+        drop(big);
+        for _ in 0..KEEP_ATTEMPTS {
+            open_next_attempt(&dir, 40, 3).unwrap();
+        }
+        let left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left.len(), KEEP_ATTEMPTS, "{left:?}");
+        assert_eq!(object_dirs(root.path()).len(), 1);
+        remove_object_logs(&dir).unwrap();
+        remove_object_logs(&dir).unwrap();
+        assert!(object_dirs(root.path()).is_empty());
+    }
+
+    #[test]
+    fn follower_moves_on_to_the_next_attempt() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("default_web_u1");
+        let mut first = open_next_attempt(&dir, 1 << 20, 2).unwrap();
+        first.write_record("stdout", false, b"run 0").unwrap();
+        let (cur, _) = current_and_previous(&dir);
+        let cur = cur.unwrap();
+        let (_, end) = read_with_end(&log_files(&cur), &ReadOptions::default()).unwrap();
+        let mut f = Follower::from_offset(cur, end).across_attempts(dir.clone());
+        first.write_record("stdout", false, b"last of run 0").unwrap();
+        drop(first);
+        let mut second = open_next_attempt(&dir, 1 << 20, 2).unwrap();
+        second.write_record("stdout", false, b"run 1").unwrap();
+        assert_eq!(s(f.poll(&ReadOptions::default())), "last of run 0\nrun 1\n");
+        second.write_record("stdout", false, b"more").unwrap();
+        assert_eq!(s(f.poll(&ReadOptions::default())), "more\n");
+    }
+
+    #[test]
+    fn finds_the_ids_of_old_per_id_logs() {
+        let root = tempfile::tempdir().unwrap();
+        for f in ["a.b.1.log", "a.b.1.log.2", "a.b.1.previous.log", "c.log.1", "d.previous.log.1", "notes.txt"] {
+            std::fs::write(root.path().join(f), "").unwrap();
+        }
+        std::fs::create_dir(root.path().join("default_web_u1")).unwrap();
+        assert_eq!(legacy_log_ids(root.path()), ["a.b.1", "c", "d"]);
+        remove_logs(&log_path(root.path().parent().unwrap(), root.path().file_name().unwrap().to_str().unwrap(), "a.b.1")).unwrap();
+        assert_eq!(legacy_log_ids(root.path()), ["c", "d"]);
+    }
+
+    #[test]
+    fn object_dir_names_cannot_escape() {
+        assert_eq!(object_dir_name("default", "web", "u1").as_deref(), Some("default_web_u1"));
+        for (ns, name, uid) in [("..", "x", "u"), ("a/b", "x", "u"), ("a", "x_y", "u"), ("a", "", "u"), ("a", "x", ".u")] {
+            assert_eq!(object_dir_name(ns, name, uid), None, "{ns} {name} {uid}");
+        }
+        assert_eq!(parse_object_dir_name("a_b"), None);
+        assert_eq!(parse_object_dir_name("a_b_c_d"), None);
     }
 
     #[test]

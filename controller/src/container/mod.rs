@@ -2,5 +2,7 @@
 //! object and the actual containerd state found by labels, plans one step
 //! ([`plan`]), writes status when it changed, and takes the step.
 
+pub mod gc;
 pub mod plan;
+pub mod pulls;
 pub mod reconciler;

@@ -182,25 +182,36 @@ pub fn spec_labels(spec: &ContainerSpec) -> BTreeMap<String, String> {
     ])
 }
 
+/// The stop signal and grace period of a spec that sets neither.
+pub const DEFAULT_STOP_SIGNAL: u32 = 15;
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
 fn spec_signal(spec: &ContainerSpec) -> u32 {
-    signal_number(spec.stop_signal.as_deref().unwrap_or("SIGTERM"))
+    spec.stop_signal.as_deref().map_or(DEFAULT_STOP_SIGNAL, signal_number)
 }
 
 fn spec_grace(spec: &ContainerSpec) -> Duration {
-    Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(10).max(0) as u64)
+    spec.termination_grace_period_seconds.map_or(DEFAULT_STOP_GRACE, |s| Duration::from_secs(s.max(0) as u64))
+}
+
+/// The stop signal ([`LABEL_STOP_SIGNAL`], a number) and grace period
+/// ([`LABEL_STOP_GRACE`], seconds) recorded on container `c` at create,
+/// each if present and readable. The one reader of these labels.
+pub fn recorded_stop(c: &ActualContainer) -> (Option<u32>, Option<Duration>) {
+    let signal = c.labels.get(LABEL_STOP_SIGNAL).and_then(|s| s.parse().ok());
+    let grace = c.labels.get(LABEL_STOP_GRACE).and_then(|s| s.parse().ok()).map(Duration::from_secs);
+    (signal, grace)
 }
 
 /// How to stop container `c`: with the signal and grace recorded on it at
-/// create (its own, even when the spec has moved on), else `spec`'s.
-pub fn stop_params(c: &ActualContainer, spec: &ContainerSpec) -> (u32, Duration) {
-    let signal = c.labels.get(LABEL_STOP_SIGNAL).and_then(|s| s.parse().ok()).unwrap_or_else(|| spec_signal(spec));
-    let grace = c
-        .labels
-        .get(LABEL_STOP_GRACE)
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or_else(|| spec_grace(spec));
-    (signal, grace)
+/// create (its own, even when the spec has moved on), else `spec`'s, else
+/// (no object any more: garbage) the defaults.
+pub fn stop_params(c: &ActualContainer, spec: Option<&ContainerSpec>) -> (u32, Duration) {
+    let (signal, grace) = recorded_stop(c);
+    (
+        signal.unwrap_or_else(|| spec.map_or(DEFAULT_STOP_SIGNAL, spec_signal)),
+        grace.unwrap_or_else(|| spec.map_or(DEFAULT_STOP_GRACE, spec_grace)),
+    )
 }
 
 /// The containerd id of the container for (object, spec hash):
@@ -409,7 +420,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after a spec change", old.id)));
         status.pid = None;
         set_ready(&mut status, false, REASON_CREATING, now);
-        let (signal, grace) = stop_params(old, spec);
+        let (signal, grace) = stop_params(old, Some(spec));
         return Plan { step: teardown(old, signal, grace, now), status };
     }
 
@@ -770,7 +781,14 @@ mod tests {
         // stopped the spec's way.
         let mut bare = actual(&old, running(9));
         bare.labels.retain(|k, _| k != LABEL_STOP_SIGNAL && k != LABEL_STOP_GRACE);
-        assert_eq!(stop_params(&bare, &new.spec), (10, Duration::from_secs(1)));
+        assert_eq!(stop_params(&bare, Some(&new.spec)), (10, Duration::from_secs(1)));
+        // No object any more (garbage): its own labels, else the defaults.
+        assert_eq!(recorded_stop(&c), (Some(2), Some(Duration::from_secs(30))));
+        assert_eq!(stop_params(&c, None), (2, Duration::from_secs(30)));
+        assert_eq!(stop_params(&bare, None), (DEFAULT_STOP_SIGNAL, DEFAULT_STOP_GRACE));
+        // A value it cannot read counts as not recorded.
+        bare.labels.insert(LABEL_STOP_SIGNAL.into(), "SIGTERM".into());
+        assert_eq!(recorded_stop(&bare), (None, None));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Carries out the plan: writes status, then takes exactly one step
 //! against the runtime, and says when to look again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +13,14 @@ use super::plan::{
     REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
-    PullProgress, Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID,
+    Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
     MANAGED_BY,
 };
 use crate::client::Api;
-use crate::runtime::controller::{Action, Cache};
+use crate::runtime::controller::Action;
 use crate::runtime::finalizer::{finalizer, FinalizerError, FinalizerEvent};
 use crate::runtime::{ObjectRef, SourceError};
+use super::pulls::{PullState, Pulls};
 
 /// Kept on every Container until its runtime objects are gone.
 pub const FINALIZER: &str = "steward.dev/containerd";
@@ -27,8 +28,9 @@ pub const FINALIZER: &str = "steward.dev/containerd";
 /// Safety net while waiting for a task to die after SIGKILL (the exit
 /// event normally comes first).
 const KILL_RECHECK: Duration = Duration::from_secs(2);
-/// How often pull progress is written to status.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// While its image is pulled, a container is looked at this often (its
+/// status shows the progress); the end of the pull wakes it at once.
+const PULL_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -50,6 +52,11 @@ impl From<FinalizerError<ReconcileError>> for ReconcileError {
 pub struct Context<R> {
     pub api: Api<Container>,
     pub runtime: Arc<R>,
+    /// The identity of the store the objects live in: every container
+    /// created carries it (`steward.dev/store`), see [`super::gc`].
+    pub store_uid: String,
+    /// Image pulls, shared, outside the reconcile slots.
+    pub pulls: Pulls<R>,
 }
 
 /// The reconcile function handed to the controller runtime.
@@ -78,9 +85,13 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
 async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
     let actual = ctx.runtime.find(&obj.metadata.uid).await?;
     let Some(c) = actual.first() else {
+        // The containers are gone: their logs go last, before the
+        // finalizer (a crash here finds this pass again).
+        let m = &obj.metadata;
+        ctx.runtime.remove_logs(&m.namespace, &m.name, &m.uid).await?;
         return Ok(Action::AwaitChange);
     };
-    let (signal, grace) = stop_params(c, &obj.spec);
+    let (signal, grace) = stop_params(c, Some(&obj.spec));
     match execute(ctx, obj, teardown(c, signal, grace, &Time::now())).await? {
         // Not done until the containers are gone.
         Action::AwaitChange => Ok(Action::Requeue(KILL_RECHECK)),
@@ -125,9 +136,11 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
     match step {
         Step::Nothing { requeue } => Ok(requeue.map_or(Action::AwaitChange, Action::Requeue)),
         Step::Create { id } => {
-            let image = match pull(ctx, obj).await {
-                Ok(i) => i,
-                Err(e @ (RuntimeError::ImagePull(_) | RuntimeError::ImageNeverPull(_))) => {
+            let image = match image_for(ctx, obj).await {
+                Ok(Some(i)) => i,
+                // Being pulled: this slot is free for others meanwhile.
+                Ok(None) => return Ok(Action::Requeue(PULL_RECHECK)),
+                Err(ImageError::Runtime(e @ (RuntimeError::ImagePull(_) | RuntimeError::ImageNeverPull(_)))) => {
                     let reason = match waiting_reason(obj) {
                         REASON_ERR_PULL | REASON_PULL_BACKOFF => REASON_PULL_BACKOFF,
                         _ => REASON_ERR_PULL,
@@ -135,7 +148,8 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                     set_waiting(ctx, obj, reason, e.to_string()).await?;
                     return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(ImageError::Runtime(e)) => return Err(e.into()),
+                Err(ImageError::Api(e)) => return Err(e),
             };
             let m = &obj.metadata;
             let mut labels = BTreeMap::from([
@@ -143,6 +157,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 (LABEL_UID.to_string(), m.uid.clone()),
                 (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
                 (LABEL_NAME.to_string(), m.name.clone()),
+                (LABEL_STORE.to_string(), ctx.store_uid.clone()),
             ]);
             labels.extend(spec_labels(&obj.spec));
             match rt.create(&id, &obj.spec, &image, labels).await {
@@ -221,88 +236,41 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
     }
 }
 
-/// Ensures the image, writing `ImagePulling` progress to status meanwhile.
-async fn pull<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<crate::actual::ImageConfig, RuntimeError> {
-    let (tx, mut rx) = tokio::sync::watch::channel(PullProgress::default());
-    let image = obj.spec.image.clone();
-    let policy = obj.spec.image_pull_policy.unwrap_or(PullPolicy::IfNotPresent);
-    let api = ctx.api.clone();
-    let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
-    let reporter = tokio::spawn({
-        let image = image.clone();
-        async move {
-            let mut last_write: Option<tokio::time::Instant> = None;
-            while rx.changed().await.is_ok() {
-                // At most one write per PROGRESS_EVERY; never sleeps, so it
-                // ends as soon as the pull does.
-                if last_write.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-                    continue;
-                }
-                last_write = Some(tokio::time::Instant::now());
-                let p = *rx.borrow_and_update();
-                let msg = if p.total > 0 {
-                    format!("pulling {image}: {} of {}", mib(p.done), mib(p.total))
-                } else {
-                    format!("pulling {image}")
-                };
-                let patch = json!({"status": {"state": {"waiting": {"reason": REASON_PULLING, "message": msg}}}});
-                if let Err(e) = api.patch_status(&ns, &name, &patch).await {
-                    tracing::debug!(error = %e, "pull progress not written");
-                }
-            }
-        }
-    });
-    let result = ctx.runtime.ensure_image(&image, policy, Box::new(move |p| {
-        let _ = tx.send(p);
-    }))
-    .await;
-    // The sender is gone: the reporter finishes the write it is making (so
-    // it cannot land after the caller's final status) and stops.
-    let _ = reporter.await;
-    result
+enum ImageError {
+    Runtime(RuntimeError),
+    Api(ReconcileError),
 }
 
-/// Removes every managed container whose object is gone (or is another
-/// incarnation with the same name). Returns how many were collected.
-/// Call only once `cache` holds a complete list.
-pub async fn collect_garbage<R: Runtime>(runtime: &R, cache: &Cache<Container>) -> Result<usize, RuntimeError> {
-    let all = runtime.list().await?;
-    // Read the cache after listing: a container created meanwhile belongs
-    // to an object already in the cache.
-    let live: HashSet<String> = cache.list().iter().map(|o| o.metadata.uid.clone()).collect();
-    let mut collected = 0;
-    for c in all.iter().filter(|c| !live.contains(c.label(LABEL_UID))) {
-        tracing::info!(container = %c.id, uid = c.label(LABEL_UID), "collecting garbage");
-        let mut c = c.clone();
-        // No object says how to stop it: SIGKILL, then delete.
-        for _ in 0..20 {
-            match teardown(&c, 9, Duration::ZERO, &Time::now()) {
-                Step::Remove { id } => {
-                    runtime.remove(&id).await?;
-                    collected += 1;
-                    break;
-                }
-                Step::DeleteTask { id } => runtime.delete_task(&id).await?,
-                Step::Kill { id } | Step::Stop { id, .. } => {
-                    runtime.kill(&id, 9, true).await?;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Step::Nothing { .. }
-                | Step::Create { .. }
-                | Step::Start { .. }
-                | Step::Relabel { .. }
-                | Step::Resize { .. } => {}
-            }
-            match runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
-                Some(fresh) => c = fresh,
-                None => {
-                    collected += 1;
-                    break;
-                }
-            }
+/// The image of `obj`: from the local store at once if it is there (and the
+/// policy allows), else from the shared pull. `None` while the pull runs:
+/// the status then says `ImagePulling` with its progress.
+async fn image_for<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<Option<crate::actual::ImageConfig>, ImageError> {
+    let image = &obj.spec.image;
+    let policy = obj.spec.image_pull_policy.unwrap_or(PullPolicy::IfNotPresent);
+    // Present already? (Skipped while a pull of it runs: it is not, yet.)
+    if policy != PullPolicy::Always && !ctx.pulls.is_pulling(image) {
+        match ctx.runtime.ensure_image(image, PullPolicy::Never, Box::new(|_| {})).await {
+            Ok(cfg) => return Ok(Some(cfg)),
+            Err(RuntimeError::ImageNeverPull(_)) if policy != PullPolicy::Never => {}
+            Err(e) => return Err(ImageError::Runtime(e)),
         }
     }
-    Ok(collected)
+    let who = ObjectRef::new(&obj.metadata.namespace, &obj.metadata.name);
+    match ctx.pulls.poll(image, policy, &who) {
+        PullState::Done(r) => r.map(Some).map_err(ImageError::Runtime),
+        PullState::Pulling(p) => {
+            let msg = if p.total > 0 {
+                format!("pulling {image}: {} of {}", mib(p.done), mib(p.total))
+            } else {
+                format!("pulling {image}")
+            };
+            let shown = obj.status.as_ref().and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref());
+            if shown.is_none_or(|w| w.reason != REASON_PULLING || w.message != msg) {
+                set_waiting(ctx, obj, REASON_PULLING, msg).await.map_err(ImageError::Api)?;
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// The object a runtime container id belongs to (`ns.name.tag`).

@@ -34,9 +34,10 @@ pub(crate) async fn exists(ctx: &Ctx, digest: &str) -> Result<bool, Status> {
 
 pub(crate) async fn read_all(ctx: &Ctx, digest: &str) -> Result<Vec<u8>, Status> {
     let mut c = ContentClient::new(ctx.channel.clone());
-    let mut stream = c.read(ctx.req(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 })).await?.into_inner();
+    let read = c.read(ctx.stream_req(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }));
+    let mut stream = ctx.within("content read", read).await??.into_inner();
     let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = ctx.within("content read", stream.next()).await? {
         out.extend_from_slice(&chunk?.data);
     }
     Ok(out)
@@ -79,7 +80,7 @@ where
         return Err(ContentError::Source("content write stream closed".into()));
     }
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut responses = match c.write(ctx.req(outbound)).await {
+    let mut responses = match ctx.within("content write", c.write(ctx.stream_req(outbound))).await? {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
         Err(s) => return Err(s.into()),
@@ -87,7 +88,7 @@ where
     let next = |r: Option<Result<_, Status>>| -> Result<Option<containerd_client::services::v1::WriteContentResponse>, Status> {
         r.transpose()
     };
-    match next(responses.next().await) {
+    match next(ctx.within("content write", responses.next()).await?) {
         Ok(_) => {}
         Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
         Err(s) => return Err(s.into()),
@@ -105,7 +106,7 @@ where
             if tx.send(msg).await.is_err() {
                 break;
             }
-            match next(responses.next().await) {
+            match next(ctx.within("content write", responses.next()).await?) {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
                 Err(s) => return Err(s.into()),
@@ -121,7 +122,7 @@ where
     if tx.send(commit).await.is_err() {
         return Err(ContentError::Source("content write stream closed".into()));
     }
-    match next(responses.next().await) {
+    match next(ctx.within("content write", responses.next()).await?) {
         Ok(_) => Ok(()),
         Err(s) if s.code() == Code::AlreadyExists => Ok(()),
         Err(s) => Err(s.into()),

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use containerd_client::events::{TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
+use containerd_client::events::{ContainerCreate, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use futures_util::stream::BoxStream;
@@ -23,15 +23,27 @@ use super::ContainerdRuntime;
 
 const TOPICS: &[&str] =
     &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete", "/tasks/paused", "/tasks/resumed"];
+const CREATE_TOPICS: &[&str] = &["/containers/create"];
 /// Our own marker event: seeing it proves the subscription is registered.
 const SYNC_TOPIC: &str = "/steward/sync";
 
 pub(crate) fn stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
+    subscription(rt, TOPICS, true)
+}
+
+/// Ids of containers created in the namespace (by anyone), across
+/// containerd restarts; no resync (creates missed during an outage are
+/// left to the garbage collector's sweep).
+pub(crate) fn created_stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
+    subscription(rt, CREATE_TOPICS, false)
+}
+
+fn subscription(rt: ContainerdRuntime, topics: &'static [&'static str], resync: bool) -> BoxStream<'static, String> {
     let (tx, rx) = mpsc::channel::<String>(1024);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match subscribe_once(&rt, &tx).await {
+            match subscribe_once(&rt, &tx, topics, resync).await {
                 // The receiver is gone: nobody wants events any more.
                 Ok(()) => return,
                 Err(e) => {
@@ -49,15 +61,21 @@ pub(crate) fn stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
 }
 
 /// One subscription, until containerd goes away (Err) or the receiver does (Ok).
-async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Result<(), String> {
+async fn subscribe_once(
+    rt: &ContainerdRuntime,
+    tx: &mpsc::Sender<String>,
+    topics: &[&str],
+    resync: bool,
+) -> Result<(), String> {
     let ns = rt.ctx.namespace.clone();
-    let mut filters: Vec<String> = TOPICS.iter().map(|t| format!("namespace==\"{ns}\",topic==\"{t}\"")).collect();
+    let mut filters: Vec<String> = topics.iter().map(|t| format!("namespace==\"{ns}\",topic==\"{t}\"")).collect();
     filters.push(format!("namespace==\"{ns}\",topic==\"{SYNC_TOPIC}\""));
     let mut client = EventsClient::new(rt.ctx.channel.clone());
     // Subscribe resolves only when the first event arrives, so it runs in
     // its own task while we publish a marker event to make one arrive.
     let sub = {
-        let req = rt.ctx.req(SubscribeRequest { filters });
+        // A stream for as long as containerd lives: no deadline on it.
+        let req = rt.ctx.stream_req(SubscribeRequest { filters });
         tokio::spawn(async move { client.subscribe(req).await })
     };
     let publisher = {
@@ -82,6 +100,10 @@ async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Re
                 if !synced {
                     synced = true;
                     publisher.abort();
+                    if !resync {
+                        tracing::debug!(?topics, "containerd events subscribed");
+                        continue;
+                    }
                     // Live now: whatever happened before is in actual state.
                     let all = rt.list_ids().await.map_err(|e| e.to_string())?;
                     tracing::info!(containers = all.len(), "containerd events subscribed; resyncing all");
@@ -101,6 +123,7 @@ async fn subscribe_once(rt: &ContainerdRuntime, tx: &mpsc::Sender<String>) -> Re
                 "/tasks/delete" => TaskDelete::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/tasks/paused" => TaskPaused::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/tasks/resumed" => TaskResumed::decode(any.value.as_slice()).map(|e| e.container_id),
+                "/containers/create" => ContainerCreate::decode(any.value.as_slice()).map(|e| e.id),
                 _ => continue,
             };
             match id {

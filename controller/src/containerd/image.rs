@@ -294,7 +294,10 @@ pub(crate) async fn unpack(ctx: &Ctx, manifest: &ManifestOrIndex, config: &Image
             .into_inner()
             .mounts;
         let applied = diff
-            .apply(ctx.req(ApplyRequest { diff: Some(to_descriptor(layer)), mounts, payloads: HashMap::new(), sync_fs: false }))
+            .apply(ctx.req_within(
+                ApplyRequest { diff: Some(to_descriptor(layer)), mounts, payloads: HashMap::new(), sync_fs: false },
+                super::UNPACK_TIMEOUT.max(ctx.timeout),
+            ))
             .await;
         let result = match applied {
             Ok(r) => match r.into_inner().applied {

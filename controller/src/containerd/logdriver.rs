@@ -47,11 +47,15 @@ pub struct LogDriverConfig {
     pub root: PathBuf,
     pub max_size: u64,
     pub max_files: u32,
+    /// The object's log directory under `ROOT/<namespace>/`
+    /// (`steward_logfile::object_dir_name`), set per task; `None` writes
+    /// the old per-container-id layout.
+    pub dir: Option<String>,
 }
 
 impl LogDriverConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LogDriverConfig { root: root.into(), max_size: DEFAULT_MAX_SIZE, max_files: DEFAULT_MAX_FILES }
+        LogDriverConfig { root: root.into(), max_size: DEFAULT_MAX_SIZE, max_files: DEFAULT_MAX_FILES, dir: None }
     }
 
     /// Parses the driver's argument: `ROOT[?max-size=BYTES&max-files=N]`.
@@ -64,6 +68,12 @@ impl LogDriverConfig {
             match k {
                 "max-size" => cfg.max_size = v.parse().map_err(|_| bad(format!("log driver: bad max-size {v:?}")))?,
                 "max-files" => cfg.max_files = v.parse().map_err(|_| bad(format!("log driver: bad max-files {v:?}")))?,
+                "dir" => {
+                    if steward_logfile::parse_object_dir_name(v).is_none() {
+                        return Err(bad(format!("log driver: bad log directory {v:?}")));
+                    }
+                    cfg.dir = Some(v.to_string());
+                }
                 _ => return Err(bad(format!("log driver: unknown option {k:?}"))),
             }
         }
@@ -75,11 +85,18 @@ impl LogDriverConfig {
 
     /// The driver's argument (inverse of [`from_arg`](Self::from_arg)).
     pub fn to_arg(&self) -> String {
+        let mut query = Vec::new();
+        if self.max_size != DEFAULT_MAX_SIZE || self.max_files != DEFAULT_MAX_FILES {
+            query.push(format!("max-size={}&max-files={}", self.max_size, self.max_files));
+        }
+        if let Some(d) = &self.dir {
+            query.push(format!("dir={d}"));
+        }
         let root = self.root.to_string_lossy();
-        if self.max_size == DEFAULT_MAX_SIZE && self.max_files == DEFAULT_MAX_FILES {
+        if query.is_empty() {
             root.into_owned()
         } else {
-            format!("{root}?max-size={}&max-files={}", self.max_size, self.max_files)
+            format!("{root}?{}", query.join("&"))
         }
     }
 
@@ -109,7 +126,7 @@ fn percent_encode(s: &str, keep_slash: bool) -> String {
 }
 
 pub use steward_logfile::{log_path, remove_logs};
-use steward_logfile::{keep_as_previous, RotatingLog};
+use steward_logfile::{keep_as_previous, open_next_attempt, RotatingLog};
 
 /// Copies one stream into the log, one record per line, until the stream
 /// ends. It never stops draining early: a container whose output pipe is
@@ -168,12 +185,16 @@ pub fn run_log_driver(log_root: &Path) -> io::Result<()> {
     let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
 
     let base = log_path(&cfg.root, &namespace, &id);
-    let setup = (|| {
-        if let Some(dir) = base.parent() {
-            std::fs::create_dir_all(dir)?;
+    let setup = (|| match &cfg.dir {
+        // One file per run attempt in the object's directory.
+        Some(dir) => open_next_attempt(&cfg.root.join(&namespace).join(dir), cfg.max_size, cfg.max_files),
+        None => {
+            if let Some(dir) = base.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            keep_as_previous(&base)?;
+            RotatingLog::open(base.clone(), cfg.max_size, cfg.max_files)
         }
-        keep_as_previous(&base)?;
-        RotatingLog::open(base.clone(), cfg.max_size, cfg.max_files)
     })();
     // Ready (or failed): the shim waits for this before starting the task.
     drop(ready);
@@ -213,5 +234,9 @@ mod tests {
         assert_eq!(LogDriverConfig::from_arg(&small.to_arg()).unwrap(), small);
         assert!(LogDriverConfig::from_arg("/x?max-files=0").is_err());
         assert!(LogDriverConfig::from_arg("/x?color=red").is_err());
+        let with_dir = LogDriverConfig { dir: Some("default_web_u-1".into()), ..small.clone() };
+        assert_eq!(with_dir.to_arg(), "/var/lib/steward/logs?max-size=1000&max-files=2&dir=default_web_u-1");
+        assert_eq!(LogDriverConfig::from_arg(&with_dir.to_arg()).unwrap(), with_dir);
+        assert!(LogDriverConfig::from_arg("/x?dir=../../etc").is_err());
     }
 }

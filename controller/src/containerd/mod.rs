@@ -53,8 +53,8 @@ use steward_schema::{ContainerSpec, MountType, PullPolicy, Time};
 use tracing::Instrument;
 
 use crate::actual::{
-    ActualContainer, ImageConfig, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
+    ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
+    LABEL_NAME, LABEL_NAMESPACE, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
 };
 use errors::{create_error, from_status};
 use logdriver::LogDriverConfig;
@@ -66,6 +66,14 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// Leases expire on their own if steward dies holding one.
 const LEASE_TTL: chrono::Duration = chrono::Duration::hours(1);
+/// The deadline of one containerd call (unary calls, and each message of a
+/// streaming one): a hung containerd fails the reconcile, never holds its
+/// slot for ever.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unpacking one layer (Diff.Apply) reads and writes the whole layer.
+const UNPACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The readiness probe: containerd must answer Version within this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach containerd and where container output goes.
 #[derive(Clone, Debug)]
@@ -79,6 +87,8 @@ pub struct ContainerdConfig {
     /// The executable the shim runs as log driver (`exe log-driver ARG`):
     /// steward itself by default.
     pub log_driver_exe: PathBuf,
+    /// The deadline of every containerd call ([`DEFAULT_CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
 }
 
 impl ContainerdConfig {
@@ -89,6 +99,7 @@ impl ContainerdConfig {
             snapshotter: "overlayfs".into(),
             logs: LogDriverConfig::new(log_root),
             log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
@@ -100,10 +111,31 @@ pub(crate) struct Ctx {
     pub namespace: String,
     pub snapshotter: String,
     pub lease: Option<String>,
+    /// The deadline of one call, or of one message of a stream.
+    pub timeout: Duration,
 }
 
 impl Ctx {
+    /// A unary request: namespace, lease, and the call deadline (sent as
+    /// `grpc-timeout`, which tonic's channel also enforces client-side, so
+    /// a containerd that never answers fails the call).
     pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut req = self.stream_req(msg);
+        req.set_timeout(self.timeout);
+        req
+    }
+
+    /// A unary request with a deadline of its own (long operations).
+    pub fn req_within<T>(&self, msg: T, timeout: Duration) -> Request<T> {
+        let mut req = self.stream_req(msg);
+        req.set_timeout(timeout);
+        req
+    }
+
+    /// A streaming request: no deadline on the whole stream (containerd
+    /// would end it at the deadline); callers bound each message with
+    /// [`Ctx::next`].
+    pub fn stream_req<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         // Validated at construction, so these parse.
         if let Ok(v) = MetadataValue::try_from(self.namespace.as_str()) {
@@ -116,6 +148,17 @@ impl Ctx {
             }
         }
         req
+    }
+
+    /// Awaits one step of a stream (or a streaming call) within the call
+    /// deadline; a step that takes longer is a `DeadlineExceeded` status.
+    pub async fn within<F: std::future::Future>(&self, what: &str, f: F) -> Result<F::Output, containerd_client::tonic::Status> {
+        tokio::time::timeout(self.timeout, f).await.map_err(|_| {
+            containerd_client::tonic::Status::deadline_exceeded(format!(
+                "{what}: containerd did not answer within {:?}",
+                self.timeout
+            ))
+        })
     }
 }
 
@@ -149,7 +192,13 @@ impl ContainerdRuntime {
             .build()
             .map_err(|e| RuntimeError::Unavailable(format!("http client: {e}")))?;
         let rt = ContainerdRuntime {
-            ctx: Ctx { channel, namespace: cfg.namespace.clone(), snapshotter: cfg.snapshotter.clone(), lease: None },
+            ctx: Ctx {
+                channel,
+                namespace: cfg.namespace.clone(),
+                snapshotter: cfg.snapshotter.clone(),
+                lease: None,
+                timeout: cfg.call_timeout,
+            },
             cfg: Arc::new(cfg),
             http,
         };
@@ -163,9 +212,40 @@ impl ContainerdRuntime {
 
     /// containerd's version (also a liveness check).
     pub async fn version(&self) -> Result<String, RuntimeError> {
+        self.version_within(self.ctx.timeout).await
+    }
+
+    async fn version_within(&self, timeout: Duration) -> Result<String, RuntimeError> {
         let mut v = VersionClient::new(self.ctx.channel.clone());
-        let r = v.version(()).await.map_err(|s| from_status("version", "", &s))?;
+        let r = v.version(self.ctx.req_within((), timeout)).await.map_err(|s| from_status("version", "", &s))?;
         Ok(r.into_inner().version)
+    }
+
+    /// Whether containerd answers now (within a short deadline): `Err`
+    /// says why not. What `/readyz` reports.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.version_within(PROBE_TIMEOUT).await.map(|_| ()).map_err(|e| match e {
+            RuntimeError::Unavailable(m) => m,
+            other => other.to_string(),
+        })
+    }
+
+    /// Probes containerd every `every` and publishes the verdict (`None` =
+    /// ready, `Some(reason)` = not), until every receiver is gone.
+    pub async fn watch_readiness(&self, tx: tokio::sync::watch::Sender<Option<String>>, every: Duration) {
+        loop {
+            let verdict = self.probe().await.err().map(|e| format!("containerd at {}: {e}", self.cfg.socket.display()));
+            if verdict != *tx.borrow() {
+                match &verdict {
+                    Some(r) => tracing::warn!(reason = %r, "not ready"),
+                    None => tracing::info!("containerd answers again; ready"),
+                }
+            }
+            if tx.send(verdict).is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Runs `f` under a fresh lease, deleted afterwards (it expires on its
@@ -412,16 +492,19 @@ impl ContainerdRuntime {
                 }
             }
         }
-        if self.get_container(id).await?.is_none() {
+        let Some(container) = self.get_container(id).await? else {
             return Err(RuntimeError::NotFound(format!("container {id}")));
-        }
+        };
         let rootfs = self.snapshot_mounts(id).await?;
         let log_dir = self.cfg.logs.root.join(&self.ctx.namespace);
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| RuntimeError::Create(format!("cannot create log directory {}: {e}", log_dir.display())))?;
+        // Logs go to the object's directory, one file per run attempt.
+        let mut logs = self.cfg.logs.clone();
+        logs.dir = object_log_dir(&container.labels);
         // stdout and stderr must both be set (an empty stderr crashes the
         // 1.6 shim); with binary:// one driver gets both streams.
-        let uri = self.cfg.logs.binary_uri(&self.cfg.log_driver_exe);
+        let uri = logs.binary_uri(&self.cfg.log_driver_exe);
         let mut t = TasksClient::new(self.ctx.channel.clone());
         let req = CreateTaskRequest {
             container_id: id.to_string(),
@@ -467,6 +550,8 @@ impl ContainerdRuntime {
             Err(st) if st.code() == Code::NotFound => {}
             Err(st) => return Err(from_status("remove snapshot", id, &st)),
         }
+        // Logs of the old layout (per container id) go with the container;
+        // per-object logs stay for `logs --previous` (see Runtime::remove).
         let base = logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id);
         logdriver::remove_logs(&base).map_err(|e| RuntimeError::Unavailable(format!("remove logs of {id}: {e}")))?;
         Ok(())
@@ -540,9 +625,22 @@ impl ContainerdRuntime {
         Ok(())
     }
 
-    /// The log file of container `id` (rotated files are `.1`, `.2`, ...).
-    pub fn log_path(&self, id: &str) -> PathBuf {
-        logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id)
+    /// The current log file of container `id` (rotated files are `.1`,
+    /// `.2`, ...): its object's newest run attempt, or the old layout's
+    /// per-id file.
+    pub async fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let labels = self.get_container(id).await?.map(|c| c.labels).unwrap_or_default();
+        if let Some(dir) = object_log_dir(&labels) {
+            let dir = self.cfg.logs.root.join(&self.ctx.namespace).join(dir);
+            if let (Some(current), _) = steward_logfile::current_and_previous(&dir) {
+                return Ok(current);
+            }
+        }
+        Ok(logdriver::log_path(&self.cfg.logs.root, &self.ctx.namespace, id))
+    }
+
+    fn logs_root(&self) -> PathBuf {
+        self.cfg.logs.root.join(&self.ctx.namespace)
     }
 }
 
@@ -589,6 +687,13 @@ fn read_user_db(mounts: &[Mount]) -> (Option<String>, Option<String>) {
     (find("etc/passwd"), find("etc/group"))
 }
 
+/// The log directory name of the object a container belongs to (its
+/// labels), if they name one.
+fn object_log_dir(labels: &HashMap<String, String>) -> Option<String> {
+    let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+    steward_logfile::object_dir_name(get(LABEL_NAMESPACE), get(LABEL_NAME), get(LABEL_UID))
+}
+
 /// A failed image store as an `ErrImagePull` message.
 fn store_error(image: &str, e: store::StoreError) -> RuntimeError {
     match e {
@@ -631,6 +736,16 @@ impl Runtime for ContainerdRuntime {
             }
             .instrument(tracing::debug_span!("find", uid)),
         )
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ActualContainer>, RuntimeError>> {
+        Box::pin(async move {
+            let Some(c) = self.get_container(id).await? else { return Ok(None) };
+            if c.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+                return Ok(None);
+            }
+            Ok(self.with_tasks(vec![c]).await?.pop())
+        })
     }
 
     fn ensure_image<'a>(
@@ -689,18 +804,7 @@ impl Runtime for ContainerdRuntime {
         Box::pin(
             async move {
                 let value = at.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                let container = Container {
-                    id: id.to_string(),
-                    labels: HashMap::from([(LABEL_STOP_REQUESTED.to_string(), value)]),
-                    ..Default::default()
-                };
-                // Only this label: the other fields and labels stay as created.
-                let mask = prost_types::FieldMask { paths: vec![format!("labels.{LABEL_STOP_REQUESTED}")] };
-                let mut c = ContainersClient::new(self.ctx.channel.clone());
-                c.update(self.ctx.req(UpdateContainerRequest { container: Some(container), update_mask: Some(mask) }))
-                    .await
-                    .map_err(|s| from_status("update container", id, &s))?;
-                Ok(())
+                self.update_labels_inner(id, BTreeMap::from([(LABEL_STOP_REQUESTED.to_string(), value)])).await
             }
             .instrument(tracing::info_span!("mark_stopping", container = id)),
         )
@@ -717,6 +821,50 @@ impl Runtime for ContainerdRuntime {
         labels: BTreeMap<String, String>,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(self.resize_inner(id, spec, labels).instrument(tracing::info_span!("resize", container = id)))
+    }
+
+    fn created(&self) -> BoxStream<'static, String> {
+        events::created_stream(self.clone())
+    }
+
+    fn remove_logs<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let Some(dir) = steward_logfile::object_dir_name(namespace, name, uid) else { return Ok(()) };
+            let path = self.logs_root().join(dir);
+            steward_logfile::remove_object_logs(&path)
+                .map_err(|e| RuntimeError::Unavailable(format!("remove logs {}: {e}", path.display())))
+        })
+    }
+
+    fn collect_legacy_logs<'a>(&'a self, keep: &'a std::collections::HashSet<String>) -> BoxFuture<'a, Result<usize, RuntimeError>> {
+        Box::pin(async move {
+            let root = self.logs_root();
+            let keep = keep.clone();
+            let ns = self.ctx.namespace.clone();
+            let logs_root = self.cfg.logs.root.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut n = 0;
+                for id in steward_logfile::legacy_log_ids(&root).into_iter().filter(|id| !keep.contains(id)) {
+                    logdriver::remove_logs(&logdriver::log_path(&logs_root, &ns, &id))
+                        .map_err(|e| RuntimeError::Unavailable(format!("remove logs of {id}: {e}")))?;
+                    tracing::info!(container = %id, "collected the logs of a container that is gone");
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("collecting old logs: {e}")))?
+        })
+    }
+
+    fn log_owners(&self) -> BoxFuture<'_, Result<Vec<LogOwner>, RuntimeError>> {
+        Box::pin(async move {
+            let root = self.logs_root();
+            let dirs = tokio::task::spawn_blocking(move || steward_logfile::object_dirs(&root))
+                .await
+                .map_err(|e| RuntimeError::Unavailable(format!("listing log directories: {e}")))?;
+            Ok(dirs.into_iter().map(|(_, (namespace, name, uid))| LogOwner { namespace, name, uid }).collect())
+        })
     }
 
     fn delete_task<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {

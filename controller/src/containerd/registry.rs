@@ -19,6 +19,11 @@ use reqwest::{Response, StatusCode};
 use super::image::{self, OciDescriptor};
 use super::store::{verify, BlobSource};
 
+/// Manifests, configs and tokens are small: the whole request gets this
+/// deadline. Layers are streamed with a per-read timeout instead (the
+/// client's `read_timeout`), so a slow but moving download is not cut.
+const SMALL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// `registry/repository[:tag][@digest]`, normalised as Docker does:
@@ -110,6 +115,8 @@ pub struct Registry {
     reference: Reference,
     /// Bearer token from the last challenge (per scope = this repository).
     token: Mutex<Option<String>>,
+    /// The deadline of small requests ([`SMALL_REQUEST_TIMEOUT`]).
+    small_timeout: std::time::Duration,
 }
 
 /// The innermost cause of a reqwest error, which is where "connection
@@ -138,7 +145,13 @@ impl Registry {
                 reference.registry
             ));
         }
-        Ok(Registry { http, reference, token: Mutex::new(None) })
+        Ok(Registry { http, reference, token: Mutex::new(None), small_timeout: SMALL_REQUEST_TIMEOUT })
+    }
+
+    /// Another deadline for manifests, configs and tokens.
+    pub fn with_small_timeout(mut self, d: std::time::Duration) -> Self {
+        self.small_timeout = d;
+        self
     }
 
     fn transport_error(&self, e: reqwest::Error) -> String {
@@ -152,9 +165,13 @@ impl Registry {
     }
 
     /// GET with the token (if any), answering a bearer challenge once.
-    async fn get(&self, url: &str, accept: Option<&str>) -> Result<Response, String> {
+    /// `small`: the whole request (body included) has a deadline.
+    async fn get(&self, url: &str, accept: Option<&str>, small: bool) -> Result<Response, String> {
         for attempt in 0..2 {
             let mut req = self.http.get(url);
+            if small {
+                req = req.timeout(self.small_timeout);
+            }
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
@@ -188,7 +205,7 @@ impl Registry {
         }
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
         query.push(("scope", scope));
-        let resp = self.http.get(realm).query(&query).send().await.map_err(|e| self.transport_error(e))?;
+        let resp = self.http.get(realm).timeout(self.small_timeout).query(&query).send().await.map_err(|e| self.transport_error(e))?;
         if !resp.status().is_success() {
             return Err(format!("registry {}: token request failed: {}", self.reference.registry, resp.status()));
         }
@@ -223,7 +240,7 @@ impl Registry {
     /// The manifest (or index) the reference names: descriptor and bytes.
     pub async fn fetch_top(&self) -> Result<(OciDescriptor, Vec<u8>), String> {
         let url = format!("{}/manifests/{}", self.reference.base_url(), self.reference.object());
-        let resp = self.get(&url, Some(MANIFEST_ACCEPT)).await?;
+        let resp = self.get(&url, Some(MANIFEST_ACCEPT), true).await?;
         if !resp.status().is_success() {
             return Err(self.http_error("manifest", resp).await);
         }
@@ -251,10 +268,12 @@ impl Registry {
         Ok((OciDescriptor { media_type, digest, size: bytes.len() as i64, ..Default::default() }, bytes))
     }
 
-    async fn blob(&self, d: &OciDescriptor, manifest: bool) -> Result<Response, String> {
+    /// `small`: a manifest or config (read whole, under a total deadline),
+    /// not a layer.
+    async fn blob(&self, d: &OciDescriptor, manifest: bool, small: bool) -> Result<Response, String> {
         let kind = if manifest { "manifests" } else { "blobs" };
         let url = format!("{}/{kind}/{}", self.reference.base_url(), d.digest);
-        let resp = self.get(&url, manifest.then_some(MANIFEST_ACCEPT)).await?;
+        let resp = self.get(&url, manifest.then_some(MANIFEST_ACCEPT), small).await?;
         if !resp.status().is_success() {
             return Err(self.http_error(if manifest { "manifest" } else { "blob" }, resp).await);
         }
@@ -290,7 +309,7 @@ fn is_manifest_type(m: &str) -> bool {
 impl BlobSource for Registry {
     fn fetch_bytes<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<Vec<u8>, String>> {
         Box::pin(async move {
-            let resp = self.blob(d, is_manifest_type(&d.media_type)).await?;
+            let resp = self.blob(d, is_manifest_type(&d.media_type), true).await?;
             let bytes = self.read_capped(resp).await?;
             verify(d, &bytes)?;
             Ok(bytes)
@@ -299,7 +318,7 @@ impl BlobSource for Registry {
 
     fn fetch_stream<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, String>>, String>> {
         Box::pin(async move {
-            let resp = self.blob(d, false).await?;
+            let resp = self.blob(d, false, false).await?;
             let registry = self.reference.registry.clone();
             Ok(resp.bytes_stream().map_err(move |e| format!("registry {registry}: download failed: {e}")).boxed())
         })
@@ -359,6 +378,27 @@ mod tests {
     fn https_registries_are_refused_clearly() {
         let e = Registry::new(reqwest::Client::new(), Reference::parse("ghcr.io/x:1").unwrap()).err().unwrap();
         assert!(e.contains("no TLS support") && e.contains("ghcr.io"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_never_answers_fails_within_the_deadline() {
+        // Accepts connections and never says a word.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let reference = Reference::parse(&format!("{addr}/busybox:1")).unwrap();
+        let reg = Registry::new(reqwest::Client::new(), reference).unwrap().with_small_timeout(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), reg.fetch_top()).await.expect("no hang");
+        let e = r.expect_err("a registry that never answers is an error");
+        assert!(e.contains("timed out"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+        held.abort();
     }
 
     #[test]

@@ -99,8 +99,9 @@ impl TestContainerd {
     /// Polls the container's log until `pred` holds.
     pub async fn wait_log(&self, id: &str, within: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + within;
-        let path = self.rt.log_path(id);
         loop {
+            // The newest run attempt's file (it appears when the task starts).
+            let path = self.rt.log_path(id).await.expect("log path");
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             if pred(&text) {
                 return text;
