@@ -66,7 +66,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| {
             panic!("cannot start {cmd:?}: {e}; {INSTALL}")
         });
@@ -142,34 +142,95 @@ impl Registry {
     }
 }
 
-/// `steward serve` with its own supervised containerd (the `make run` path).
+/// `steward serve` with its own supervised containerd (the `make run` path),
+/// or with the extra `serve` arguments given to [`Steward::start_with`]
+/// (e.g. `--containerd-socket`, `--no-controller`).
 pub struct Steward {
     pub url: String,
     /// The API token `serve` keeps in its data dir.
     pub token: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
+    /// The containerd socket steward drives (its supervised one unless
+    /// `--containerd-socket` was passed).
+    pub socket: PathBuf,
+    /// Extra `serve` arguments, kept for restarts.
+    pub args: Vec<String>,
+    /// `--listen`: fixed across restarts, so clients keep their address.
+    pub listen: String,
 }
 
 impl Steward {
     pub fn start(data_dir: &Path) -> Steward {
-        let (url, proc) = Self::spawn(data_dir);
+        Self::start_with(data_dir, &[])
+    }
+
+    /// `steward serve --data-dir DATA --listen 127.0.0.1:PORT ARGS...`; the
+    /// port is chosen once and kept across restarts.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Steward {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let socket = args
+            .iter()
+            .position(|a| a == "--containerd-socket")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("containerd/containerd.sock"));
+        let (url, proc) = Self::spawn(data_dir, &listen, &args);
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        Steward { url, token, data_dir: data_dir.to_path_buf(), proc }
+        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, socket, args, listen }
     }
 
     /// SIGKILLs steward (containers and containerd live on) and starts a
     /// new one on the same data dir.
     pub fn kill_and_restart(&mut self) {
         self.proc.kill();
-        let (url, proc) = Self::spawn(&self.data_dir);
+        self.restart();
+    }
+
+    /// SIGKILLs steward and leaves it down (containers and containerd live on).
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts steward again (same data dir, port and arguments); the
+    /// previous process must be gone.
+    pub fn restart(&mut self) {
+        let (url, proc) = Self::spawn(&self.data_dir, &self.listen, &self.args);
         self.url = url;
         self.proc = proc;
     }
 
-    fn spawn(data_dir: &Path) -> (String, Proc) {
+    /// Restarts with other `serve` arguments (e.g. adding `--no-controller`).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// SIGTERM: steward stops its controllers, API and supervised
+    /// containerd (containers live on); waits for it to exit.
+    pub fn stop_graceful(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.proc.child.id() as i32;
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let status = wait_for("steward to exit after SIGTERM", timeout, || self.proc.child.try_wait().ok().flatten());
+        // containerd is stopped by steward on the way out; wait for it, so a
+        // new steward does not adopt one that is about to exit.
+        let config = self.data_dir.join("containerd/config.toml").to_string_lossy().into_owned();
+        wait_for("the supervised containerd to exit", timeout, || pids_mentioning(&config).is_empty().then_some(()));
+        status
+    }
+
+    /// The pid of the steward process.
+    pub fn pid(&self) -> i32 {
+        self.proc.child.id() as i32
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (String, Proc) {
         let mut cmd = Command::new(steward_bin());
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", listen]).args(args);
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -243,10 +304,10 @@ impl Steward {
     }
 
     /// A `ctr` command against this steward's containerd.
-    fn ctr_command(&self, args: &[&str]) -> Command {
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
-            .arg(self.data_dir.join("containerd/containerd.sock"))
+            .arg(&self.socket)
             .args(["--namespace", "steward"])
             .args(args);
         c
@@ -324,3 +385,4 @@ pub fn phase(v: &Value) -> &str {
 pub fn waiting_reason(v: &Value) -> &str {
     v.pointer("/status/state/waiting/reason").and_then(Value::as_str).unwrap_or_default()
 }
+pub mod fault;
