@@ -211,15 +211,19 @@ impl Steward {
     /// containerd (containers live on); waits for it to exit.
     pub fn stop_graceful(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let pid = self.proc.child.id() as i32;
+        // The containerd this steward started (its child), if any: steward
+        // stops it on the way out. One it adopted lives on.
+        let config = self.data_dir.join("containerd/config.toml").to_string_lossy().into_owned();
+        let supervised: Vec<i32> = pids_mentioning(&config).into_iter().filter(|&p| parent_pid(p) == Some(pid)).collect();
         // SAFETY: kill(2) on the pid of our own child.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
         let status = wait_for("steward to exit after SIGTERM", timeout, || self.proc.child.try_wait().ok().flatten());
-        // containerd is stopped by steward on the way out; wait for it, so a
-        // new steward does not adopt one that is about to exit.
-        let config = self.data_dir.join("containerd/config.toml").to_string_lossy().into_owned();
-        wait_for("the supervised containerd to exit", timeout, || pids_mentioning(&config).is_empty().then_some(()));
+        // Wait for it, so a new steward does not adopt one about to exit.
+        wait_for("the supervised containerd to exit", timeout, || {
+            supervised.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+        });
         status
     }
 
@@ -324,6 +328,12 @@ impl Steward {
     pub fn ctr_ids(&self, what: &str) -> Vec<String> {
         self.ctr(&[what, "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     }
+}
+
+/// The parent of `pid` (from /proc/PID/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Pids of processes whose command line mentions `needle`.
