@@ -423,9 +423,6 @@ fn fault_changes_while_the_controller_is_down() {
     }
 }
 
-/// Kinds of tampering through `ctr`, behind steward's back.
-const TAMPERS: [&str; 4] = ["kill-task", "delete-task", "delete-container", "remove-snapshot"];
-
 fn tamper(st: &Steward, kind: &str, id: &str) {
     let run = |args: &[&str]| {
         let o = st.ctr_command(args).output().expect("ctr");
@@ -448,14 +445,26 @@ fn container_id(v: &Value) -> String {
 }
 
 /// Scenario 5: tampering through `ctr` (kill a task, delete a task, delete
-/// a container, remove a snapshot); each converges within the bound. The
-/// tampered objects then get a spec change, so a restart backoff from one
-/// round does not carry into the next.
+/// a container); each converges within the bound. The tampered objects
+/// then get a spec change, so a restart backoff from one round does not
+/// carry into the next.
 #[test]
 fn fault_tampering_through_ctr() {
-    let seed = fault::seed("tamper");
+    tampering("tamper", &["kill-task", "delete-task", "delete-container"]);
+}
+
+/// Scenario 5, a snapshot removed under a container: steward must notice
+/// the container lost its rootfs and replace it.
+#[test]
+#[ignore = "finding (not an issue-7 item yet): a container whose snapshot was removed is never repaired; see the fault-suite report"]
+fn fault_tampering_remove_snapshot() {
+    tampering("tamper-snapshot", &["remove-snapshot"]);
+}
+
+fn tampering(scenario: &str, kinds: &[&str]) {
+    let seed = fault::seed(scenario);
     let mut rng = Rng::new(seed);
-    let mut figures = Figures::new("tamper", seed);
+    let mut figures = Figures::new(scenario, seed);
     let e = env();
     let mut checker = Checker::new();
     let pool = names("t", 10);
@@ -467,15 +476,31 @@ fn fault_tampering_through_ctr() {
         let n = 1 + rng.below(3);
         for _ in 0..n {
             let i = rng.below(pool.len() as u64) as usize;
-            let kind = TAMPERS[rng.below(TAMPERS.len() as u64) as usize];
+            let kind = kinds[rng.below(kinds.len() as u64) as usize];
             let name = &pool[i];
             let id = container_id(&objs[name]);
-            eprintln!("fault[tamper]: {kind} on {name} ({id})");
+            eprintln!("fault[{scenario}]: {kind} on {name} ({id})");
             tamper(&e.steward, kind, &id);
             hit.push(i);
         }
+        // The tampering took effect before convergence is judged: the
+        // killed processes are gone (else the first look could pass).
+        for &i in &hit {
+            if let Some(pid) = objs[&pool[i]]["status"]["pid"].as_u64().filter(|_| kinds != ["remove-snapshot"]) {
+                wait_for("the tampered task's process to die", Duration::from_secs(10), || {
+                    matches!(proc_state(pid as i32), 'X' | 'Z').then_some(())
+                });
+            }
+        }
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
         figures.round(n, t);
+        let now = objects(&e.steward);
+        for &i in &hit {
+            let (b, a) = (&objs[&pool[i]], &now[&pool[i]]);
+            if b["metadata"]["labels"][fault::LABEL_EXPECT] == "running" && kinds != ["remove-snapshot"] {
+                assert_ne!(a["status"]["pid"], b["status"]["pid"], "{}: still reports the killed pid", pool[i]);
+            }
+        }
         // Fresh containers for the tampered ones (resets their backoff).
         hit.sort();
         hit.dedup();
