@@ -532,6 +532,33 @@ impl ExternalContainerd {
     }
 }
 
+/// Log lines steward writes right after a containerd call returned and
+/// before the reconcile records it (status, finalizer): the windows
+/// between containerd calls a kill -9 should land in.
+pub const AFTER_CONTAINERD_CALL: [&str; 3] =
+    ["steward_controller::container::reconciler: started", "steward_controller::container::reconciler: stopping", "steward_controller::container::reconciler: removed"];
+
+/// Waits (polling every millisecond) until steward's log, past byte
+/// `from`, has a line containing one of `needles`; returns it, or None
+/// after `timeout`.
+pub fn wait_log_line(st: &Steward, from: usize, needles: &[&str], timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(out) = st.proc.output.lock() {
+            if let Some(l) = out.get(from..).and_then(|t| t.lines().find(|l| needles.iter().any(|n| l.contains(n)))) {
+                return Some(l.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+/// Bytes of steward's log so far (a `from` for [`wait_log_line`]).
+pub fn log_len(st: &Steward) -> usize {
+    st.proc.output.lock().map(|o| o.len()).unwrap_or(0)
+}
+
 /// SIGKILL to `pid`.
 pub fn sigkill(pid: i32) {
     // SAFETY: kill(2) takes plain integers; no memory is shared.

@@ -196,10 +196,17 @@ fn fault_kill9_steward_during_storms() {
         let (url, token, image, dir) = (e.steward.url.clone(), e.steward.token.clone(), e.registry.image(), e.dir.path().to_path_buf());
         let storm = std::thread::spawn(move || run_storm(url, token, image, dir, batches, gaps));
         let mut faults = 0;
-        // One to three kills, at random moments while the storm runs and
-        // the controller reconciles it.
+        // One to three kills while the storm runs and the controller
+        // reconciles it: at a random moment, or right after steward logs
+        // that a containerd call returned (before it records the result).
         for _ in 0..1 + rng.below(3) {
-            std::thread::sleep(rng.millis(0, 1500));
+            if rng.chance(0.5) {
+                std::thread::sleep(rng.millis(0, 1500));
+            } else {
+                let from = fault::log_len(&e.steward);
+                let line = fault::wait_log_line(&e.steward, from, &fault::AFTER_CONTAINERD_CALL, Duration::from_secs(3));
+                eprintln!("fault[kill9-steward]: kill after: {}", line.as_deref().unwrap_or("(3 s without a containerd step)"));
+            }
             e.steward.kill9();
             faults += 1;
             std::thread::sleep(rng.millis(0, 300));
@@ -326,7 +333,8 @@ fn fault_simulated_reboot() {
     let mut e = env();
     let mut checker = Checker::new();
     let pool = names("r", 16);
-    let want = populate(&e, &mut checker, &pool, 16);
+    let mut want = populate(&e, &mut checker, &pool, 16);
+    let mut next_gen = 1;
     for _ in 0..fault::rounds(CI_ROUNDS) {
         let before = objects(&e.steward);
         let socket = e.steward.socket.clone();
@@ -386,6 +394,20 @@ fn fault_simulated_reboot() {
                 ),
             }
         }
+        // Fresh containers for the Always ones, so the crash backoff of
+        // this reboot does not carry into the next round's.
+        next_gen += 1;
+        let docs: Vec<String> = pool
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| expect_of(*i) == "running")
+            .map(|(i, n)| fault::manifest(n, &e.registry.image(), expect_of(i), next_gen))
+            .collect();
+        e.steward.apply(e.dir.path(), "refresh", &fault::manifests(&docs));
+        for (_, n) in pool.iter().enumerate().filter(|(i, _)| expect_of(*i) == "running") {
+            want.insert(n.clone(), Want::Present(next_gen));
+        }
+        checker.converge(&e.steward, &want, fault::converge_bound());
     }
 }
 
@@ -708,11 +730,13 @@ fn fault_disk_full_on_the_data_dir() {
                 assert_eq!(state.get(name), Some(g), "{name}: acknowledged GEN={g} lost while the disk was full");
             }
         }
-        // Space returns: free it (even rounds) or grow the tmpfs (odd).
-        if round % 2 == 0 {
+        // Space returns: freed, or the filesystem grows.
+        let grow = rng.chance(0.5);
+        if !grow {
             std::fs::remove_file(data.join("filler")).expect("remove filler");
         } else {
             e._tmpfs.as_ref().expect("the tmpfs").resize(&format!("{}m", 48 + 24 * round));
+            eprintln!("fault[disk-full]: grew the data dir to {}m", 48 + 24 * round);
         }
         let returned = Instant::now();
         let name = pool[next % pool.len()].clone();
@@ -731,7 +755,7 @@ fn fault_disk_full_on_the_data_dir() {
         want.insert(name, Want::Present(next_gen));
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
         figures.round(1, t);
-        if round % 2 == 1 {
+        if rng.chance(0.5) {
             // Nothing acknowledged is lost across a restart either.
             e.steward.kill_and_restart();
             checker.converge(&e.steward, &want, fault::converge_bound());
