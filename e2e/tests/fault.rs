@@ -204,7 +204,8 @@ fn fault_kill9_steward_during_storms() {
                 std::thread::sleep(rng.millis(0, 1500));
             } else {
                 let from = fault::log_len(&e.steward);
-                let line = fault::wait_log_line(&e.steward, from, &fault::AFTER_CONTAINERD_CALL, Duration::from_secs(3));
+                let step = fault::AFTER_CONTAINERD_CALL[rng.below(fault::AFTER_CONTAINERD_CALL.len() as u64) as usize];
+                let line = fault::wait_log_line(&e.steward, from, &[step], Duration::from_secs(3));
                 eprintln!("fault[kill9-steward]: kill after: {}", line.as_deref().unwrap_or("(3 s without a containerd step)"));
             }
             e.steward.kill9();
