@@ -660,6 +660,22 @@ fn raw_post(st: &Steward, name: &str, image: &str, generation: u64) -> (u16, Str
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Merge-patches env GEN of `name` over HTTP with curl: (status code, body).
+fn raw_patch_gen(st: &Steward, name: &str, generation: u64) -> (u16, String) {
+    let body = serde_json::json!({"spec": {"env": [{"name": "GEN", "value": generation.to_string()}]}});
+    let o = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "-H"])
+        .arg(format!("Authorization: Bearer {}", st.token))
+        .arg("--data-binary")
+        .arg(body.to_string())
+        .arg(format!("{}/apis/steward.dev/v1alpha1/namespaces/default/containers/{name}", st.url))
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}; apt-get install -y curl"));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').unwrap_or((&out, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// Fills the filesystem of `dir` with `dir/filler` until ENOSPC.
 fn fill(dir: &Path) -> u64 {
     use std::io::Write;
@@ -709,19 +725,28 @@ fn fault_disk_full_on_the_data_dir() {
         // Writes while full, until one is refused (the WAL's already
         // allocated pages can take a few): each acknowledged one must be
         // kept; a refused one must say why.
+        // The first a create, then spec changes of the first six (so the
+        // writes the WAL's slack takes do not pile up containers).
         let mut refused = None;
-        for _ in 0..300 {
-            let name = format!("k{next}");
-            next += 1;
+        for k in 0..300 {
             next_gen += 1;
-            let (code, body) = raw_post(&e.steward, &name, &e.registry.image(), next_gen);
-            if code == 201 {
+            let (name, (code, body)) = if k == 0 {
+                let name = format!("k{next}");
+                next += 1;
+                let r = raw_post(&e.steward, &name, &e.registry.image(), next_gen);
+                (name, r)
+            } else {
+                let name = pool[k % pool.len()].clone();
+                let r = raw_patch_gen(&e.steward, &name, next_gen);
+                (name, r)
+            };
+            if code == 201 || code == 200 {
                 want.insert(name, Want::Present(next_gen));
                 continue;
             }
             // Not acknowledged: may be there or not, never half.
             want.insert(name.clone(), Want::Unknown);
-            eprintln!("fault[disk-full]: POST {name} refused while full: {code} {body}");
+            eprintln!("fault[disk-full]: write of {name} refused while full after {k} acknowledged: {code} {body}");
             refused = Some((code, body));
             break;
         }
