@@ -678,7 +678,8 @@ mod tests {
     #[test]
     fn every_kind_of_divergence_is_named() {
         let none = BTreeMap::new();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Observed)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut Observed)>;
+        let cases: Vec<(&str, Tamper)> = vec![
             ("pid", Box::new(|s| s.tasks.get_mut("a-c").expect("task").pid = 11)),
             ("should run", Box::new(|s| s.tasks.get_mut("a-c").expect("task").status = "STOPPED".into())),
             ("spec hash", Box::new(|s| s.objects[0]["spec"]["env"][0]["value"] = json!("2"))),
