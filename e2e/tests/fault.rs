@@ -552,27 +552,31 @@ fn fault_stray_container_with_stewards_labels() {
     let mut checker = Checker::new();
     let pool = names("y", 4);
     let want = populate(&e, &mut checker, &pool, 4);
+    // Every label steward puts on its own containers (whatever they are by
+    // then, e.g. the store's identity of item 14), from a real one.
+    let real = container_id(&objects(&e.steward)["y00"]);
+    let info: Value = serde_json::from_str(&e.steward.ctr(&["containers", "info", &real])).expect("ctr containers info");
+    let labels: BTreeMap<String, String> = info["Labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
     for round in 0..fault::rounds(CI_ROUNDS) {
         let n = 1 + rng.below(2);
         for k in 0..n {
             let id = format!("stray-{seed:x}-{round}-{k}");
             let uid = format!("00000000-0000-4000-8000-{:012x}", rng.below(1 << 48));
-            e.steward.ctr(&[
-                "run",
-                "-d",
-                "--label",
-                "steward.dev/managed-by=steward",
-                "--label",
-                &format!("steward.dev/uid={uid}"),
-                "--label",
-                "steward.dev/namespace=default",
-                "--label",
-                &format!("steward.dev/name={id}"),
-                &e.registry.image(),
-                &id,
-                "sleep",
-                "3600",
-            ]);
+            let mut l = labels.clone();
+            l.insert("steward.dev/uid".into(), uid);
+            l.insert("steward.dev/name".into(), id.clone());
+            let mut args: Vec<String> = vec!["run".into(), "-d".into()];
+            for (k, v) in &l {
+                args.extend(["--label".to_string(), format!("{k}={v}")]);
+            }
+            args.extend([e.registry.image(), id.clone(), "sleep".into(), "3600".into()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            e.steward.ctr(&args);
         }
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
         figures.round(n, t);
