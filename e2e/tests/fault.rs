@@ -667,7 +667,12 @@ fn raw_post(st: &Steward, name: &str, image: &str, generation: u64) -> (u16, Str
 
 /// Merge-patches env GEN of `name` over HTTP with curl: (status code, body).
 fn raw_patch_gen(st: &Steward, name: &str, generation: u64) -> (u16, String) {
-    let body = serde_json::json!({"spec": {"env": [{"name": "GEN", "value": generation.to_string()}]}});
+    // 32 KiB of annotation: each write takes real room, so the WAL's
+    // slack (its file keeps its high-water size) fills in a few hundred.
+    let body = serde_json::json!({
+        "metadata": {"annotations": {"fault.steward.dev/ballast": "x".repeat(32 * 1024)}},
+        "spec": {"env": [{"name": "GEN", "value": generation.to_string()}]}
+    });
     let o = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", "-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "-H"])
         .arg(format!("Authorization: Bearer {}", st.token))
@@ -733,7 +738,7 @@ fn fault_disk_full_on_the_data_dir() {
         // The first a create, then spec changes of the first six (so the
         // writes the WAL's slack takes do not pile up containers).
         let mut refused = None;
-        for k in 0..300 {
+        for k in 0..3000 {
             next_gen += 1;
             let (name, (code, body)) = if k == 0 {
                 let name = format!("k{next}");
