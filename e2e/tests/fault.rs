@@ -667,10 +667,10 @@ fn raw_post(st: &Steward, name: &str, image: &str, generation: u64) -> (u16, Str
 
 /// Merge-patches env GEN of `name` over HTTP with curl: (status code, body).
 fn raw_patch_gen(st: &Steward, name: &str, generation: u64) -> (u16, String) {
-    // 32 KiB of annotation: each write takes real room, so the WAL's
+    // 8 KiB of annotation: each write takes real room, so the WAL's
     // slack (its file keeps its high-water size) fills in a few hundred.
     let body = serde_json::json!({
-        "metadata": {"annotations": {"fault.steward.dev/ballast": "x".repeat(32 * 1024)}},
+        "metadata": {"annotations": {"fault.steward.dev/ballast": "x".repeat(8 * 1024)}},
         "spec": {"env": [{"name": "GEN", "value": generation.to_string()}]}
     });
     let o = Command::new("curl")
@@ -684,6 +684,13 @@ fn raw_patch_gen(st: &Steward, name: &str, generation: u64) -> (u16, String) {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let (body, code) = out.rsplit_once('\n').unwrap_or((&out, "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// MiB used on the filesystem of `dir` (rounded up).
+fn used_mib(dir: &Path) -> u64 {
+    let o = Command::new("df").args(["-B1", "--output=used"]).arg(dir).output().expect("df");
+    let used: u64 = String::from_utf8_lossy(&o.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+    used.div_ceil(1024 * 1024)
 }
 
 /// Fills the filesystem of `dir` with `dir/filler` until ENOSPC.
@@ -728,8 +735,10 @@ fn fault_disk_full_on_the_data_dir() {
     let mut next = 6;
     let mut next_gen = 1;
     for round in 0..fault::rounds(CI_ROUNDS) {
-        // Back to the small size (a previous round may have grown it).
-        e._tmpfs.as_ref().expect("the tmpfs").resize("24m");
+        // 8 MiB above what the store uses now (its WAL keeps its
+        // high-water size), whatever a previous round grew it to.
+        let small = used_mib(&data) + 8;
+        e._tmpfs.as_ref().expect("the tmpfs").resize(&format!("{small}m"));
         let filled = fill(&data);
         eprintln!("fault[disk-full]: round {round}: filled {filled} bytes");
         // Writes while full, until one is refused (the WAL's already
@@ -775,8 +784,8 @@ fn fault_disk_full_on_the_data_dir() {
         if !grow {
             std::fs::remove_file(data.join("filler")).expect("remove filler");
         } else {
-            e._tmpfs.as_ref().expect("the tmpfs").resize("32m");
-            eprintln!("fault[disk-full]: grew the data dir to 32m");
+            e._tmpfs.as_ref().expect("the tmpfs").resize(&format!("{}m", small + 16));
+            eprintln!("fault[disk-full]: grew the data dir from {small}m to {}m", small + 16);
         }
         let returned = Instant::now();
         let name = format!("k{next}");
