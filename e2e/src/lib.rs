@@ -66,7 +66,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| {
             panic!("cannot start {cmd:?}: {e}; {INSTALL}")
         });
@@ -147,15 +147,24 @@ impl Registry {
     }
 }
 
-/// `steward serve` with its own supervised containerd (the `make run` path).
+/// `steward serve` with its own supervised containerd (the `make run` path),
+/// or with the extra `serve` arguments given to [`Steward::start_with`]
+/// (e.g. `--containerd-socket`, `--no-controller`).
 pub struct Steward {
     pub url: String,
     /// The API token `serve` keeps in its data dir.
     pub token: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
-    /// More `serve` flags, kept across restarts.
-    pub extra_args: Vec<String>,
+    /// The containerd socket steward drives (its supervised one unless
+    /// `--containerd-socket` was passed).
+    pub socket: PathBuf,
+    /// Extra `serve` arguments, kept for restarts.
+    pub args: Vec<String>,
+    /// `--listen`: fixed across restarts, so clients keep their address.
+    pub listen: String,
+    /// The binary `restart` runs (this workspace's, or an older one).
+    pub bin: PathBuf,
 }
 
 /// The commit of main before versioned spec hashes: the upgrade test runs
@@ -206,32 +215,31 @@ impl Steward {
         Self::start_bin(&steward_bin(), data_dir, &[])
     }
 
-    /// `serve` with more flags (e.g. `--containerd-socket` of another
-    /// steward's containerd).
-    pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Steward {
-        Self::start_bin(&steward_bin(), data_dir, extra_args)
+    /// `steward serve --data-dir DATA --listen 127.0.0.1:PORT ARGS...`; the
+    /// port is chosen once and kept across restarts.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Steward {
+        Self::start_bin(&steward_bin(), data_dir, args)
     }
 
-    /// `steward serve` of binary `bin` (e.g. an older release, see
-    /// [`old_steward_bin`]) with more flags.
-    pub fn start_bin(bin: &Path, data_dir: &Path, extra_args: &[&str]) -> Steward {
-        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
-        let (url, proc) = Self::spawn(bin, data_dir, &extra_args);
+    /// As [`Self::start_with`], running binary `bin` (e.g. an older
+    /// release, see [`old_steward_bin`]).
+    pub fn start_bin(bin: &Path, data_dir: &Path, args: &[&str]) -> Steward {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let socket = args
+            .iter()
+            .position(|a| a == "--containerd-socket")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("containerd/containerd.sock"));
+        let (url, proc) = Self::spawn(bin, data_dir, &listen, &args);
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, extra_args }
+        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, socket, args, listen, bin: bin.to_path_buf() }
     }
 
     /// The containerd socket this steward uses.
     pub fn containerd_socket(&self) -> PathBuf {
-        let mut args = self.extra_args.iter();
-        while let Some(a) = args.next() {
-            if a == "--containerd-socket" {
-                if let Some(s) = args.next() {
-                    return PathBuf::from(s);
-                }
-            }
-        }
-        self.data_dir.join("containerd/containerd.sock")
+        self.socket.clone()
     }
 
     /// SIGKILLs steward (containers and containerd live on) and starts a
@@ -243,14 +251,57 @@ impl Steward {
     /// As [`Self::kill_and_restart`], the new one being binary `bin`.
     pub fn kill_and_restart_with(&mut self, bin: &Path) {
         self.proc.kill();
-        let (url, proc) = Self::spawn(bin, &self.data_dir, &self.extra_args);
+        self.bin = bin.to_path_buf();
+        self.restart();
+    }
+
+    /// SIGKILLs steward and leaves it down (containers and containerd live on).
+    pub fn kill9(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts steward again (same data dir, port and arguments); the
+    /// previous process must be gone.
+    pub fn restart(&mut self) {
+        let (url, proc) = Self::spawn(&self.bin, &self.data_dir, &self.listen, &self.args);
         self.url = url;
         self.proc = proc;
     }
 
-    fn spawn(bin: &Path, data_dir: &Path, extra_args: &[String]) -> (String, Proc) {
+    /// Restarts with other `serve` arguments (e.g. adding `--no-controller`).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart();
+    }
+
+    /// SIGTERM: steward stops its controllers, API and supervised
+    /// containerd (containers live on); waits for it to exit.
+    pub fn stop_graceful(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.proc.child.id() as i32;
+        // The containerd this steward started (its child), if any: steward
+        // stops it on the way out. One it adopted lives on.
+        let config = self.data_dir.join("containerd/config.toml").to_string_lossy().into_owned();
+        let supervised: Vec<i32> = pids_mentioning(&config).into_iter().filter(|&p| parent_pid(p) == Some(pid)).collect();
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let status = wait_for("steward to exit after SIGTERM", timeout, || self.proc.child.try_wait().ok().flatten());
+        // Wait for it, so a new steward does not adopt one about to exit.
+        wait_for("the supervised containerd to exit", timeout, || {
+            supervised.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()).then_some(())
+        });
+        status
+    }
+
+    /// The pid of the steward process.
+    pub fn pid(&self) -> i32 {
+        self.proc.child.id() as i32
+    }
+
+    fn spawn(bin: &Path, data_dir: &Path, listen: &str, args: &[String]) -> (String, Proc) {
         let mut cmd = Command::new(bin);
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(extra_args);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", listen]).args(args);
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -324,10 +375,10 @@ impl Steward {
     }
 
     /// A `ctr` command against this steward's containerd.
-    fn ctr_command(&self, args: &[&str]) -> Command {
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ctr");
         c.arg("--address")
-            .arg(self.containerd_socket())
+            .arg(&self.socket)
             .args(["--namespace", "steward"])
             .args(args);
         c
@@ -344,6 +395,12 @@ impl Steward {
     pub fn ctr_ids(&self, what: &str) -> Vec<String> {
         self.ctr(&[what, "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
     }
+}
+
+/// The parent of `pid` (from /proc/PID/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Pids of processes whose command line mentions `needle`.
@@ -405,3 +462,4 @@ pub fn phase(v: &Value) -> &str {
 pub fn waiting_reason(v: &Value) -> &str {
     v.pointer("/status/state/waiting/reason").and_then(Value::as_str).unwrap_or_default()
 }
+pub mod fault;
