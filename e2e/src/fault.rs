@@ -378,7 +378,9 @@ pub fn check(seen: &Observed, want: &BTreeMap<String, Want>) -> Vec<String> {
             continue;
         }
         live_uids.insert(uid.to_string());
-        live_names.insert(format!("{ns}.{name}."));
+        if let Some(dir) = steward_logfile::object_dir_name(ns, name, uid) {
+            live_names.insert(dir);
+        }
         let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64);
         let observed = obj.pointer("/status/observedGeneration").and_then(Value::as_i64);
         if observed != generation {
@@ -475,8 +477,9 @@ pub fn check(seen: &Observed, want: &BTreeMap<String, Want>) -> Vec<String> {
     }
     for f in &seen.log_files {
         let of_container = ids.iter().any(|id| f.starts_with(&format!("{id}.")));
-        // A replaced container's last log may be kept for `logs --previous`.
-        let of_live_object = live_names.iter().any(|n| f.starts_with(n.as_str()));
+        // An object's logs (every run attempt, across the containers that
+        // replaced each other) live in its own directory until it is deleted.
+        let of_live_object = live_names.contains(f);
         if !of_container && !of_live_object {
             p.push(format!("leftover log file {f}: no container or live object owns it"));
         }
