@@ -100,6 +100,23 @@ fn decode(media: &str, body: &[u8]) -> Result<Container, ApiError> {
     }
 }
 
+/// Bodies larger than this are decoded on the blocking pool: parsing a
+/// large YAML body takes long enough to stall the runtime's few workers
+/// (health probes, watches) otherwise. Small ones, the common case, stay
+/// inline and cheap.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// [`decode`], off the async workers when the body is large.
+async fn decode_body(media: &str, body: &Bytes) -> Result<Container, ApiError> {
+    if body.len() <= INLINE_DECODE_BYTES {
+        return decode(media, body);
+    }
+    let (media, body) = (media.to_string(), body.clone());
+    tokio::task::spawn_blocking(move || decode(&media, &body))
+        .await
+        .map_err(|e| ApiError::Store(StoreError::Internal(format!("decoding the body: {e}"))))?
+}
+
 /// Defaults, URL consistency and validation, as every write of a whole
 /// object goes through.
 fn admit(c: &mut Container, ns: &str, url_name: Option<&str>) -> Result<(), ApiError> {
@@ -158,7 +175,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
-    let mut c = decode(&media_type(&headers), &bytes)?;
+    let mut c = decode_body(&media_type(&headers), &bytes).await?;
     let name = c.metadata.name.clone();
     async {
         admit(&mut c, &ns, None)?;
@@ -178,7 +195,7 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
-    let mut c = decode(&media_type(&headers), &bytes)?;
+    let mut c = decode_body(&media_type(&headers), &bytes).await?;
     async {
         admit(&mut c, &ns, Some(&name))?;
         let r = app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await?;
@@ -412,8 +429,8 @@ async fn patch_with(
 /// spec, labels and annotations with the manifest's, keeping finalizers,
 /// server-set metadata and status. An apply that changes nothing writes
 /// nothing. The `X-Steward-Apply` header says which happened.
-async fn apply(app: &AppState, ns: &str, name: &str, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
-    let mut c = decode("application/apply-patch+yaml", body)?;
+async fn apply(app: &AppState, ns: &str, name: &str, body: &Bytes, dry_run: bool) -> Result<Response, ApiError> {
+    let mut c = decode_body("application/apply-patch+yaml", body).await?;
     admit(&mut c, ns, Some(name))?;
     let explicit_rv = !c.metadata.resource_version.is_empty();
     let desired = to_object(c)?;

@@ -944,3 +944,28 @@ async fn readyz_reports_a_dependency_that_is_not_ready() {
     tx.send(None).unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
 }
+
+/// Deeply nested YAML (libyaml's time grows with the square of the depth)
+/// and YAML of millions of tiny nodes (memory ~100x the text) are refused
+/// with 400 before parsing; health probes stay responsive meanwhile.
+#[tokio::test]
+async fn expensive_yaml_bodies_are_refused_before_parsing() {
+    let s = TestServer::start().await;
+    let post = |text: String| {
+        s.client.post(s.ns_url("")).header("content-type", "application/yaml").body(text).send()
+    };
+    let deep = format!("{}x{}", "{a: ".repeat(20_000), "}".repeat(20_000));
+    let many = format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata: {{name: m}}\nspec:\n  image: busybox\n  args: [{}]\n",
+        vec!["a"; 1_000_000].join(",")
+    );
+    for (text, what) in [(deep, "nests more than 100 levels"), (many, "more than 100000 nodes")] {
+        let t = std::time::Instant::now();
+        let (code, st) = body(post(text).await.unwrap()).await;
+        assert_eq!(code, 400, "{st}");
+        assert!(st["message"].as_str().unwrap().contains(what), "{st}");
+        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    }
+    let r = tokio::time::timeout(Duration::from_secs(2), s.client.get(format!("{}/healthz", s.url)).send()).await;
+    assert_eq!(r.expect("healthz stalled").unwrap().status(), 200);
+}
