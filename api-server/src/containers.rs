@@ -11,7 +11,7 @@ use serde_json::Value;
 use steward_schema::manifest::{container_from_json, container_from_value, yaml_value_bounded};
 use steward_schema::validate::{validate_container, validate_status};
 use steward_schema::{Container, ContainerStatus, RESOURCE};
-use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult, MAX_DEPTH, MAX_OBJECT_BYTES};
+use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_STORED_BYTES};
 use tracing::Instrument;
 
 use crate::metrics::Verb;
@@ -293,6 +293,15 @@ fn apply_patch(kind: &PatchKind, body: &[u8], doc: &mut Value) -> Result<bool, A
 fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), ApiError> {
     use json_patch::PatchOperation as Op;
     let mut size = serialized_len(doc);
+    // The store makes the final decision; this bound only stops a patch
+    // from building an object that could never be stored. Finalizer
+    // changes (a controller's add, kube-runtime's remove) may grow the
+    // object to the store's ceiling for system writes, and no patch is
+    // refused for keeping an object at the size it already has.
+    let finalizers_only = ops.iter().all(|op| {
+        matches!(op, Op::Test(_)) || op.path().as_str().starts_with("/metadata/finalizers")
+    });
+    let cap = if finalizers_only { MAX_STORED_BYTES } else { MAX_OBJECT_BYTES }.max(size);
     // Re-measuring the whole document is bounded too: a patch that keeps
     // the object at the cap (add, remove, add, ...) must not cost a
     // serialisation per operation.
@@ -322,18 +331,18 @@ fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Resu
         json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| {
             ApiError::Unprocessable(format!("JSON patch operation {i} ({}) cannot be applied: {}", op.path(), e.kind))
         })?;
-        if size > MAX_OBJECT_BYTES {
-            if recount_budget < MAX_OBJECT_BYTES {
+        if size > cap {
+            if recount_budget < cap {
                 return Err(ApiError::TooLarge(format!(
-                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {MAX_OBJECT_BYTES} bytes",
+                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {cap} bytes",
                     op.path()
                 )));
             }
             size = serialized_len(doc);
             recount_budget = recount_budget.saturating_sub(size);
-            if size > MAX_OBJECT_BYTES {
+            if size > cap {
                 return Err(ApiError::TooLarge(format!(
-                    "JSON patch operation {i} ({}) makes the object larger than the limit of {MAX_OBJECT_BYTES} bytes",
+                    "JSON patch operation {i} ({}) makes the object larger than the limit of {cap} bytes",
                     op.path()
                 )));
             }

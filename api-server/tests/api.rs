@@ -969,3 +969,53 @@ async fn expensive_yaml_bodies_are_refused_before_parsing() {
     let r = tokio::time::timeout(Duration::from_secs(2), s.client.get(format!("{}/healthz", s.url)).send()).await;
     assert_eq!(r.expect("healthz stalled").unwrap().status(), 200);
 }
+
+/// An object created within a few bytes of the size cap can still get the
+/// controller's finalizer, a status, be deleted, and have its finalizer
+/// removed (kube-runtime's JSON patch): none of these fail on the cap.
+#[tokio::test]
+async fn an_object_at_the_size_cap_can_be_finalized_and_deleted() {
+    let s = TestServer::start().await;
+    let mut c = container("cap");
+    c["spec"]["args"] = json!(["x"]);
+    let small = create(&s, &c).await;
+    let len = small.to_string().len();
+    let mut big = small.clone();
+    big["spec"]["args"] = json!(["x".repeat(1 + steward_store::MAX_OBJECT_BYTES - len - 10)]);
+    let (code, v) = body(s.client.put(s.ns_url("/cap")).json(&big).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    let stored = s.client.get(s.ns_url("/cap")).send().await.unwrap().bytes().await.unwrap().len();
+    assert!(stored <= steward_store::MAX_OBJECT_BYTES && stored + 43 > steward_store::MAX_OBJECT_BYTES, "{stored}");
+    let json_patch = |ops: Value| {
+        s.client.patch(s.ns_url("/cap")).header("content-type", "application/json-patch+json").body(ops.to_string()).send()
+    };
+    // The controller's finalizer add.
+    let (code, v) = body(
+        json_patch(json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                          {"op": "add", "path": "/metadata/finalizers", "value": ["steward.dev/containerd"]}]))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let mut st = v.clone();
+    st["status"] = json!({"phase": "Running", "restartCount": 1});
+    let (code, v) = body(s.client.put(s.ns_url("/cap/status")).json(&st).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    // A client's growth is still refused.
+    let (code, v) = body(json_patch(json!([{"op": "add", "path": "/metadata/labels/more", "value": "y"}])).await.unwrap()).await;
+    assert_eq!(code, 413, "{v}");
+    let (code, v) = body(s.client.delete(s.ns_url("/cap")).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let (code, v) = body(
+        json_patch(json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "steward.dev/containerd"},
+                          {"op": "remove", "path": "/metadata/finalizers/0"}]))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = body(s.client.get(s.ns_url("/cap")).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+}

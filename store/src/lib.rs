@@ -74,6 +74,12 @@ impl From<sqlx::Error> for StoreError {
 /// Kubernetes' default request limit): a larger write is `TooLarge`.
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
+/// Hard ceiling on a stored object: system writes (status, deletion,
+/// finalizer changes) may grow an object past [`MAX_OBJECT_BYTES`] up to
+/// this, so that they never fail on the cap for an object a client was
+/// allowed to write.
+pub const MAX_STORED_BYTES: usize = MAX_OBJECT_BYTES + 256 * 1024;
+
 /// Deepest nesting of arrays and objects a stored object may have (the
 /// object itself is level 1): a deeper write is `Invalid`. Well below
 /// serde_json's recursion limit (128), so every row the store writes can

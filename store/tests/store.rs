@@ -284,7 +284,7 @@ async fn every_write_is_checked_for_size_and_depth() {
     assert!(matches!(e, StoreError::TooLarge { limit: steward_store::MAX_OBJECT_BYTES, .. }), "{e:?}");
     let big_status = Write::UpdateStatus {
         key: key("a"),
-        status: Some(json!({"pad": "y".repeat(steward_store::MAX_OBJECT_BYTES)})),
+        status: Some(json!({"pad": "y".repeat(steward_store::MAX_STORED_BYTES)})),
         resource_version: String::new(),
     };
     assert!(matches!(store.write(big_status, false).await, Err(StoreError::TooLarge { .. })));
