@@ -583,7 +583,15 @@ async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> 
         None => app.store.list(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, |s| matches(&p, s)),
         Some(t) => app
             .store
-            .list_at(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, t.rv, |s| matches(&p, s))?,
+            .list_at(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, t.rv, |s| matches(&p, s))
+            .map_err(|e| match e {
+                // Only this store makes tokens, and only of revisions it had.
+                StoreError::TooNew { requested, current } => ApiError::BadRequest(format!(
+                    "query parameter continue: the token's revision {requested} is newer than the store's ({current}); \
+                     it was not issued by this server"
+                )),
+                e => e.into(),
+            })?,
     };
     let revision = page.revision;
     let cont = page.next.map(|k| ContinueToken { rv: revision, ns: k.namespace, name: k.name }.encode());

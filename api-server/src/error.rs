@@ -87,6 +87,8 @@ impl ApiError {
                 StoreError::TooLarge { key, .. } => {
                     Status::failure(413, "RequestEntityTooLarge", msg).with_details(details(&key.name, vec![]))
                 }
+                // As kube-apiserver: 504 with a retry hint.
+                StoreError::TooNew { .. } => Status::failure(504, "Timeout", msg),
                 StoreError::Busy => Status::failure(429, "TooManyRequests", msg),
                 StoreError::Closed => Status::failure(503, "ServiceUnavailable", msg),
                 StoreError::Internal(_) => Status::failure(500, "InternalError", msg),
@@ -101,7 +103,7 @@ pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(s).unwrap_or_default();
     let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if code == StatusCode::TOO_MANY_REQUESTS {
+    if code == StatusCode::TOO_MANY_REQUESTS || code == StatusCode::GATEWAY_TIMEOUT {
         r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     r

@@ -1019,3 +1019,41 @@ async fn an_object_at_the_size_cap_can_be_finalized_and_deleted() {
     let (code, _) = body(s.client.get(s.ns_url("/cap")).send().await.unwrap()).await;
     assert_eq!(code, 404);
 }
+
+/// A continue token or watch resourceVersion newer than the store's
+/// revision (never issued by it) is refused at once: 400 for the token,
+/// 504 with Retry-After for the watch (kube-apiserver's "Too large
+/// resource version"), instead of answering at revision 10^18 or hanging.
+#[tokio::test]
+async fn future_revisions_are_refused() {
+    use base64::Engine;
+    let s = TestServer::start().await;
+    for n in ["a", "b", "c"] {
+        create(&s, &container(n)).await;
+    }
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"rv": 1_000_000_000_000_000_000i64, "ns": "default", "name": "a"})).unwrap());
+    let (code, st) = body(s.client.get(s.ns_url(&format!("?limit=1&continue={forged}"))).send().await.unwrap()).await;
+    assert_eq!(code, 400, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("continue"), "{st}");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.client.get(s.ns_url("?watch=true&resourceVersion=1000000000000000000")).send(),
+    )
+    .await
+    .expect("the watch hung")
+    .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let (_, st) = body(r).await;
+    assert!(st["message"].as_str().unwrap().contains("too large resource version"), "{st}");
+    // The current revision is still fine for both.
+    let (_, p1) = body(s.client.get(s.ns_url("?limit=1")).send().await.unwrap()).await;
+    let cont = p1["metadata"]["continue"].as_str().unwrap().to_string();
+    let (code, p2) = body(s.client.get(s.ns_url(&format!("?limit=1&continue={cont}"))).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{p2}");
+    assert_eq!(p2["metadata"]["resourceVersion"], p1["metadata"]["resourceVersion"]);
+    let mut w = WatchReader::open(&s, &format!("resourceVersion={}", rv(&p1))).await;
+    create(&s, &container("d")).await;
+    assert_eq!(w.next().await.unwrap()["object"]["metadata"]["name"], "d");
+}

@@ -49,6 +49,11 @@ pub enum StoreError {
     /// The requested revision is older than the retained event log.
     #[error("too old resource version: {requested} (oldest retained: {oldest})")]
     Expired { requested: i64, oldest: i64 },
+    /// The requested revision is newer than the store's: it was not
+    /// handed out by this store (a forged continue token or watch
+    /// resourceVersion).
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooNew { requested: i64, current: i64 },
     /// A watcher fell too far behind live writes and was ended.
     #[error("watch ended: the watcher fell more than {0} behind; relist and watch again")]
     TooSlow(String),
@@ -625,11 +630,12 @@ impl Store {
     ) -> Result<ListPage, StoreError> {
         use std::ops::Bound;
         let st = self.shared.read();
-        if revision >= st.revision {
+        if revision > st.revision {
+            return Err(StoreError::TooNew { requested: revision, current: st.revision });
+        }
+        if revision == st.revision {
             drop(st);
-            let mut page = self.list(resource, namespace, after, limit, filter);
-            page.revision = page.revision.max(revision);
-            return Ok(page);
+            return Ok(self.list(resource, namespace, after, limit, filter));
         }
         let oldest = st.history.front().map_or(st.revision, |e| e.revision - 1);
         if revision < oldest {
