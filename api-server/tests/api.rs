@@ -854,6 +854,9 @@ async fn inflight_requests_are_bounded() {
     assert_eq!(code, 200);
     let r = s.client.get(s.ns_url("?watch=true")).send().await.unwrap();
     assert_eq!(r.status(), 429);
+    // Percent-encoding does not make a watch pass as a short request.
+    let r = s.client.get(s.ns_url("?watch=%74rue")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
     // A create whose body never finishes holds the one ordinary slot.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
     tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.unwrap();
