@@ -68,7 +68,11 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<By
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let timeout = app.config.body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::RequestTimeout(format!("the request body was not received within {}s", timeout.as_secs_f64()))
+    })?;
+    read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {

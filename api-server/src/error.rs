@@ -29,6 +29,9 @@ pub enum ApiError {
     /// JSON patch whose `test` fails): 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// The client did not send its request body in time: 408.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Too many requests in flight: 429 with `Retry-After`.
     #[error("{0}")]
     TooManyRequests(String),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Unavailable(_) => Status::failure(503, "ServiceUnavailable", msg),
             ApiError::Unprocessable(_) => Status::failure(422, "Invalid", msg),
             ApiError::TooManyRequests(_) => Status::failure(429, "TooManyRequests", msg),
+            ApiError::RequestTimeout(_) => Status::failure(408, "Timeout", msg),
             ApiError::Store(e) => match e {
                 StoreError::NotFound { key } => {
                     Status::failure(404, "NotFound", format!("containers.steward.dev {:?} not found", key.name))

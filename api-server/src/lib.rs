@@ -57,6 +57,12 @@ pub struct Config {
     /// A connection that has not sent a request's headers within this
     /// time is closed (stalled or slow-loris clients).
     pub header_read_timeout: Duration,
+    /// A request body not received in full within this time is refused
+    /// with 408 and its connection closed (clients trickling bytes).
+    pub body_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests to finish before
+    /// it drops their connections.
+    pub shutdown_timeout: Duration,
     /// What `/readyz` also depends on, published by whoever watches it (the
     /// controller probes containerd): `Some(reason)` answers 503 with the
     /// reason. `None` here: only the server itself counts.
@@ -76,6 +82,8 @@ impl Default for Config {
             max_requests_inflight: 400,
             max_long_running_inflight: 1000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
             not_ready: None,
         }
     }
@@ -150,6 +158,10 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let inflight = limits::Inflight::new(config.max_requests_inflight, config.max_long_running_inflight);
     let header_timeout = config.header_read_timeout;
+    let shutdown_timeout = config.shutdown_timeout;
+    // Flips to `true` when shutdown has waited long enough: the remaining
+    // connections are dropped.
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App { store: store.clone(), config, metrics: Metrics::default(), shutdown: rx.clone(), inflight });
     let service = hyper_util::service::TowerToHyperService::new(router(app));
     // Every connection task holds a clone; when all are dropped, every
@@ -175,6 +187,7 @@ pub async fn serve(
         }
         let service = service.clone();
         let mut stop = rx.clone();
+        let mut kill = kill_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
             let _done = done;
@@ -191,8 +204,11 @@ pub async fn serve(
                 }
                 _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
             }
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                },
+                _ = kill.wait_for(|k| *k) => tracing::warn!(%peer, "connection dropped: still busy at the shutdown deadline"),
             }
         });
     }
@@ -200,7 +216,11 @@ pub async fn serve(
     drop(listener);
     let _ = tx.send(true);
     drop(done_tx);
-    let _ = done_rx.recv().await;
+    if tokio::time::timeout(shutdown_timeout, done_rx.recv()).await.is_err() {
+        tracing::warn!(?shutdown_timeout, "requests still in flight at the shutdown deadline; dropping their connections");
+        let _ = kill_tx.send(true);
+        let _ = done_rx.recv().await;
+    }
     store.shutdown().await;
     Ok(())
 }

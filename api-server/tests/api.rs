@@ -1060,3 +1060,62 @@ async fn future_revisions_are_refused() {
     create(&s, &container("d")).await;
     assert_eq!(w.next().await.unwrap()["object"]["metadata"]["name"], "d");
 }
+
+/// Opens a POST whose body never finishes (1 byte of 100 sent).
+async fn trickling_post(s: &TestServer) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {BASE}/namespaces/default/containers HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
+/// Bodies that trickle in cannot hold the in-flight slots: each gets 408
+/// after the body read timeout and the slots come back; and shutdown does
+/// not wait on them past its deadline.
+#[tokio::test]
+async fn trickled_bodies_time_out_and_do_not_hold_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let api = steward_apiserver::Config {
+        max_requests_inflight: 3,
+        body_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(trickling_post(&s).await);
+    }
+    let t = std::time::Instant::now();
+    for mut c in slow {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.expect("no answer").unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("not received within"), "{text}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+
+    // Shutdown with a trickling body in flight (its own timeout far away)
+    // ends at the shutdown deadline.
+    let api = steward_apiserver::Config {
+        body_read_timeout: Duration::from_secs(600),
+        shutdown_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut s = TestServer::start_with(|_| {}, api).await;
+    let mut c = trickling_post(&s).await;
+    // A normal request is served meanwhile.
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    let t = std::time::Instant::now();
+    s.stop().await;
+    assert!(t.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", t.elapsed());
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.expect("connection not closed");
+}
