@@ -11,6 +11,7 @@ mod containers;
 mod discovery;
 mod error;
 mod images;
+mod io;
 mod limits;
 mod logs;
 mod metrics;
@@ -60,6 +61,9 @@ pub struct Config {
     /// A request body not received in full within this time is refused
     /// with 408 and its connection closed (clients trickling bytes).
     pub body_read_timeout: Duration,
+    /// A connection whose peer accepts no bytes for this long while the
+    /// server writes to it (a stalled watcher) is closed.
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests to finish before
     /// it drops their connections.
     pub shutdown_timeout: Duration,
@@ -84,6 +88,7 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             not_ready: None,
         }
     }
@@ -159,6 +164,7 @@ pub async fn serve(
     let inflight = limits::Inflight::new(config.max_requests_inflight, config.max_long_running_inflight);
     let header_timeout = config.header_read_timeout;
     let shutdown_timeout = config.shutdown_timeout;
+    let write_timeout = config.write_timeout;
     // Flips to `true` when shutdown has waited long enough: the remaining
     // connections are dropped.
     let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
@@ -193,7 +199,7 @@ pub async fn serve(
             let _done = done;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io::WriteTimeout::new(tcp, write_timeout)), service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {

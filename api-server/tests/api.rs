@@ -1119,3 +1119,41 @@ async fn trickled_bodies_time_out_and_do_not_hold_shutdown() {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.expect("connection not closed");
 }
+
+/// A watcher that stops reading is dropped once the server has been unable
+/// to write to it for the write timeout: its watch (and the frames queued
+/// for it) are released, not held for as long as the peer likes.
+#[tokio::test]
+async fn stalled_watchers_are_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let api = steward_apiserver::Config { write_timeout: Duration::from_secs(1), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
+    c.write_all(format!("GET {BASE}/namespaces/default/containers?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.store.watchers() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the watch never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ~16 MB of events, more than the socket buffers hold: never read.
+    for i in 0..16 {
+        let mut o = container(&format!("big{i}"));
+        o["spec"]["args"] = json!(["x".repeat(1 << 20)]);
+        create(&s, &o).await;
+    }
+    // (A dropped watch leaves the store's list at its next write.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while s.store.watchers() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the stalled watcher was kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+        create(&s, &container(&format!("small{n}"))).await;
+    }
+    drop(c);
+}
