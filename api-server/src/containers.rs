@@ -312,13 +312,23 @@ fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Resu
     let mut recount_budget = 32 * MAX_OBJECT_BYTES;
     for (i, op) in ops.iter().enumerate() {
         let inserted = match op {
-            Op::Test(t) if t.value.is_null() && doc.pointer(t.path.as_str()).is_none() => continue,
+            // ... when the parent exists: as evanphx, a missing parent fails.
+            Op::Test(t)
+                if t.value.is_null()
+                    && doc.pointer(t.path.as_str()).is_none()
+                    && t.path.as_str().rsplit_once('/').is_some_and(|(parent, _)| doc.pointer(parent).is_some()) =>
+            {
+                continue
+            }
             Op::Add(o) => Some(&o.value),
             Op::Replace(o) => Some(&o.value),
             Op::Copy(o) => doc.pointer(o.from.as_str()),
             Op::Move(o) => doc.pointer(o.from.as_str()),
             Op::Remove(_) | Op::Test(_) => None,
         };
+        // A move only relocates a value: it may nest it deeper, but adds
+        // no bytes beyond its new path.
+        let grows = !matches!(op, Op::Move(_));
         if let Some(v) = inserted {
             let (bytes, depth) = measure(v);
             let at = op.path().count() + depth;
@@ -330,7 +340,7 @@ fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Resu
             }
             // An upper bound, made exact (one serialisation) only when it
             // passes the cap.
-            size += bytes + op.path().as_str().len();
+            size += if grows { bytes } else { 0 } + op.path().as_str().len();
         }
         json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| {
             ApiError::Unprocessable(format!("JSON patch operation {i} ({}) cannot be applied: {}", op.path(), e.kind))

@@ -140,8 +140,11 @@ pub fn router(app: AppState) -> Router {
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
+        // Layers run last-added first: metrics, then authentication, then
+        // the in-flight bound, so unauthenticated requests get 401 and
+        // never take a slot.
         .layer(axum::middleware::from_fn_with_state(app.clone(), limits::limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)
 }

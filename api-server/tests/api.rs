@@ -760,6 +760,14 @@ async fn kube_runtime_finalizer_patch() {
     )
     .await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
+    // A test for null whose parent is missing fails, as in evanphx/json-patch.
+    let (code, st) = body(
+        send(r#"[{"op":"test","path":"/metadata/nothere/x","value":null},{"op":"add","path":"/metadata/labels/t","value":"y"}]"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
     // Malformed patch documents stay 400.
     let (code, _) = body(send(r#"[{"op":"frobnicate","path":"/x"}]"#).await.unwrap()).await;
     assert_eq!(code, 400);
@@ -1156,4 +1164,72 @@ async fn stalled_watchers_are_dropped_after_the_write_timeout() {
         create(&s, &container(&format!("small{n}"))).await;
     }
     drop(c);
+}
+
+/// With a token configured, an unauthenticated flood gets 401 and takes no
+/// in-flight slot: authentication runs before the limiter.
+#[tokio::test]
+async fn unauthenticated_requests_get_401_not_429() {
+    let api = steward_apiserver::Config { token: Some("s3cret".into()), max_requests_inflight: 1, ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    // An authenticated create whose body never finishes holds the one slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = tokio::spawn({
+        let c = s.client.clone();
+        let url = s.ns_url("");
+        async move {
+            c.post(url)
+                .bearer_auth("s3cret")
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(stream))
+                .send()
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.client.get(s.ns_url("")).bearer_auth("s3cret").send().await.unwrap();
+        if r.status() == 429 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let (code, st) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+        assert_eq!((code.as_u16(), st["reason"].as_str()), (401, Some("Unauthorized")), "{st}");
+    }
+    drop(tx);
+    let _ = slow.await;
+}
+
+/// `move` operations relocate bytes without adding them: many moves of a
+/// large value on an object near the cap are not refused as growth.
+#[tokio::test]
+async fn json_patch_moves_are_not_counted_as_growth() {
+    let s = TestServer::start().await;
+    let mut c = container("mv");
+    c["spec"]["args"] = json!(["x".repeat(steward_store::MAX_OBJECT_BYTES - 250_000)]);
+    c["metadata"]["annotations"] = json!({"a": "y".repeat(200_000)});
+    create(&s, &c).await;
+    let ops: Vec<Value> = (0..200)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+            json!({"op": "move", "from": format!("/metadata/annotations/{from}"), "path": format!("/metadata/annotations/{to}")})
+        })
+        .collect();
+    let (code, v) = body(
+        s.client
+            .patch(s.ns_url("/mv"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(ops).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["annotations"]["a"].as_str().map(str::len), Some(200_000));
 }
