@@ -11,7 +11,7 @@ use serde_json::Value;
 use steward_schema::manifest::{container_from_json, container_from_value, yaml_value_bounded};
 use steward_schema::validate::{validate_container, validate_status};
 use steward_schema::{Container, ContainerStatus, RESOURCE};
-use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult, MAX_DEPTH, MAX_OBJECT_BYTES};
+use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResult, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_STORED_BYTES};
 use tracing::Instrument;
 
 use crate::metrics::Verb;
@@ -68,7 +68,11 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<By
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let timeout = app.config.body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::RequestTimeout(format!("the request body was not received within {}s", timeout.as_secs_f64()))
+    })?;
+    read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {
@@ -98,6 +102,23 @@ fn decode(media: &str, body: &[u8]) -> Result<Container, ApiError> {
             "unsupported content type {other:?}: send application/json or application/yaml"
         ))),
     }
+}
+
+/// Bodies larger than this are decoded on the blocking pool: parsing a
+/// large YAML body takes long enough to stall the runtime's few workers
+/// (health probes, watches) otherwise. Small ones, the common case, stay
+/// inline and cheap.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// [`decode`], off the async workers when the body is large.
+async fn decode_body(media: &str, body: &Bytes) -> Result<Container, ApiError> {
+    if body.len() <= INLINE_DECODE_BYTES {
+        return decode(media, body);
+    }
+    let (media, body) = (media.to_string(), body.clone());
+    tokio::task::spawn_blocking(move || decode(&media, &body))
+        .await
+        .map_err(|e| ApiError::Store(StoreError::Internal(format!("decoding the body: {e}"))))?
 }
 
 /// Defaults, URL consistency and validation, as every write of a whole
@@ -158,7 +179,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
-    let mut c = decode(&media_type(&headers), &bytes)?;
+    let mut c = decode_body(&media_type(&headers), &bytes).await?;
     let name = c.metadata.name.clone();
     async {
         admit(&mut c, &ns, None)?;
@@ -178,7 +199,7 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
-    let mut c = decode(&media_type(&headers), &bytes)?;
+    let mut c = decode_body(&media_type(&headers), &bytes).await?;
     async {
         admit(&mut c, &ns, Some(&name))?;
         let r = app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await?;
@@ -276,19 +297,38 @@ fn apply_patch(kind: &PatchKind, body: &[u8], doc: &mut Value) -> Result<bool, A
 fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), ApiError> {
     use json_patch::PatchOperation as Op;
     let mut size = serialized_len(doc);
+    // The store makes the final decision; this bound only stops a patch
+    // from building an object that could never be stored. Finalizer
+    // changes (a controller's add, kube-runtime's remove) may grow the
+    // object to the store's ceiling for system writes, and no patch is
+    // refused for keeping an object at the size it already has.
+    let finalizers_only = ops.iter().all(|op| {
+        matches!(op, Op::Test(_)) || op.path().as_str().starts_with("/metadata/finalizers")
+    });
+    let cap = if finalizers_only { MAX_STORED_BYTES } else { MAX_OBJECT_BYTES }.max(size);
     // Re-measuring the whole document is bounded too: a patch that keeps
     // the object at the cap (add, remove, add, ...) must not cost a
     // serialisation per operation.
     let mut recount_budget = 32 * MAX_OBJECT_BYTES;
     for (i, op) in ops.iter().enumerate() {
         let inserted = match op {
-            Op::Test(t) if t.value.is_null() && doc.pointer(t.path.as_str()).is_none() => continue,
+            // ... when the parent exists: as evanphx, a missing parent fails.
+            Op::Test(t)
+                if t.value.is_null()
+                    && doc.pointer(t.path.as_str()).is_none()
+                    && t.path.as_str().rsplit_once('/').is_some_and(|(parent, _)| doc.pointer(parent).is_some()) =>
+            {
+                continue
+            }
             Op::Add(o) => Some(&o.value),
             Op::Replace(o) => Some(&o.value),
             Op::Copy(o) => doc.pointer(o.from.as_str()),
             Op::Move(o) => doc.pointer(o.from.as_str()),
             Op::Remove(_) | Op::Test(_) => None,
         };
+        // A move only relocates a value: it may nest it deeper, but adds
+        // no bytes beyond its new path.
+        let grows = !matches!(op, Op::Move(_));
         if let Some(v) = inserted {
             let (bytes, depth) = measure(v);
             let at = op.path().count() + depth;
@@ -300,23 +340,23 @@ fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Resu
             }
             // An upper bound, made exact (one serialisation) only when it
             // passes the cap.
-            size += bytes + op.path().as_str().len();
+            size += if grows { bytes } else { 0 } + op.path().as_str().len();
         }
         json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| {
             ApiError::Unprocessable(format!("JSON patch operation {i} ({}) cannot be applied: {}", op.path(), e.kind))
         })?;
-        if size > MAX_OBJECT_BYTES {
-            if recount_budget < MAX_OBJECT_BYTES {
+        if size > cap {
+            if recount_budget < cap {
                 return Err(ApiError::TooLarge(format!(
-                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {MAX_OBJECT_BYTES} bytes",
+                    "JSON patch operation {i} ({}): the patch keeps the object near the limit of {cap} bytes",
                     op.path()
                 )));
             }
             size = serialized_len(doc);
             recount_budget = recount_budget.saturating_sub(size);
-            if size > MAX_OBJECT_BYTES {
+            if size > cap {
                 return Err(ApiError::TooLarge(format!(
-                    "JSON patch operation {i} ({}) makes the object larger than the limit of {MAX_OBJECT_BYTES} bytes",
+                    "JSON patch operation {i} ({}) makes the object larger than the limit of {cap} bytes",
                     op.path()
                 )));
             }
@@ -412,8 +452,8 @@ async fn patch_with(
 /// spec, labels and annotations with the manifest's, keeping finalizers,
 /// server-set metadata and status. An apply that changes nothing writes
 /// nothing. The `X-Steward-Apply` header says which happened.
-async fn apply(app: &AppState, ns: &str, name: &str, body: &[u8], dry_run: bool) -> Result<Response, ApiError> {
-    let mut c = decode("application/apply-patch+yaml", body)?;
+async fn apply(app: &AppState, ns: &str, name: &str, body: &Bytes, dry_run: bool) -> Result<Response, ApiError> {
+    let mut c = decode_body("application/apply-patch+yaml", body).await?;
     admit(&mut c, ns, Some(name))?;
     let explicit_rv = !c.metadata.resource_version.is_empty();
     let desired = to_object(c)?;
@@ -557,7 +597,15 @@ async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> 
         None => app.store.list(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, |s| matches(&p, s)),
         Some(t) => app
             .store
-            .list_at(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, t.rv, |s| matches(&p, s))?,
+            .list_at(RESOURCE, ns.as_deref(), after.as_ref(), p.limit, t.rv, |s| matches(&p, s))
+            .map_err(|e| match e {
+                // Only this store makes tokens, and only of revisions it had.
+                StoreError::TooNew { requested, current } => ApiError::BadRequest(format!(
+                    "query parameter continue: the token's revision {requested} is newer than the store's ({current}); \
+                     it was not issued by this server"
+                )),
+                e => e.into(),
+            })?,
     };
     let revision = page.revision;
     let cont = page.next.map(|k| ContinueToken { rv: revision, ns: k.namespace, name: k.name }.encode());

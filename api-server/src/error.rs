@@ -29,6 +29,9 @@ pub enum ApiError {
     /// JSON patch whose `test` fails): 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// The client did not send its request body in time: 408.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Too many requests in flight: 429 with `Retry-After`.
     #[error("{0}")]
     TooManyRequests(String),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Unavailable(_) => Status::failure(503, "ServiceUnavailable", msg),
             ApiError::Unprocessable(_) => Status::failure(422, "Invalid", msg),
             ApiError::TooManyRequests(_) => Status::failure(429, "TooManyRequests", msg),
+            ApiError::RequestTimeout(_) => Status::failure(408, "Timeout", msg),
             ApiError::Store(e) => match e {
                 StoreError::NotFound { key } => {
                     Status::failure(404, "NotFound", format!("containers.steward.dev {:?} not found", key.name))
@@ -87,6 +91,8 @@ impl ApiError {
                 StoreError::TooLarge { key, .. } => {
                     Status::failure(413, "RequestEntityTooLarge", msg).with_details(details(&key.name, vec![]))
                 }
+                // As kube-apiserver: 504 with a retry hint.
+                StoreError::TooNew { .. } => Status::failure(504, "Timeout", msg),
                 StoreError::Busy => Status::failure(429, "TooManyRequests", msg),
                 StoreError::Closed => Status::failure(503, "ServiceUnavailable", msg),
                 StoreError::Internal(_) => Status::failure(500, "InternalError", msg),
@@ -101,7 +107,7 @@ pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(s).unwrap_or_default();
     let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if code == StatusCode::TOO_MANY_REQUESTS {
+    if code == StatusCode::TOO_MANY_REQUESTS || code == StatusCode::GATEWAY_TIMEOUT {
         r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     r

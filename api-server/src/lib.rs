@@ -11,6 +11,7 @@ mod containers;
 mod discovery;
 mod error;
 mod images;
+mod io;
 mod limits;
 mod logs;
 mod metrics;
@@ -57,6 +58,15 @@ pub struct Config {
     /// A connection that has not sent a request's headers within this
     /// time is closed (stalled or slow-loris clients).
     pub header_read_timeout: Duration,
+    /// A request body not received in full within this time is refused
+    /// with 408 and its connection closed (clients trickling bytes).
+    pub body_read_timeout: Duration,
+    /// A connection whose peer accepts no bytes for this long while the
+    /// server writes to it (a stalled watcher) is closed.
+    pub write_timeout: Duration,
+    /// How long shutdown waits for in-flight requests to finish before
+    /// it drops their connections.
+    pub shutdown_timeout: Duration,
     /// What `/readyz` also depends on, published by whoever watches it (the
     /// controller probes containerd): `Some(reason)` answers 503 with the
     /// reason. `None` here: only the server itself counts.
@@ -76,6 +86,9 @@ impl Default for Config {
             max_requests_inflight: 400,
             max_long_running_inflight: 1000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             not_ready: None,
         }
     }
@@ -127,8 +140,11 @@ pub fn router(app: AppState) -> Router {
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
+        // Layers run last-added first: metrics, then authentication, then
+        // the in-flight bound, so unauthenticated requests get 401 and
+        // never take a slot.
         .layer(axum::middleware::from_fn_with_state(app.clone(), limits::limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .with_state(app)
 }
@@ -150,6 +166,11 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let inflight = limits::Inflight::new(config.max_requests_inflight, config.max_long_running_inflight);
     let header_timeout = config.header_read_timeout;
+    let shutdown_timeout = config.shutdown_timeout;
+    let write_timeout = config.write_timeout;
+    // Flips to `true` when shutdown has waited long enough: the remaining
+    // connections are dropped.
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(App { store: store.clone(), config, metrics: Metrics::default(), shutdown: rx.clone(), inflight });
     let service = hyper_util::service::TowerToHyperService::new(router(app));
     // Every connection task holds a clone; when all are dropped, every
@@ -175,12 +196,13 @@ pub async fn serve(
         }
         let service = service.clone();
         let mut stop = rx.clone();
+        let mut kill = kill_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
             let _done = done;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io::WriteTimeout::new(tcp, write_timeout)), service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -191,8 +213,11 @@ pub async fn serve(
                 }
                 _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
             }
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended");
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                },
+                _ = kill.wait_for(|k| *k) => tracing::warn!(%peer, "connection dropped: still busy at the shutdown deadline"),
             }
         });
     }
@@ -200,7 +225,11 @@ pub async fn serve(
     drop(listener);
     let _ = tx.send(true);
     drop(done_tx);
-    let _ = done_rx.recv().await;
+    if tokio::time::timeout(shutdown_timeout, done_rx.recv()).await.is_err() {
+        tracing::warn!(?shutdown_timeout, "requests still in flight at the shutdown deadline; dropping their connections");
+        let _ = kill_tx.send(true);
+        let _ = done_rx.recv().await;
+    }
     store.shutdown().await;
     Ok(())
 }

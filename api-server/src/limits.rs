@@ -28,14 +28,13 @@ impl Inflight {
 }
 
 /// Watches and followed logs hold their slot for as long as they stream.
+/// The query is decoded as the handlers decode it (`watch=%74rue` is a
+/// watch); any truthy occurrence counts, so a repeated key cannot make a
+/// long-running request pass as a short one. A query that does not decode
+/// is refused by the handler, so it is counted as short.
 fn long_running(req: &Request) -> bool {
-    let query = req.uri().query().unwrap_or_default();
-    let set = |name: &str| {
-        query.split('&').any(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            k == name && matches!(v, "true" | "1" | "")
-        })
-    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default();
+    let set = |name: &str| pairs.iter().any(|(k, v)| k == name && matches!(v.as_str(), "true" | "1" | ""));
     set("watch") || (set("follow") && req.uri().path().ends_with("/log"))
 }
 
@@ -75,4 +74,25 @@ fn hold_while_streaming(resp: Response, permit: OwnedSemaphorePermit) -> Respons
         chunk
     });
     Response::from_parts(parts, Body::from_stream(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str) -> Request {
+        Request::builder().uri(uri).body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn long_running_requests_are_recognised_however_encoded() {
+        let base = "/apis/steward.dev/v1alpha1/namespaces/default/containers";
+        for q in ["watch=true", "watch=%74rue", "%77atch=1", "watch", "limit=1&watch=", "watch=false&watch=true"] {
+            assert!(long_running(&req(&format!("{base}?{q}"))), "{q}");
+        }
+        for q in ["watch=false", "watching=true", "limit=1", "follow=true"] {
+            assert!(!long_running(&req(&format!("{base}?{q}"))), "{q}");
+        }
+        assert!(long_running(&req(&format!("{base}/a/log?follow=%74rue"))));
+    }
 }

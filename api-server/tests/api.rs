@@ -760,6 +760,14 @@ async fn kube_runtime_finalizer_patch() {
     )
     .await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
+    // A test for null whose parent is missing fails, as in evanphx/json-patch.
+    let (code, st) = body(
+        send(r#"[{"op":"test","path":"/metadata/nothere/x","value":null},{"op":"add","path":"/metadata/labels/t","value":"y"}]"#)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((code.as_u16(), st["reason"].as_str()), (422, Some("Invalid")), "{st}");
     // Malformed patch documents stay 400.
     let (code, _) = body(send(r#"[{"op":"frobnicate","path":"/x"}]"#).await.unwrap()).await;
     assert_eq!(code, 400);
@@ -854,6 +862,9 @@ async fn inflight_requests_are_bounded() {
     assert_eq!(code, 200);
     let r = s.client.get(s.ns_url("?watch=true")).send().await.unwrap();
     assert_eq!(r.status(), 429);
+    // Percent-encoding does not make a watch pass as a short request.
+    let r = s.client.get(s.ns_url("?watch=%74rue")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
     // A create whose body never finishes holds the one ordinary slot.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
     tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.unwrap();
@@ -943,4 +954,282 @@ async fn readyz_reports_a_dependency_that_is_not_ready() {
     assert_eq!(s.client.get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
     tx.send(None).unwrap();
     assert_eq!(get().await.unwrap().status(), 200);
+}
+
+/// Deeply nested YAML (libyaml's time grows with the square of the depth)
+/// and YAML of millions of tiny nodes (memory ~100x the text) are refused
+/// with 400 before parsing; health probes stay responsive meanwhile.
+#[tokio::test]
+async fn expensive_yaml_bodies_are_refused_before_parsing() {
+    let s = TestServer::start().await;
+    let post = |text: String| {
+        s.client.post(s.ns_url("")).header("content-type", "application/yaml").body(text).send()
+    };
+    let deep = format!("{}x{}", "{a: ".repeat(20_000), "}".repeat(20_000));
+    let many = format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata: {{name: m}}\nspec:\n  image: busybox\n  args: [{}]\n",
+        vec!["a"; 1_000_000].join(",")
+    );
+    for (text, what) in [(deep, "nests more than 100 levels"), (many, "more than 100000 nodes")] {
+        let t = std::time::Instant::now();
+        let (code, st) = body(post(text).await.unwrap()).await;
+        assert_eq!(code, 400, "{st}");
+        assert!(st["message"].as_str().unwrap().contains(what), "{st}");
+        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    }
+    let r = tokio::time::timeout(Duration::from_secs(2), s.client.get(format!("{}/healthz", s.url)).send()).await;
+    assert_eq!(r.expect("healthz stalled").unwrap().status(), 200);
+}
+
+/// An object created within a few bytes of the size cap can still get the
+/// controller's finalizer, a status, be deleted, and have its finalizer
+/// removed (kube-runtime's JSON patch): none of these fail on the cap.
+#[tokio::test]
+async fn an_object_at_the_size_cap_can_be_finalized_and_deleted() {
+    let s = TestServer::start().await;
+    let mut c = container("cap");
+    c["spec"]["args"] = json!(["x"]);
+    let small = create(&s, &c).await;
+    let len = small.to_string().len();
+    let mut big = small.clone();
+    big["spec"]["args"] = json!(["x".repeat(1 + steward_store::MAX_OBJECT_BYTES - len - 10)]);
+    let (code, v) = body(s.client.put(s.ns_url("/cap")).json(&big).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    let stored = s.client.get(s.ns_url("/cap")).send().await.unwrap().bytes().await.unwrap().len();
+    assert!(stored <= steward_store::MAX_OBJECT_BYTES && stored + 43 > steward_store::MAX_OBJECT_BYTES, "{stored}");
+    let json_patch = |ops: Value| {
+        s.client.patch(s.ns_url("/cap")).header("content-type", "application/json-patch+json").body(ops.to_string()).send()
+    };
+    // The controller's finalizer add.
+    let (code, v) = body(
+        json_patch(json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                          {"op": "add", "path": "/metadata/finalizers", "value": ["steward.dev/containerd"]}]))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let mut st = v.clone();
+    st["status"] = json!({"phase": "Running", "restartCount": 1});
+    let (code, v) = body(s.client.put(s.ns_url("/cap/status")).json(&st).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    // A client's growth is still refused.
+    let (code, v) = body(json_patch(json!([{"op": "add", "path": "/metadata/labels/more", "value": "y"}])).await.unwrap()).await;
+    assert_eq!(code, 413, "{v}");
+    let (code, v) = body(s.client.delete(s.ns_url("/cap")).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["metadata"]["deletionTimestamp"].is_string());
+    let (code, v) = body(
+        json_patch(json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "steward.dev/containerd"},
+                          {"op": "remove", "path": "/metadata/finalizers/0"}]))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = body(s.client.get(s.ns_url("/cap")).send().await.unwrap()).await;
+    assert_eq!(code, 404);
+}
+
+/// A continue token or watch resourceVersion newer than the store's
+/// revision (never issued by it) is refused at once: 400 for the token,
+/// 504 with Retry-After for the watch (kube-apiserver's "Too large
+/// resource version"), instead of answering at revision 10^18 or hanging.
+#[tokio::test]
+async fn future_revisions_are_refused() {
+    use base64::Engine;
+    let s = TestServer::start().await;
+    for n in ["a", "b", "c"] {
+        create(&s, &container(n)).await;
+    }
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"rv": 1_000_000_000_000_000_000i64, "ns": "default", "name": "a"})).unwrap());
+    let (code, st) = body(s.client.get(s.ns_url(&format!("?limit=1&continue={forged}"))).send().await.unwrap()).await;
+    assert_eq!(code, 400, "{st}");
+    assert!(st["message"].as_str().unwrap().contains("continue"), "{st}");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.client.get(s.ns_url("?watch=true&resourceVersion=1000000000000000000")).send(),
+    )
+    .await
+    .expect("the watch hung")
+    .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let (_, st) = body(r).await;
+    assert!(st["message"].as_str().unwrap().contains("too large resource version"), "{st}");
+    // The current revision is still fine for both.
+    let (_, p1) = body(s.client.get(s.ns_url("?limit=1")).send().await.unwrap()).await;
+    let cont = p1["metadata"]["continue"].as_str().unwrap().to_string();
+    let (code, p2) = body(s.client.get(s.ns_url(&format!("?limit=1&continue={cont}"))).send().await.unwrap()).await;
+    assert_eq!(code, 200, "{p2}");
+    assert_eq!(p2["metadata"]["resourceVersion"], p1["metadata"]["resourceVersion"]);
+    let mut w = WatchReader::open(&s, &format!("resourceVersion={}", rv(&p1))).await;
+    create(&s, &container("d")).await;
+    assert_eq!(w.next().await.unwrap()["object"]["metadata"]["name"], "d");
+}
+
+/// Opens a POST whose body never finishes (1 byte of 100 sent).
+async fn trickling_post(s: &TestServer) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {BASE}/namespaces/default/containers HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c
+}
+
+/// Bodies that trickle in cannot hold the in-flight slots: each gets 408
+/// after the body read timeout and the slots come back; and shutdown does
+/// not wait on them past its deadline.
+#[tokio::test]
+async fn trickled_bodies_time_out_and_do_not_hold_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let api = steward_apiserver::Config {
+        max_requests_inflight: 3,
+        body_read_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(trickling_post(&s).await);
+    }
+    let t = std::time::Instant::now();
+    for mut c in slow {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await.expect("no answer").unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("not received within"), "{text}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+
+    // Shutdown with a trickling body in flight (its own timeout far away)
+    // ends at the shutdown deadline.
+    let api = steward_apiserver::Config {
+        body_read_timeout: Duration::from_secs(600),
+        shutdown_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut s = TestServer::start_with(|_| {}, api).await;
+    let mut c = trickling_post(&s).await;
+    // A normal request is served meanwhile.
+    let (code, _) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+    assert_eq!(code, 200);
+    let t = std::time::Instant::now();
+    s.stop().await;
+    assert!(t.elapsed() < Duration::from_secs(5), "shutdown waited {:?}", t.elapsed());
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.expect("connection not closed");
+}
+
+/// A watcher that stops reading is dropped once the server has been unable
+/// to write to it for the write timeout: its watch (and the frames queued
+/// for it) are released, not held for as long as the peer likes.
+#[tokio::test]
+async fn stalled_watchers_are_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let api = steward_apiserver::Config { write_timeout: Duration::from_secs(1), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
+    c.write_all(format!("GET {BASE}/namespaces/default/containers?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.store.watchers() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the watch never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ~16 MB of events, more than the socket buffers hold: never read.
+    for i in 0..16 {
+        let mut o = container(&format!("big{i}"));
+        o["spec"]["args"] = json!(["x".repeat(1 << 20)]);
+        create(&s, &o).await;
+    }
+    // (A dropped watch leaves the store's list at its next write.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    while s.store.watchers() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the stalled watcher was kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+        create(&s, &container(&format!("small{n}"))).await;
+    }
+    drop(c);
+}
+
+/// With a token configured, an unauthenticated flood gets 401 and takes no
+/// in-flight slot: authentication runs before the limiter.
+#[tokio::test]
+async fn unauthenticated_requests_get_401_not_429() {
+    let api = steward_apiserver::Config { token: Some("s3cret".into()), max_requests_inflight: 1, ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    // An authenticated create whose body never finishes holds the one slot.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let slow = tokio::spawn({
+        let c = s.client.clone();
+        let url = s.ns_url("");
+        async move {
+            c.post(url)
+                .bearer_auth("s3cret")
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(stream))
+                .send()
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = s.client.get(s.ns_url("")).bearer_auth("s3cret").send().await.unwrap();
+        if r.status() == 429 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot was never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        let (code, st) = body(s.client.get(s.ns_url("")).send().await.unwrap()).await;
+        assert_eq!((code.as_u16(), st["reason"].as_str()), (401, Some("Unauthorized")), "{st}");
+    }
+    drop(tx);
+    let _ = slow.await;
+}
+
+/// `move` operations relocate bytes without adding them: many moves of a
+/// large value on an object near the cap are not refused as growth.
+#[tokio::test]
+async fn json_patch_moves_are_not_counted_as_growth() {
+    let s = TestServer::start().await;
+    let mut c = container("mv");
+    c["spec"]["args"] = json!(["x".repeat(steward_store::MAX_OBJECT_BYTES - 250_000)]);
+    c["metadata"]["annotations"] = json!({"a": "y".repeat(200_000)});
+    create(&s, &c).await;
+    let ops: Vec<Value> = (0..200)
+        .map(|i| {
+            let (from, to) = if i % 2 == 0 { ("a", "b") } else { ("b", "a") };
+            json!({"op": "move", "from": format!("/metadata/annotations/{from}"), "path": format!("/metadata/annotations/{to}")})
+        })
+        .collect();
+    let (code, v) = body(
+        s.client
+            .patch(s.ns_url("/mv"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(ops).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["metadata"]["annotations"]["a"].as_str().map(str::len), Some(200_000));
 }

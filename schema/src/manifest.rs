@@ -66,6 +66,12 @@ fn strip_position(msg: &str) -> &str {
 /// skipped; a syntax error ends the parse (nothing after it can be trusted).
 pub fn parse_manifests(text: &str) -> Vec<Result<Document, ManifestError>> {
     let mut out = Vec::new();
+    // A file of many documents may hold many nodes: only the depth bound
+    // applies here (the CLI reads files its user chose).
+    if let Err(message) = yaml_nesting_within(text, MAX_YAML_DEPTH, usize::MAX) {
+        out.push(Err(ManifestError { index: 0, message }));
+        return out;
+    }
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match serde_yaml::Value::deserialize(de) {
             Ok(v) => v,
@@ -179,6 +185,7 @@ spec:
 /// expansion is first walked without building anything, and abandoned
 /// as soon as it passes the budget.
 pub fn yaml_value_bounded(text: &str, budget: usize) -> Result<serde_yaml::Value, String> {
+    check_yaml_shape(text)?;
     if text.contains('*') {
         let left = std::cell::Cell::new(budget);
         serde::de::DeserializeSeed::deserialize(Budget(&left), serde_yaml::Deserializer::from_str(text))
@@ -288,5 +295,266 @@ mod bounded_yaml_tests {
     fn modest_aliases_are_fine() {
         let v = yaml_value_bounded("a: &x {b: 1}\nc: *x\nd: 'x*y'\n", 1000).unwrap();
         assert_eq!(v["c"]["b"], serde_yaml::Value::from(1));
+    }
+}
+
+/// Deepest nesting of mappings and sequences a YAML text may have before
+/// it is parsed: the store keeps at most 64 levels; the margin covers the
+/// scan's over-estimates. libyaml's time grows with the square of the
+/// nesting depth, so a deeper text is refused before it reaches it.
+pub const MAX_YAML_DEPTH: usize = 100;
+
+/// Most nodes (scalars, mappings, sequences) a YAML request body may have:
+/// parsed values take ~100 times the text's size, so a body of tiny
+/// items is refused before it is built.
+pub const MAX_YAML_NODES: usize = 100_000;
+
+/// [`MAX_YAML_DEPTH`] and [`MAX_YAML_NODES`] for one request body.
+pub fn check_yaml_shape(text: &str) -> Result<(), String> {
+    yaml_nesting_within(text, MAX_YAML_DEPTH, MAX_YAML_NODES)
+}
+
+/// One linear pass over YAML text that refuses it when it nests deeper
+/// than `max_depth` or has more than `max_nodes` nodes, without building
+/// anything. Block nesting is counted by indentation levels plus compact
+/// `- `/`? ` indicators, flow nesting by brackets outside quoted scalars
+/// and comments; block scalars (`|`, `>`) are skipped. It errs towards
+/// counting more (never fewer) levels than the parser sees, except that a
+/// sequence at its parent key's indentation is not counted as a level
+/// (at most halving the count, so deep documents are still refused).
+pub fn yaml_nesting_within(text: &str, max_depth: usize, max_nodes: usize) -> Result<(), String> {
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    // Block depth of the line a flow collection started on.
+    let mut base = 0usize;
+    let mut quote: Option<u8> = None;
+    // Indentation of the line that opened a block scalar.
+    let mut block_scalar: Option<usize> = None;
+    // In a flow collection: the last significant byte (a quote starts a
+    // quoted scalar only after one of `[{,:?`).
+    let mut prev = b'[';
+    let mut nodes = 0usize;
+    let deep = |n: usize| {
+        Err(format!(
+            "invalid YAML: line {}: the document nests more than {max_depth} levels of mappings and sequences",
+            n + 1
+        ))
+    };
+    let many = |n: usize| {
+        Err(format!(
+            "invalid YAML: line {}: the document has more than {max_nodes} nodes (scalars, mappings and sequences)",
+            n + 1
+        ))
+    };
+    for (n, line) in text.split('\n').enumerate() {
+        let l = line.as_bytes();
+        let indent = l.iter().take_while(|&&c| c == b' ').count();
+        let blank = l[indent..].iter().all(|c| c.is_ascii_whitespace());
+        if let Some(parent) = block_scalar {
+            if blank || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut i = 0;
+        let mut value_start = false;
+        if quote.is_none() && flow == 0 {
+            if blank || l[indent] == b'#' {
+                continue;
+            }
+            let marker = (l.starts_with(b"---") || l.starts_with(b"..."))
+                && matches!(l.get(3), None | Some(b' ' | b'\t' | b'\r'));
+            if marker {
+                indents.clear();
+                i = 3;
+                base = 0;
+            } else {
+                while indents.last().is_some_and(|&t| t > indent) {
+                    indents.pop();
+                }
+                if indents.last() != Some(&indent) {
+                    indents.push(indent);
+                }
+                i = indent;
+                base = indents.len();
+            }
+            nodes += 1;
+            while let (Some(b'-' | b'?'), None | Some(b' ' | b'\t' | b'\r')) = (l.get(i), l.get(i + 1)) {
+                base += 1;
+                nodes += 1;
+                i += 1;
+                while l.get(i).is_some_and(|c| matches!(c, b' ' | b'\t')) {
+                    i += 1;
+                }
+            }
+            if base > max_depth {
+                return deep(n);
+            }
+            value_start = true;
+        }
+        while i < l.len() {
+            let c = l[i];
+            if let Some(q) = quote {
+                if q == b'"' && c == b'\\' {
+                    i += 2;
+                    continue;
+                }
+                if c == q {
+                    quote = None;
+                }
+                i += 1;
+                continue;
+            }
+            let after_space = i == 0 || matches!(l[i - 1], b' ' | b'\t');
+            if c == b'#' && after_space {
+                break;
+            }
+            if flow > 0 {
+                match c {
+                    b'"' | b'\'' if matches!(prev, b'[' | b'{' | b',' | b':' | b'?') => quote = Some(c),
+                    b'[' | b'{' => {
+                        flow += 1;
+                        nodes += 1;
+                        if base + flow > max_depth {
+                            return deep(n);
+                        }
+                    }
+                    b']' | b'}' => flow -= 1,
+                    b',' | b':' => nodes += 1,
+                    _ => {}
+                }
+                if nodes > max_nodes {
+                    return many(n);
+                }
+                if !c.is_ascii_whitespace() {
+                    prev = c;
+                }
+                i += 1;
+                continue;
+            }
+            if value_start {
+                match c {
+                    b' ' | b'\t' | b'\r' => {
+                        i += 1;
+                        continue;
+                    }
+                    b'[' | b'{' => {
+                        flow = 1;
+                        nodes += 1;
+                        prev = c;
+                        if base + 1 > max_depth {
+                            return deep(n);
+                        }
+                        value_start = false;
+                        i += 1;
+                        continue;
+                    }
+                    b'"' | b'\'' => {
+                        quote = Some(c);
+                        value_start = false;
+                        i += 1;
+                        continue;
+                    }
+                    b'|' | b'>' => {
+                        block_scalar = Some(indent);
+                        break;
+                    }
+                    b'&' | b'!' => {
+                        while i < l.len() && !matches!(l[i], b' ' | b'\t') {
+                            i += 1;
+                        }
+                        continue;
+                    }
+                    _ => value_start = false,
+                }
+            }
+            if c == b':' && matches!(l.get(i + 1), None | Some(b' ' | b'\t' | b'\r')) {
+                value_start = true;
+                nodes += 1;
+            }
+            i += 1;
+        }
+        if nodes > max_nodes {
+            return many(n);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    const MANIFEST: &str = "\
+apiVersion: steward.dev/v1alpha1
+kind: Container
+metadata:
+  name: web
+  labels: {app: web, 'it''s': \"a{b\"}
+  annotations:
+    note: |
+      {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{
+    other: plain {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{
+spec:
+  image: busybox # a comment {{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{
+  args:
+  - sh
+  - -c
+  - \"echo [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"
+  env: [{name: A, value: \"{[\"}, {name: B, value: 'x{'}]
+";
+
+    #[test]
+    fn ordinary_manifests_pass_and_parse() {
+        check_yaml_shape(MANIFEST).unwrap();
+        let v = yaml_value_bounded(MANIFEST, 1 << 20).unwrap();
+        assert_eq!(v["spec"]["env"][1]["value"], serde_yaml::Value::from("x{"));
+        let json = r#"{"apiVersion":"steward.dev/v1alpha1","metadata":{"name":"a","labels":{"x":"{{{{["}},"spec":{"image":"i"}}"#;
+        check_yaml_shape(json).unwrap();
+    }
+
+    fn nested(open: &str, close: &str, n: usize) -> String {
+        format!("{}x{}", open.repeat(n), close.repeat(n))
+    }
+
+    /// The reviewer's bodies: each took seconds to minutes in libyaml.
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        for text in [
+            nested("{a: ", "}", 20_000),
+            nested("[{a: ", "}]", 20_000),
+            nested("{\"a\":", "}", 100_000),
+            format!("spec:\n  x: {}", nested("[", "]", 50_000)),
+            nested("- ", "", 20_000),
+            // A plain scalar with a quote does not hide what follows.
+            format!("{{a: it's, b: {}}}", nested("{a: ", "}", 5_000)),
+        ] {
+            let t = std::time::Instant::now();
+            let e = yaml_value_bounded(&text, 3 << 20).unwrap_err();
+            assert!(e.contains("nests more than 100 levels"), "{e}");
+            assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+            let e = parse_manifests(&text);
+            assert!(e[0].as_ref().unwrap_err().message.contains("nests more than"), "{e:?}");
+        }
+        // Block nesting by indentation.
+        let mut text = String::new();
+        for i in 0..200 {
+            text.push_str(&format!("{}a{i}:\n", " ".repeat(i)));
+        }
+        assert!(check_yaml_shape(&text).unwrap_err().contains("nests more than"));
+    }
+
+    /// 1.5M one-letter items: refused by counting, before any value is built.
+    #[test]
+    fn many_tiny_nodes_are_refused_before_parsing() {
+        let flow = format!("spec:\n  args: [{}]\n", vec!["a"; 1_500_000].join(","));
+        let t = std::time::Instant::now();
+        let e = yaml_value_bounded(&flow, 3 << 20).unwrap_err();
+        assert!(e.contains("more than 100000 nodes"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "{:?}", t.elapsed());
+        let block = format!("spec:\n  args:\n{}", "  - a\n".repeat(200_000));
+        assert!(check_yaml_shape(&block).unwrap_err().contains("nodes"));
+        // The same count in a manifest file is fine.
+        assert!(parse_manifests(&block).iter().all(|d| d.as_ref().map_or_else(|e| !e.message.contains("nodes"), |_| true)));
     }
 }

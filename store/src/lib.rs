@@ -49,6 +49,11 @@ pub enum StoreError {
     /// The requested revision is older than the retained event log.
     #[error("too old resource version: {requested} (oldest retained: {oldest})")]
     Expired { requested: i64, oldest: i64 },
+    /// The requested revision is newer than the store's: it was not
+    /// handed out by this store (a forged continue token or watch
+    /// resourceVersion).
+    #[error("too large resource version: {requested}, current: {current}")]
+    TooNew { requested: i64, current: i64 },
     /// A watcher fell too far behind live writes and was ended.
     #[error("watch ended: the watcher fell more than {0} behind; relist and watch again")]
     TooSlow(String),
@@ -73,6 +78,12 @@ impl From<sqlx::Error> for StoreError {
 /// Largest object the store keeps, as serialised JSON (etcd's and so
 /// Kubernetes' default request limit): a larger write is `TooLarge`.
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Hard ceiling on a stored object: system writes (status, deletion,
+/// finalizer changes) may grow an object past [`MAX_OBJECT_BYTES`] up to
+/// this, so that they never fail on the cap for an object a client was
+/// allowed to write.
+pub const MAX_STORED_BYTES: usize = MAX_OBJECT_BYTES + 256 * 1024;
 
 /// Deepest nesting of arrays and objects a stored object may have (the
 /// object itself is level 1): a deeper write is `Invalid`. Well below
@@ -250,15 +261,105 @@ pub(crate) fn decode_or_salvage(key: Key, data: &str) -> Decoded {
         Ok(s) => return Decoded::Ok(s),
         Err(e) => e,
     };
-    let salvaged = serde_json::from_str::<serde_json::Value>(data).ok().and_then(|mut v| {
-        v.get_mut("metadata")?.as_object_mut()?.remove("ownerReferences")?;
-        let object: Object = serde_json::from_value(v).ok()?;
+    // The references are cut from the text, not from a parsed value: they
+    // may nest deeper than serde_json's recursion limit (128).
+    let salvaged = without_owner_references(data).and_then(|text| {
+        let object: Object = serde_json::from_str(&text).ok()?;
         Stored::new(key, object).ok()
     });
     match salvaged {
         Some(s) => Decoded::Salvaged(s, error),
         None => Decoded::Bad(error),
     }
+}
+
+/// `data` (a JSON object) without its `metadata.ownerReferences` member,
+/// found by one pass that tracks strings, escapes and nesting; `None` when
+/// there is none.
+fn without_owner_references(data: &str) -> Option<String> {
+    let b = data.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    // The key of the member being read at each depth (1 = top level).
+    let mut in_metadata = false;
+    let mut last_string: Option<(usize, usize)> = None;
+    // Where the current member of the metadata object starts (after `{` or `,`).
+    let mut member_start = 0usize;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                last_string = Some((start, i + 1));
+            }
+            b':' => {
+                let (s, e) = last_string.take()?;
+                let name = &data[s..e];
+                if depth == 1 {
+                    in_metadata = name == "\"metadata\"";
+                } else if depth == 2 && in_metadata && name == "\"ownerReferences\"" {
+                    let end = value_end(b, i + 1)?;
+                    // Drop the member and one adjacent comma.
+                    let mut out = String::with_capacity(data.len());
+                    let after = data[end..].trim_start();
+                    if let Some(rest) = after.strip_prefix(',') {
+                        out.push_str(&data[..member_start]);
+                        out.push_str(rest);
+                    } else {
+                        let before = data[..member_start].trim_end();
+                        out.push_str(before.strip_suffix(',').unwrap_or(before));
+                        out.push_str(after);
+                    }
+                    return Some(out);
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 2 {
+                    member_start = i + 1;
+                }
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' if depth == 2 => member_start = i + 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where the JSON value starting at or after `i` ends (exclusive).
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                if depth == 0 {
+                    return Some(i);
+                }
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Copies an undecodable row into the quarantine table, so that opening
@@ -529,11 +630,12 @@ impl Store {
     ) -> Result<ListPage, StoreError> {
         use std::ops::Bound;
         let st = self.shared.read();
-        if revision >= st.revision {
+        if revision > st.revision {
+            return Err(StoreError::TooNew { requested: revision, current: st.revision });
+        }
+        if revision == st.revision {
             drop(st);
-            let mut page = self.list(resource, namespace, after, limit, filter);
-            page.revision = page.revision.max(revision);
-            return Ok(page);
+            return Ok(self.list(resource, namespace, after, limit, filter));
         }
         let oldest = st.history.front().map_or(st.revision, |e| e.revision - 1);
         if revision < oldest {

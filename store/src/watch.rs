@@ -54,6 +54,9 @@ pub(crate) fn start(shared: &Arc<Shared>, resource: &str, from: Option<i64>) -> 
         if r < st.compacted {
             return Err(StoreError::Expired { requested: r, oldest: st.compacted });
         }
+        if r > current {
+            return Err(StoreError::TooNew { requested: r, current });
+        }
     }
     let pending: VecDeque<Event> = match from {
         Some(_) => VecDeque::new(),

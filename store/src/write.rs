@@ -8,7 +8,7 @@ use serde_json::Value;
 use steward_schema::Time;
 
 use crate::object::{EventType, Key, Object, Stored};
-use crate::{StoreError, MAX_DEPTH, MAX_OBJECT_BYTES};
+use crate::{StoreError, MAX_DEPTH, MAX_OBJECT_BYTES, MAX_STORED_BYTES};
 
 /// A write request. Preconditions: a non-empty `resource_version` (and
 /// `uid`) must match the stored object, else `Conflict`.
@@ -79,13 +79,52 @@ fn check_preconditions(current: &Stored, resource_version: &str, uid: &str) -> R
     Ok(())
 }
 
+/// Who a write's growth is charged to, for the size limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Writer {
+    /// Creates and changes of spec, labels, annotations or owners:
+    /// capped at [`MAX_OBJECT_BYTES`].
+    Client,
+    /// Status, deletion and finalizer changes: allowed up to
+    /// [`MAX_STORED_BYTES`], so that an object a client was allowed to
+    /// create can always be finalized, deleted and reported on (as etcd's
+    /// request limit sits above Kubernetes' object limit).
+    System,
+    /// A deletion adds at most a timestamp: never refused for size, so
+    /// that any stored object can be deleted.
+    Delete,
+}
+
 /// Every write's resulting object passes here before it is committed: the
-/// one place its stored size and nesting depth are checked.
-fn stored(key: &Key, mut object: Object, revision: i64) -> Result<Arc<Stored>, StoreError> {
+/// one place its stored size and nesting depth are checked. A write that
+/// does not make the object larger (or deeper) than it was always passes:
+/// an object stored under older, looser limits can still be changed,
+/// finalized and deleted.
+fn stored(key: &Key, mut object: Object, revision: i64, prev: Option<&Stored>, writer: Writer) -> Result<Arc<Stored>, StoreError> {
     object.metadata.resource_version = revision.to_string();
     let s = Stored::new(key.clone(), object).map_err(|e| StoreError::Internal(format!("serialising {key}: {e}")))?;
-    check_limits(key, &s.json)?;
+    let limit = match writer {
+        Writer::Client => MAX_OBJECT_BYTES,
+        Writer::System => MAX_STORED_BYTES,
+        Writer::Delete => usize::MAX,
+    };
+    let len = s.json.len();
+    if len > limit && prev.is_none_or(|p| len > p.json.len()) {
+        return Err(StoreError::TooLarge { key: key.clone(), size: len, limit });
+    }
+    let depth = json_depth(&s.json);
+    if depth > MAX_DEPTH && prev.is_none_or(|p| depth > json_depth(&p.json)) {
+        return Err(too_deep(key, depth));
+    }
     Ok(s)
+}
+
+fn too_deep(key: &Key, depth: usize) -> StoreError {
+    StoreError::Invalid {
+        key: key.clone(),
+        field: "<object>".into(),
+        message: format!("nests {depth} levels of objects and arrays, more than the limit of {MAX_DEPTH}"),
+    }
 }
 
 /// Refuses an object whose serialised JSON is larger than
@@ -97,11 +136,7 @@ pub fn check_limits(key: &Key, json: &[u8]) -> Result<(), StoreError> {
     }
     let depth = json_depth(json);
     if depth > MAX_DEPTH {
-        return Err(StoreError::Invalid {
-            key: key.clone(),
-            field: "<object>".into(),
-            message: format!("nests {depth} levels of objects and arrays, more than the limit of {MAX_DEPTH}"),
-        });
+        return Err(too_deep(key, depth));
     }
     Ok(())
 }
@@ -161,7 +196,7 @@ pub fn apply(
             object.status = None;
             Ok(Outcome::Changed {
                 event_type: EventType::Added,
-                object: stored(&key, object, revision)?,
+                object: stored(&key, object, revision, None, Writer::Client)?,
                 prev: None,
             })
         }
@@ -187,9 +222,15 @@ pub fn apply(
             if new == *old {
                 return Ok(Outcome::Unchanged(cur.clone()));
             }
-            if new.spec != old.spec {
+            let spec_changed = new.spec != old.spec;
+            if spec_changed {
                 new.metadata.generation += 1;
             }
+            let finalizers_only = !spec_changed
+                && new.metadata.labels == old.metadata.labels
+                && new.metadata.annotations == old.metadata.annotations
+                && new.metadata.owner_references == old.metadata.owner_references;
+            let writer = if finalizers_only { Writer::System } else { Writer::Client };
             let event_type = if new.metadata.deletion_timestamp.is_some() && new.metadata.finalizers.is_empty() {
                 EventType::Deleted
             } else {
@@ -197,7 +238,7 @@ pub fn apply(
             };
             Ok(Outcome::Changed {
                 event_type,
-                object: stored(&key, new, revision)?,
+                object: stored(&key, new, revision, Some(cur), writer)?,
                 prev: Some(cur.clone()),
             })
         }
@@ -211,7 +252,7 @@ pub fn apply(
             new.status = status;
             Ok(Outcome::Changed {
                 event_type: EventType::Modified,
-                object: stored(&key, new, revision)?,
+                object: stored(&key, new, revision, Some(cur), Writer::System)?,
                 prev: Some(cur.clone()),
             })
         }
@@ -231,7 +272,7 @@ pub fn apply(
             };
             Ok(Outcome::Changed {
                 event_type,
-                object: stored(&key, new, revision)?,
+                object: stored(&key, new, revision, Some(cur), Writer::Delete)?,
                 prev: Some(cur.clone()),
             })
         }
@@ -348,5 +389,58 @@ mod tests {
         assert!(matches!(e, Err(StoreError::Conflict { .. })));
         let (t, _) = changed(apply(del(), Some(&s), 2, Time::now(), String::new));
         assert_eq!(t, EventType::Deleted);
+    }
+
+    /// An object stored above the cap (by an older, looser limit) can
+    /// still be deleted, finalized and have its status written; it cannot
+    /// be grown by a client write.
+    #[test]
+    fn writes_that_do_not_grow_an_oversized_object_pass() {
+        let mut o = obj(json!({"image": "a", "pad": "x".repeat(MAX_STORED_BYTES)}));
+        o.metadata.finalizers = vec!["steward.dev/containerd".into(), "x.dev/other".into()];
+        o.metadata.uid = "u1".into();
+        let s = Stored::new(key(), o).unwrap();
+        assert!(s.json.len() > MAX_STORED_BYTES);
+        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let (_, s2) = changed(apply(del, Some(&s), 2, Time::now(), String::new));
+        assert!(s2.object.metadata.deletion_timestamp.is_some());
+        let mut grown = s2.object.clone();
+        grown.metadata.labels.insert("a".into(), "b".into());
+        let e = apply(Write::Update { key: key(), object: grown }, Some(&s2), 3, Time::now(), String::new);
+        assert!(matches!(e, Err(StoreError::TooLarge { .. })), "{e:?}");
+        let mut o = s2.object.clone();
+        o.metadata.finalizers.pop();
+        let (t, s3) = changed(apply(Write::Update { key: key(), object: o }, Some(&s2), 3, Time::now(), String::new));
+        assert_eq!(t, EventType::Modified);
+        let mut o = s3.object.clone();
+        o.metadata.finalizers.clear();
+        let (t, _) = changed(apply(Write::Update { key: key(), object: o }, Some(&s3), 4, Time::now(), String::new));
+        assert_eq!(t, EventType::Deleted);
+    }
+
+    /// At the client cap, the system's writes (finalizer add, status,
+    /// deletion timestamp) still fit under the ceiling.
+    #[test]
+    fn system_writes_fit_above_the_client_cap() {
+        let s = created(1);
+        let room = MAX_OBJECT_BYTES - s.json.len();
+        let mut o = s.object.clone();
+        o.spec = json!({"image": "a", "pad": "x".repeat(room - 20)});
+        let (_, s) = changed(apply(Write::Update { key: key(), object: o }, Some(&s), 2, Time::now(), String::new));
+        assert!(s.json.len() <= MAX_OBJECT_BYTES && s.json.len() + 40 > MAX_OBJECT_BYTES, "{}", s.json.len());
+        let mut o = s.object.clone();
+        o.metadata.finalizers.push("steward.dev/containerd".into());
+        let (_, s) = changed(apply(Write::Update { key: key(), object: o }, Some(&s), 3, Time::now(), String::new));
+        assert!(s.json.len() > MAX_OBJECT_BYTES);
+        let st = Write::UpdateStatus { key: key(), status: Some(json!({"phase": "Running"})), resource_version: String::new() };
+        let (_, s) = changed(apply(st, Some(&s), 4, Time::now(), String::new));
+        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let (_, s) = changed(apply(del, Some(&s), 5, Time::now(), String::new));
+        assert!(s.object.metadata.deletion_timestamp.is_some());
+        // A client's label on the object over the cap is refused.
+        let mut o = s.object.clone();
+        o.metadata.labels.insert("a".into(), "b".into());
+        let e = apply(Write::Update { key: key(), object: o }, Some(&s), 6, Time::now(), String::new);
+        assert!(matches!(e, Err(StoreError::TooLarge { limit: MAX_OBJECT_BYTES, .. })), "{e:?}");
     }
 }

@@ -284,7 +284,7 @@ async fn every_write_is_checked_for_size_and_depth() {
     assert!(matches!(e, StoreError::TooLarge { limit: steward_store::MAX_OBJECT_BYTES, .. }), "{e:?}");
     let big_status = Write::UpdateStatus {
         key: key("a"),
-        status: Some(json!({"pad": "y".repeat(steward_store::MAX_OBJECT_BYTES)})),
+        status: Some(json!({"pad": "y".repeat(steward_store::MAX_STORED_BYTES)})),
         resource_version: String::new(),
     };
     assert!(matches!(store.write(big_status, false).await, Err(StoreError::TooLarge { .. })));
@@ -455,6 +455,44 @@ async fn open_salvages_a_row_with_untyped_owner_references() {
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
     let n: i64 = sqlx::query("SELECT COUNT(*) FROM quarantine").fetch_one(&mut conn).await.unwrap().get(0);
     assert_eq!(n, 1);
+}
+
+/// The audit's case: ownerReferences nested ~238 deep (the row 242), more
+/// than serde_json's recursion limit. The row is salvaged, not deleted; so
+/// are references that are not the last member, and strings holding
+/// brackets, quotes and the key's name.
+#[tokio::test]
+async fn open_salvages_owner_references_nested_deeper_than_serde_json_reads() {
+    use sqlx::{Connection, Row};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    create(&store, "deep").await;
+    create(&store, "mid").await;
+    store.shutdown().await;
+    let deep = format!("{}1{}", "[".repeat(238), "]".repeat(238));
+    let rows = [
+        ("deep", format!(r#"{{"apiVersion":"steward.dev/v1alpha1","kind":"Container","metadata":{{"name":"deep","uid":"u1","resourceVersion":"1","ownerReferences":[{{"x":{deep}}}]}},"spec":{{"image":"a"}}}}"#)),
+        ("mid", format!(r#"{{"apiVersion":"steward.dev/v1alpha1","kind":"Container","metadata":{{"name":"mid","ownerReferences":[{{"s":"]}}\"\\","ownerReferences":{deep}}}],"uid":"u2","labels":{{"l":"\"ownerReferences\":[" }},"resourceVersion":"2"}},"spec":{{"image":"a"}}}}"#)),
+    ];
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    for (name, data) in &rows {
+        assert!(steward_store::write::json_depth(data.as_bytes()) > 240);
+        sqlx::query("UPDATE objects SET data = ? WHERE name = ?").bind(data).bind(name).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    let o = store.get(&key("deep")).expect("salvaged, not dropped");
+    assert!(o.object.metadata.owner_references.is_empty());
+    assert_eq!(o.object.metadata.uid, "u1");
+    let o = store.get(&key("mid")).expect("salvaged, not dropped");
+    assert_eq!(o.object.metadata.uid, "u2");
+    assert_eq!(o.object.metadata.labels["l"], "\"ownerReferences\":[");
+    store.shutdown().await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM quarantine").fetch_one(&mut conn).await.unwrap().get(0);
+    assert_eq!(n, 2);
 }
 
 /// After a restart (no in-memory history), replayed events still carry the
