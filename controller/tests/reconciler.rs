@@ -80,7 +80,8 @@ impl Runtime for Fake {
         ok(self.s.lock().unwrap().containers.values().cloned().collect())
     }
     fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>> {
-        ok(self.s.lock().unwrap().containers.values().filter(|c| c.label(LABEL_UID) == uid).cloned().collect())
+        // As containerd's label filter: a container without the label never matches.
+        ok(self.s.lock().unwrap().containers.values().filter(|c| c.labels.get(LABEL_UID).is_some_and(|u| u == uid)).cloned().collect())
     }
     fn ensure_image<'a>(
         &'a self,
@@ -490,6 +491,16 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
     assert_eq!(gc.check("default.ghost.1", Some(&cache)).await.unwrap().collected, 1);
     assert!(!h.fake.ids().contains(&"default.ghost.1".to_string()));
     assert!(h.fake.ids().contains(&keep_id));
+    // An orphan of this store without a uid label, its task exited: the
+    // task and then the container go (it is re-read by id, not by uid).
+    let mut nouid = stray("default.nouid.1", &with(&[(LABEL_STORE, STORE), (LABEL_NAME, "nouid")]), true);
+    if let Some(t) = nouid.task.as_mut() {
+        t.status = TaskStatus::Stopped;
+        t.exit_code = Some(0);
+    }
+    h.fake.s.lock().unwrap().containers.insert(nouid.id.clone(), nouid);
+    assert_eq!(gc.check("default.nouid.1", None).await.unwrap().collected, 1);
+    assert!(!h.fake.ids().contains(&"default.nouid.1".to_string()), "counted as collected but left: {:?}", h.fake.ids());
     let _ = tx.send(());
     run.await.unwrap();
 }

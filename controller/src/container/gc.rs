@@ -236,7 +236,8 @@ impl<R: Runtime> Collector<R> {
                     return Ok(Some(KILL_RECHECK))
                 }
             }
-            match self.runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
+            // By id: an orphan may have no (or an empty) uid label.
+            match self.runtime.get(&c.id).await? {
                 Some(fresh) => c = fresh,
                 None => return Ok(None),
             }
