@@ -399,6 +399,29 @@ async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
     assert_eq!(h.fake.ids().len(), 1);
 }
 
+/// A pull that fails settles at ImagePullBackOff (via ErrImagePull): one
+/// pull per backoff window, and no status writes while it backs off (the
+/// object's resourceVersion stays put), however many triggers come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pull_settles_in_backoff_without_retrying_at_once() {
+    let h = Harness::start().await;
+    let image = "127.0.0.1:5000/missing:settle";
+    h.apply("settle", json!({"image": image})).await;
+    let o = h.wait_for("settle", "ImagePullBackOff", |o| waiting(o) == "ImagePullBackOff").await.unwrap();
+    let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("manifest unknown") && msg.contains("Back-off 10s") && msg.contains("next attempt at"), "{msg}");
+    let rv = o["metadata"]["resourceVersion"].clone();
+    // An observation window well inside the 10 s backoff.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let o = h.get("settle").await.unwrap();
+        assert_eq!(waiting(Some(&o)), "ImagePullBackOff", "status moved off the backoff: {o:#}");
+        assert_eq!(o["metadata"]["resourceVersion"], rv, "status rewritten while backing off: {o:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.fake.pulls.lock().unwrap().get(image).copied(), Some(1), "pulled again inside the backoff");
+}
+
 fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
     let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
