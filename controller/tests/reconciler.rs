@@ -261,7 +261,7 @@ impl Harness {
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
         let (pulls, pulled) = Pulls::new(fake.clone());
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into(), pulls });
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: StoreUid::new(STORE).unwrap(), pulls });
         let cfg = Config {
             error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
             concurrency: 2,
@@ -478,7 +478,7 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: StoreUid::new(STORE).unwrap() };
 
     let mut total = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -718,7 +718,7 @@ async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: StoreUid::new(STORE).unwrap() };
     assert_eq!(gc.sweep(&cache).await.unwrap().logs_collected, 2);
     let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.name.clone()).collect();
     assert_eq!(owners, ["stays"]);

@@ -204,14 +204,13 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
     let mut a = Steward::start(&dir.path().join("a"));
     let sock = a.containerd_socket().to_string_lossy().into_owned();
     let mut b = Steward::start_with(&dir.path().join("b"), &["--containerd-socket", &sock, "--gc-interval", "1s"]);
-    let uid_of = |s: &Steward| {
-        let p = s.data_dir.join("store-uid");
-        let mode = std::fs::metadata(&p).expect("serve creates DATA/store-uid").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-        std::fs::read_to_string(&p).unwrap().trim().to_string()
-    };
-    let (store_a, store_b) = (uid_of(&a), uid_of(&b));
-    assert_ne!(store_a, store_b);
+    // The store's identity lives in the store (steward.db), not in a file
+    // beside it.
+    for s in [&a, &b] {
+        assert!(!s.data_dir.join("store-uid").exists(), "{}", s.data_dir.display());
+        let mode = std::fs::metadata(s.data_dir.join("steward.db")).expect("steward.db").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     // The same name in both stores: a GET of default/web in either finds an
     // object, of another uid.
@@ -225,8 +224,13 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
     let (id_a, pid_a) = running(&a);
     let (id_b, pid_b) = running(&b);
     assert_ne!(id_a, id_b);
-    let labels = a.ctr(&["containers", "info", &id_a]);
-    assert!(labels.contains(&format!("\"steward.dev/store\": \"{store_a}\"")), "{labels}");
+    let store_of = |id: &str| {
+        let info: Value = serde_json::from_str(&a.ctr(&["containers", "info", id])).expect("ctr containers info: JSON");
+        info["Labels"]["steward.dev/store"].as_str().unwrap_or_default().to_string()
+    };
+    let (store_a, store_b) = (store_of(&id_a), store_of(&id_b));
+    assert!(!store_a.is_empty() && !store_b.is_empty(), "containers without a store label");
+    assert_ne!(store_a, store_b);
 
     // Restarts sweep at start; B sweeps every second.
     a.kill_and_restart();

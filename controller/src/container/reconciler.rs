@@ -13,7 +13,7 @@ use super::plan::{
     REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
-    Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
+    Runtime, RuntimeError, StoreUid, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
     MANAGED_BY,
 };
 use crate::client::Api;
@@ -54,7 +54,7 @@ pub struct Context<R> {
     pub runtime: Arc<R>,
     /// The identity of the store the objects live in: every container
     /// created carries it (`steward.dev/store`), see [`super::gc`].
-    pub store_uid: String,
+    pub store_uid: StoreUid,
     /// Image pulls, shared, outside the reconcile slots.
     pub pulls: Pulls<R>,
 }
@@ -168,7 +168,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 (LABEL_UID.to_string(), m.uid.clone()),
                 (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
                 (LABEL_NAME.to_string(), m.name.clone()),
-                (LABEL_STORE.to_string(), ctx.store_uid.clone()),
+                (LABEL_STORE.to_string(), ctx.store_uid.to_string()),
             ]);
             labels.extend(spec_labels(&obj.spec));
             match rt.create(&id, &obj.spec, &image, labels).await {
