@@ -153,6 +153,20 @@ fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
     let v = s.wait("nope", "ImagePullBackOff", T, |v| waiting_reason(v) == "ImagePullBackOff");
     let msg = v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("nope") && msg.contains("manifest unknown"), "the registry's message is not shown: {msg}");
+    // Settled: the status stays ImagePullBackOff (not rewritten) and the
+    // registry hears nothing more of `nope` while the 10 s backoff lasts
+    // (one pull attempt: a few requests, not thousands).
+    let nope_requests = || e.registry.logs().matches("/v2/nope/").count();
+    let seen = nope_requests();
+    assert!((1..=10).contains(&seen), "{seen} registry requests for one pull attempt:\n{}", e.registry.logs());
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let now = s.get("nope").expect("nope");
+        assert_eq!(waiting_reason(&now), "ImagePullBackOff", "{now:#}");
+        assert_eq!(now["metadata"]["resourceVersion"], v["metadata"]["resourceVersion"], "status rewritten while backing off: {now:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(nope_requests(), seen, "pulled again inside the backoff:\n{}", e.registry.logs());
     let v = s.wait("unreach", "ErrImagePull/ImagePullBackOff", T, |v| waiting_reason(v).contains("ImagePull"));
     assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains(&port.to_string()));
     let v = s.wait("nocmd", "CreateContainerError", T, |v| waiting_reason(v) == "CreateContainerError");
