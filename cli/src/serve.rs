@@ -13,6 +13,7 @@ use anyhow::Context;
 use futures_util::future::BoxFuture;
 use steward_controller::containerd::supervisor::Supervisor;
 use steward_controller::containerd::{ContainerdConfig, ContainerdRuntime};
+use steward_controller::actual::StoreUid;
 use steward_controller::manager::{self, ManagerConfig};
 use tokio::net::TcpListener;
 
@@ -105,9 +106,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("--data-dir {}: another steward is already serving from it", args.data_dir.display())
     })?;
 
-    let store_uid = load_or_create_store_uid(&args.data_dir)?;
-
     let mut cfg = steward_store::Config::new(args.data_dir.join("steward.db"));
+    // The store's identity lives in the store; a store made by a steward
+    // that kept it in DATA/store-uid takes that one over, once.
+    cfg.adopt_uid = legacy_store_uid(&args.data_dir)?;
     cfg.retention.max_age = args.event_retention;
     cfg.retention.max_events = args.event_retention_count;
     cfg.compact_interval = args.compact_interval;
@@ -115,6 +117,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = steward_store::Store::open(cfg)
         .await
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let store_uid = StoreUid::new(store.uid()).context("the store's identity")?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -185,9 +188,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (controllers_done_tx, controllers_done) = tokio::sync::oneshot::channel::<()>();
     if let Some(rt) = runtime {
         let server = format!("http://{addr}");
-        let mut cfg = ManagerConfig::default();
+        let mut cfg = ManagerConfig::new(store_uid);
         cfg.controller.concurrency = args.concurrency;
-        cfg.store_uid = store_uid;
         if let Some(every) = args.gc_interval {
             cfg.gc_interval = every;
         }
@@ -282,46 +284,23 @@ fn owner_only_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store's identity, `DATA/store-uid`: made once with the data dir
-/// (random, 0600, written whole), then read at every start. Every container
-/// this steward creates carries it, so several stewards can share one
-/// containerd namespace without collecting each other's containers.
-fn load_or_create_store_uid(data_dir: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
+/// The store identity an older steward kept in `DATA/store-uid` (before it
+/// lived in the store), if that file is there: the store adopts it when it
+/// has none yet, so that steward's containers stay this store's.
+fn legacy_store_uid(data_dir: &std::path::Path) -> anyhow::Result<Option<String>> {
     let path = data_dir.join("store-uid");
-    let what = || format!("{}", path.display());
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let uid = s.trim().to_string();
             let valid = uid.len() >= 16 && uid.len() <= 63 && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if !valid {
-                anyhow::bail!("{}: not a store uid ({uid:?}); restore it from a backup, or remove the file only if no container of this data dir runs", what());
+                anyhow::bail!("{}: not a store uid ({uid:?}); restore it from a backup, or remove the file", path.display());
             }
-            return Ok(uid);
+            Ok(Some(uid))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(what),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
     }
-    let mut raw = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("reading /dev/urandom for a new store uid")?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let uid = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-    let tmp = data_dir.join(format!(".store-uid.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(uid.as_bytes()).and_then(|()| f.sync_all()).with_context(what)?;
-    std::fs::rename(&tmp, &path).with_context(what)?;
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).with_context(what)?;
-    tracing::info!(path = %path.display(), store_uid = %uid, "created the store's identity");
-    Ok(uid)
 }
 
 /// Image archives uploaded to the API go into containerd.

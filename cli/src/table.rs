@@ -66,6 +66,13 @@ pub fn status_text(c: &Container) -> String {
     if let Some(reason) = waiting {
         return reason.to_string();
     }
+    // A frozen task is still `running` (as `docker ps` says "Up (Paused)"),
+    // but not Ready: say so rather than `Running`.
+    let running = status.and_then(|s| s.state.as_ref()).is_some_and(|s| s.running.is_some());
+    let paused = status.and_then(|s| s.condition("Ready")).is_some_and(|c| c.status == "False" && c.reason == "Paused");
+    if running && paused {
+        return "Paused".into();
+    }
     match status.and_then(|s| s.phase) {
         Some(p) => format!("{p:?}"),
         None => "Pending".into(),
@@ -146,7 +153,7 @@ impl TableWriter {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use steward_schema::{ContainerState, ContainerStatus, Phase, StateWaiting, Time};
+    use steward_schema::{Condition, ContainerState, ContainerStatus, Phase, StateRunning, StateWaiting, Time};
 
     fn container(name: &str) -> Container {
         let mut c = Container::default();
@@ -194,6 +201,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(status_text(&c), "CrashLoopBackOff");
+        // Paused: running, Ready False with reason Paused.
+        c.status = Some(ContainerStatus {
+            phase: Some(Phase::Running),
+            state: Some(ContainerState { running: Some(StateRunning { started_at: None }), ..Default::default() }),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "Paused".into(),
+                message: String::new(),
+                last_transition_time: None,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(status_text(&c), "Paused");
         c.metadata.deletion_timestamp = Some(Time::now());
         assert_eq!(status_text(&c), "Terminating");
     }

@@ -39,6 +39,38 @@ pub const MANAGED_BY: &str = "steward";
 /// own garbage (see `container::gc`).
 pub const LABEL_STORE: &str = "steward.dev/store";
 
+/// The identity of the store a steward serves (the `steward.dev/store`
+/// label of every container it creates; garbage collection takes only
+/// containers with it). Never empty: containers labelled with an empty
+/// store would be every such steward's to collect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreUid(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("store uid: must not be empty (it labels every container this steward creates, and garbage collection takes only containers with it)")]
+pub struct EmptyStoreUid;
+
+impl StoreUid {
+    pub fn new(uid: impl Into<String>) -> Result<Self, EmptyStoreUid> {
+        let uid = uid.into();
+        let uid = uid.trim();
+        if uid.is_empty() {
+            return Err(EmptyStoreUid);
+        }
+        Ok(StoreUid(uid.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for StoreUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The state of a task (the running process of a container).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -215,5 +247,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Best effort: creates during an outage are left to the sweep.
     fn created(&self) -> BoxStream<'static, String> {
         futures_util::stream::pending().boxed()
+    }
+}
+
+#[cfg(test)]
+mod store_uid_tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_store_uid_is_refused() {
+        for bad in ["", "   ", "\n"] {
+            let e = StoreUid::new(bad).unwrap_err();
+            assert!(e.to_string().starts_with("store uid: must not be empty"), "{e}");
+        }
+        assert_eq!(StoreUid::new(" 0123-abcd ").unwrap().as_str(), "0123-abcd");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use steward_schema::Container;
 
-use crate::actual::{Runtime, LABEL_NAME, LABEL_NAMESPACE};
+use crate::actual::{Runtime, StoreUid, LABEL_NAME, LABEL_NAMESPACE};
 use crate::runtime::ObjectRef;
 use crate::client::Api;
 use crate::container::gc::Collector;
@@ -25,12 +25,14 @@ pub struct ManagerConfig {
     pub gc_interval: Duration,
     /// The identity of the store (see `container::gc`): labels every
     /// container created; only containers with it are ever collected.
-    pub store_uid: String,
+    /// Never empty (no default: a steward must say which store it serves).
+    pub store_uid: StoreUid,
 }
 
-impl Default for ManagerConfig {
-    fn default() -> Self {
-        ManagerConfig { controller: Config::default(), gc_interval: Duration::from_secs(300), store_uid: String::new() }
+impl ManagerConfig {
+    /// The defaults, for the store `store_uid`.
+    pub fn new(store_uid: StoreUid) -> Self {
+        ManagerConfig { controller: Config::default(), gc_interval: Duration::from_secs(300), store_uid }
     }
 }
 

@@ -440,6 +440,13 @@ fn cgroup_memory_limit(t: &TestContainerd, id: &str) -> String {
         .to_string()
 }
 
+fn cgroup_pids_max(t: &TestContainerd, id: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{}/{id}/pids.max", t.namespace))
+        .unwrap_or_else(|e| panic!("pids cgroup of {id}: {e}"))
+        .trim()
+        .to_string()
+}
+
 /// Limits change in place: the running task's cgroup (same pid) and the
 /// stored OCI spec (a new task of the container gets them too); labels
 /// are set and removed without touching the others.
@@ -464,11 +471,19 @@ async fn limits_resize_in_place_and_labels_update() {
     assert_eq!(c.label("steward.dev/limits"), "memory=33554432,cpu=,pids=");
     assert_eq!(c.label(LABEL_NAME), "resize", "other labels must stay");
 
+    // A pids limit added in place, then (below) removed.
+    spec.resources = Some(Resources {
+        limits: Some(Limits { memory: Some(Quantity("32Mi".into())), cpu: None, pids: Some(50) }),
+    });
+    t.rt.resize(&id, &spec, BTreeMap::new()).await.expect("resize with a pids limit");
+    assert_eq!(cgroup_pids_max(&t, &id), "50");
+
     // A limit removed is lifted, not left behind.
     spec.resources = None;
     t.rt.resize(&id, &spec, BTreeMap::new()).await.expect("resize without limits");
     let unlimited: u64 = cgroup_memory_limit(&t, &id).parse().unwrap();
     assert!(unlimited > 1 << 40, "memory limit not lifted: {unlimited}");
+    assert_eq!(cgroup_pids_max(&t, &id), "max", "pids limit not lifted");
 
     // The stored spec has the new limits: a new task starts with them.
     spec.resources = memory_limit("48Mi");

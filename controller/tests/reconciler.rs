@@ -80,7 +80,8 @@ impl Runtime for Fake {
         ok(self.s.lock().unwrap().containers.values().cloned().collect())
     }
     fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>> {
-        ok(self.s.lock().unwrap().containers.values().filter(|c| c.label(LABEL_UID) == uid).cloned().collect())
+        // As containerd's label filter: a container without the label never matches.
+        ok(self.s.lock().unwrap().containers.values().filter(|c| c.labels.get(LABEL_UID).is_some_and(|u| u == uid)).cloned().collect())
     }
     fn ensure_image<'a>(
         &'a self,
@@ -260,7 +261,7 @@ impl Harness {
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
         let (pulls, pulled) = Pulls::new(fake.clone());
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: STORE.into(), pulls });
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: StoreUid::new(STORE).unwrap(), pulls });
         let cfg = Config {
             error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
             concurrency: 2,
@@ -398,6 +399,29 @@ async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
     assert_eq!(h.fake.ids().len(), 1);
 }
 
+/// A pull that fails settles at ImagePullBackOff (via ErrImagePull): one
+/// pull per backoff window, and no status writes while it backs off (the
+/// object's resourceVersion stays put), however many triggers come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pull_settles_in_backoff_without_retrying_at_once() {
+    let h = Harness::start().await;
+    let image = "127.0.0.1:5000/missing:settle";
+    h.apply("settle", json!({"image": image})).await;
+    let o = h.wait_for("settle", "ImagePullBackOff", |o| waiting(o) == "ImagePullBackOff").await.unwrap();
+    let msg = o["status"]["state"]["waiting"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("manifest unknown") && msg.contains("Back-off 10s") && msg.contains("next attempt at"), "{msg}");
+    let rv = o["metadata"]["resourceVersion"].clone();
+    // An observation window well inside the 10 s backoff.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let o = h.get("settle").await.unwrap();
+        assert_eq!(waiting(Some(&o)), "ImagePullBackOff", "status moved off the backoff: {o:#}");
+        assert_eq!(o["metadata"]["resourceVersion"], rv, "status rewritten while backing off: {o:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.fake.pulls.lock().unwrap().get(image).copied(), Some(1), "pulled again inside the backoff");
+}
+
 fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
     let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
@@ -454,7 +478,7 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: StoreUid::new(STORE).unwrap() };
 
     let mut total = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -490,6 +514,16 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
     assert_eq!(gc.check("default.ghost.1", Some(&cache)).await.unwrap().collected, 1);
     assert!(!h.fake.ids().contains(&"default.ghost.1".to_string()));
     assert!(h.fake.ids().contains(&keep_id));
+    // An orphan of this store without a uid label, its task exited: the
+    // task and then the container go (it is re-read by id, not by uid).
+    let mut nouid = stray("default.nouid.1", &with(&[(LABEL_STORE, STORE), (LABEL_NAME, "nouid")]), true);
+    if let Some(t) = nouid.task.as_mut() {
+        t.status = TaskStatus::Stopped;
+        t.exit_code = Some(0);
+    }
+    h.fake.s.lock().unwrap().containers.insert(nouid.id.clone(), nouid);
+    assert_eq!(gc.check("default.nouid.1", None).await.unwrap().collected, 1);
+    assert!(!h.fake.ids().contains(&"default.nouid.1".to_string()), "counted as collected but left: {:?}", h.fake.ids());
     let _ = tx.send(());
     run.await.unwrap();
 }
@@ -684,7 +718,7 @@ async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
         let _ = rx.await;
     }));
     cache.wait_ready().await;
-    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: STORE.into() };
+    let gc = Collector { runtime: h.fake.clone(), api: Api::all(&h.url), store_uid: StoreUid::new(STORE).unwrap() };
     assert_eq!(gc.sweep(&cache).await.unwrap().logs_collected, 2);
     let owners: Vec<String> = h.fake.s.lock().unwrap().logs.iter().map(|o| o.name.clone()).collect();
     assert_eq!(owners, ["stays"]);

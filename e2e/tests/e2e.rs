@@ -153,6 +153,20 @@ fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
     let v = s.wait("nope", "ImagePullBackOff", T, |v| waiting_reason(v) == "ImagePullBackOff");
     let msg = v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("nope") && msg.contains("manifest unknown"), "the registry's message is not shown: {msg}");
+    // Settled: the status stays ImagePullBackOff (not rewritten) and the
+    // registry hears nothing more of `nope` while the 10 s backoff lasts
+    // (one pull attempt: a few requests, not thousands).
+    let nope_requests = || e.registry.logs().matches("/v2/nope/").count();
+    let seen = nope_requests();
+    assert!((1..=10).contains(&seen), "{seen} registry requests for one pull attempt:\n{}", e.registry.logs());
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let now = s.get("nope").expect("nope");
+        assert_eq!(waiting_reason(&now), "ImagePullBackOff", "{now:#}");
+        assert_eq!(now["metadata"]["resourceVersion"], v["metadata"]["resourceVersion"], "status rewritten while backing off: {now:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(nope_requests(), seen, "pulled again inside the backoff:\n{}", e.registry.logs());
     let v = s.wait("unreach", "ErrImagePull/ImagePullBackOff", T, |v| waiting_reason(v).contains("ImagePull"));
     assert!(v["status"]["state"]["waiting"]["message"].as_str().unwrap_or_default().contains(&port.to_string()));
     let v = s.wait("nocmd", "CreateContainerError", T, |v| waiting_reason(v) == "CreateContainerError");
@@ -204,14 +218,13 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
     let mut a = Steward::start(&dir.path().join("a"));
     let sock = a.containerd_socket().to_string_lossy().into_owned();
     let mut b = Steward::start_with(&dir.path().join("b"), &["--containerd-socket", &sock, "--gc-interval", "1s"]);
-    let uid_of = |s: &Steward| {
-        let p = s.data_dir.join("store-uid");
-        let mode = std::fs::metadata(&p).expect("serve creates DATA/store-uid").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
-        std::fs::read_to_string(&p).unwrap().trim().to_string()
-    };
-    let (store_a, store_b) = (uid_of(&a), uid_of(&b));
-    assert_ne!(store_a, store_b);
+    // The store's identity lives in the store (steward.db), not in a file
+    // beside it.
+    for s in [&a, &b] {
+        assert!(!s.data_dir.join("store-uid").exists(), "{}", s.data_dir.display());
+        let mode = std::fs::metadata(s.data_dir.join("steward.db")).expect("steward.db").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     // The same name in both stores: a GET of default/web in either finds an
     // object, of another uid.
@@ -225,8 +238,13 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
     let (id_a, pid_a) = running(&a);
     let (id_b, pid_b) = running(&b);
     assert_ne!(id_a, id_b);
-    let labels = a.ctr(&["containers", "info", &id_a]);
-    assert!(labels.contains(&format!("\"steward.dev/store\": \"{store_a}\"")), "{labels}");
+    let store_of = |id: &str| {
+        let info: Value = serde_json::from_str(&a.ctr(&["containers", "info", id])).expect("ctr containers info: JSON");
+        info["Labels"]["steward.dev/store"].as_str().unwrap_or_default().to_string()
+    };
+    let (store_a, store_b) = (store_of(&id_a), store_of(&id_b));
+    assert!(!store_a.is_empty() && !store_b.is_empty(), "containers without a store label");
+    assert_ne!(store_a, store_b);
 
     // Restarts sweep at start; B sweeps every second.
     a.kill_and_restart();

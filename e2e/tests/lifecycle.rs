@@ -170,7 +170,12 @@ fn upgrade_from_the_previous_steward_adopts_its_containers() {
     // The new steward on the same data dir (containers and containerd live on).
     e.steward.kill_and_restart_with(&steward_bin());
     let s = &e.steward;
-    let store = std::fs::read_to_string(s.data_dir.join("store-uid")).expect("serve makes DATA/store-uid").trim().to_string();
+    // This store's identity (it lives in the store): the label of a
+    // container the new steward creates.
+    s.apply(&dir, "fresh", &manifest("fresh", &img, "  command: [sleep, \"3600\"]\n"));
+    let fresh = s.wait("fresh", "Running", T, |v| phase(v) == "Running");
+    let store = ctr_labels(s, &container_id(&fresh))["steward.dev/store"].as_str().unwrap_or_default().to_string();
+    assert!(!store.is_empty(), "a new container without a store label");
     for (name, v) in &before {
         let id = container_id(v);
         // Adopted = relabelled into this hash version (the reconciler) and

@@ -136,6 +136,10 @@ pub struct Config {
     /// How often the objects table (the snapshot the event log is replayed
     /// onto at start) is brought up to date.
     pub snapshot_interval: Duration,
+    /// The identity to record if the store has none yet: one an older
+    /// steward kept outside the store (`DATA/store-uid`), adopted once.
+    /// Ignored when the store has its identity already, or when empty.
+    pub adopt_uid: Option<String>,
 }
 
 impl Config {
@@ -151,6 +155,7 @@ impl Config {
             write_queue: 4096,
             max_batch: 256,
             snapshot_interval: Duration::from_secs(2),
+            adopt_uid: None,
         }
     }
 }
@@ -192,6 +197,8 @@ impl State {
 }
 
 pub(crate) struct Shared {
+    /// The store's identity (meta `uid`), made when the store was created.
+    pub uid: String,
     pub state: RwLock<State>,
     pub config: Config,
     pub readers: SqlitePool,
@@ -458,6 +465,26 @@ impl Store {
         if has_prev == 0 {
             sqlx::query("ALTER TABLE events ADD COLUMN prev_rv INTEGER").execute(&mut conn).await?;
         }
+        // The store's identity: made once, when the store is created (or
+        // adopted from an older steward's file), and kept with the data,
+        // so a restored or moved store keeps it.
+        let uid: String = match sqlx::query("SELECT CAST(value AS TEXT) FROM meta WHERE key = 'uid'").fetch_optional(&mut conn).await? {
+            Some(row) => row.get(0),
+            None => {
+                let uid = config
+                    .adopt_uid
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+                sqlx::query("INSERT INTO meta (key, value) VALUES ('uid', ?)").bind(&uid).execute(&mut conn).await?;
+                tracing::info!(store_uid = %uid, adopted = config.adopt_uid.is_some(), "recorded the store's identity");
+                uid
+            }
+        };
+        if uid.trim().is_empty() {
+            return Err(StoreError::Internal("the store's identity (meta uid) is empty".into()));
+        }
         let meta = |k: &'static str| sqlx::query("SELECT value FROM meta WHERE key = ?").bind(k);
         let snapshot: i64 = meta("snapshot").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
         let compacted: i64 = meta("compacted").fetch_optional(&mut conn).await?.map(|r| r.get(0)).unwrap_or(0);
@@ -533,6 +560,7 @@ impl Store {
             "store opened"
         );
         let shared = Arc::new(Shared {
+            uid,
             state: RwLock::new(State { objects, revision, compacted, watchers: Vec::new(), history: Default::default(), history_bytes: 0 }),
             config,
             readers,
@@ -562,6 +590,12 @@ impl Store {
     }
 
     /// The current revision.
+    /// The store's identity: made once with the store, the same at every
+    /// open, never empty. Containers created for its objects carry it.
+    pub fn uid(&self) -> &str {
+        &self.shared.uid
+    }
+
     pub fn revision(&self) -> i64 {
         self.shared.read().revision
     }

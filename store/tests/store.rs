@@ -530,3 +530,46 @@ async fn replayed_events_carry_the_previous_version_after_a_restart() {
     }
     assert_eq!(got, [(3, Some((1, None))), (4, Some((3, Some("web".to_string())))), (5, Some((2, None)))]);
 }
+
+/// The store's identity lives in the store: made once at creation, the same
+/// after every reopen (and after the file is copied elsewhere), never
+/// replaced by an adoption offer once there; a store without one adopts
+/// the offered (older steward's) uid once.
+#[tokio::test]
+async fn the_store_uid_is_made_once_and_travels_with_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = Store::open(Config::new(&path)).await.unwrap();
+    let uid = store.uid().to_string();
+    assert!(uid.len() >= 16, "{uid:?}");
+    create(&store, "c1").await;
+    store.shutdown().await;
+
+    let mut cfg = Config::new(&path);
+    cfg.adopt_uid = Some("another-uid-0123456789".into());
+    let store = Store::open(cfg).await.unwrap();
+    assert_eq!(store.uid(), uid, "reopen changed the store's identity");
+    store.shutdown().await;
+
+    // Only steward.db moved (as a restore from backup): same identity.
+    let moved = dir.path().join("moved.db");
+    std::fs::copy(&path, &moved).unwrap();
+    let store = Store::open(Config::new(&moved)).await.unwrap();
+    assert_eq!(store.uid(), uid, "a moved store got a new identity");
+    store.shutdown().await;
+
+    // Another new store: another identity.
+    let other = Store::open(Config::new(dir.path().join("other.db"))).await.unwrap();
+    assert_ne!(other.uid(), uid);
+    other.shutdown().await;
+
+    // A store without one adopts the offered uid, once.
+    let mut cfg = Config::new(dir.path().join("adopting.db"));
+    cfg.adopt_uid = Some("0123abcd-legacy-uid".into());
+    let store = Store::open(cfg).await.unwrap();
+    assert_eq!(store.uid(), "0123abcd-legacy-uid");
+    store.shutdown().await;
+    let store = Store::open(Config::new(dir.path().join("adopting.db"))).await.unwrap();
+    assert_eq!(store.uid(), "0123abcd-legacy-uid");
+    store.shutdown().await;
+}

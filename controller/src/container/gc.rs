@@ -23,7 +23,7 @@ use std::time::Duration;
 use steward_schema::{Container, Time};
 
 use super::plan::{stop_params, teardown, Step};
-use crate::actual::{ActualContainer, LogOwner, Runtime, RuntimeError, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID};
+use crate::actual::{ActualContainer, LogOwner, Runtime, RuntimeError, StoreUid, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID};
 use crate::client::Api;
 use crate::runtime::controller::Cache;
 
@@ -72,7 +72,7 @@ pub struct Collector<R> {
     pub runtime: std::sync::Arc<R>,
     pub api: Api<Container>,
     /// This store's identity.
-    pub store_uid: String,
+    pub store_uid: StoreUid,
 }
 
 impl<R: Runtime> Collector<R> {
@@ -164,7 +164,7 @@ impl<R: Runtime> Collector<R> {
         match verdict {
             Verdict::Foreign | Verdict::Live => {}
             Verdict::Unclaimed => report.unclaimed.push(c.id.clone()),
-            Verdict::Adopt => match self.runtime.update_labels(&c.id, BTreeMap::from([(LABEL_STORE.to_string(), self.store_uid.clone())])).await {
+            Verdict::Adopt => match self.runtime.update_labels(&c.id, BTreeMap::from([(LABEL_STORE.to_string(), self.store_uid.to_string())])).await {
                 Ok(()) => {
                     tracing::info!(container = %c.id, store = %self.store_uid, "adopted a container of an older steward");
                     report.adopted += 1;
@@ -184,7 +184,7 @@ impl<R: Runtime> Collector<R> {
 
     async fn judge(&self, c: &ActualContainer, live: &HashSet<String>) -> Result<Verdict, String> {
         let store = c.labels.get(LABEL_STORE);
-        if store.is_some_and(|s| *s != self.store_uid) {
+        if store.is_some_and(|s| s != self.store_uid.as_str()) {
             return Ok(Verdict::Foreign);
         }
         let uid = c.label(LABEL_UID);
@@ -236,7 +236,8 @@ impl<R: Runtime> Collector<R> {
                     return Ok(Some(KILL_RECHECK))
                 }
             }
-            match self.runtime.find(c.label(LABEL_UID)).await?.into_iter().find(|x| x.id == c.id) {
+            // By id: an orphan may have no (or an empty) uid label.
+            match self.runtime.get(&c.id).await? {
                 Some(fresh) => c = fresh,
                 None => return Ok(None),
             }

@@ -41,7 +41,8 @@ pub const REASON_OOM_KILLED: &str = "OOMKilled";
 pub const CONDITION_RESIZE_PENDING: &str = "ResizePending";
 /// The exit code reported for an exit that was not observed (the kubelet's).
 pub const UNKNOWN_EXIT_CODE: i32 = 137;
-/// How often a paused or unknown task is looked at again (no event comes).
+/// How often a paused or unknown task is looked at again (a safety net: a
+/// resume is an event, an unknown state may end without one).
 pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// One idempotent step toward the desired state.
@@ -523,8 +524,9 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             TaskStatus::Paused => {
                 // The process exists but does not run (frozen): its state is
                 // still `running` (as `docker ps` says "Up (Paused)"), but it
-                // serves nothing, so it is not Ready. containerd sends no
-                // event on resume: look again.
+                // serves nothing, so it is not Ready. The resume comes as a
+                // containerd event (`/tasks/resumed`); the recheck is a
+                // safety net for a missed one.
                 status.state = Some(running);
                 status.phase = Some(Phase::Running);
                 set_ready(&mut status, false, REASON_PAUSED, now);
@@ -986,7 +988,7 @@ mod tests {
             if ts == TaskStatus::Running {
                 assert_eq!(p.step, Step::Nothing { requeue: None });
             } else {
-                // No event says when it resumes: look again.
+                // Looked at again (safety net for a missed resume event).
                 assert_eq!(p.step, Step::Nothing { requeue: Some(RECHECK) }, "{ts:?}");
             }
             if ts == TaskStatus::Paused {

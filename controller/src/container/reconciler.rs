@@ -13,7 +13,7 @@ use super::plan::{
     REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
-    Runtime, RuntimeError, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
+    Runtime, RuntimeError, StoreUid, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
     MANAGED_BY,
 };
 use crate::client::Api;
@@ -54,7 +54,7 @@ pub struct Context<R> {
     pub runtime: Arc<R>,
     /// The identity of the store the objects live in: every container
     /// created carries it (`steward.dev/store`), see [`super::gc`].
-    pub store_uid: String,
+    pub store_uid: StoreUid,
     /// Image pulls, shared, outside the reconcile slots.
     pub pulls: Pulls<R>,
 }
@@ -73,6 +73,11 @@ pub async fn reconcile<R: Runtime>(obj: Arc<Container>, ctx: Arc<Context<R>>) ->
 
 async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
     let actual = ctx.runtime.find(&obj.metadata.uid).await?;
+    // A spec change (the user may have fixed what made the pull fail)
+    // starts the image's pull backoff over.
+    if obj.status.as_ref().and_then(|s| s.observed_generation).is_some_and(|g| g < obj.metadata.generation) {
+        ctx.pulls.reset_backoff(&obj.spec.image);
+    }
     let now = Time::now();
     let Plan { step, status } = plan(obj, &actual, &now);
     tracing::debug!(?step, "planned");
@@ -109,10 +114,15 @@ async fn write_status<R>(ctx: &Context<R>, obj: &Container, status: ContainerSta
     Ok(ctx.api.replace_status(&o).await?)
 }
 
-/// Records why the container is not running. A merge patch without
-/// precondition: pull progress may have moved the object's version since
-/// this pass read it, and this is the newest word on the state anyway.
+/// Records why the container is not running, unless the status says so
+/// already (no write, so no watch event and no new pass). A merge patch
+/// without precondition: pull progress may have moved the object's version
+/// since this pass read it, and this is the newest word on the state anyway.
 async fn set_waiting<R>(ctx: &Context<R>, obj: &Container, reason: &str, message: String) -> Result<(), ReconcileError> {
+    let shown = obj.status.as_ref().and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref());
+    if shown.is_some_and(|w| w.reason == reason && w.message == message) {
+        return Ok(());
+    }
     let patch = json!({"status": {"state": {"waiting": {"reason": reason, "message": message}, "running": null, "terminated": null}}});
     ctx.api.patch_status(&obj.metadata.namespace, &obj.metadata.name, &patch).await?;
     Ok(())
@@ -137,10 +147,11 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
         Step::Nothing { requeue } => Ok(requeue.map_or(Action::AwaitChange, Action::Requeue)),
         Step::Create { id } => {
             let image = match image_for(ctx, obj).await {
-                Ok(Some(i)) => i,
-                // Being pulled: this slot is free for others meanwhile.
-                Ok(None) => return Ok(Action::Requeue(PULL_RECHECK)),
-                Err(ImageError::Runtime(e @ (RuntimeError::ImagePull(_) | RuntimeError::ImageNeverPull(_)))) => {
+                Ok(Image::Ready(i)) => i,
+                // Being pulled, or a failed pull backing off: this slot is
+                // free for others meanwhile.
+                Ok(Image::Wait(after)) => return Ok(Action::Requeue(after)),
+                Err(ImageError::Runtime(e @ RuntimeError::ImageNeverPull(_))) => {
                     let reason = match waiting_reason(obj) {
                         REASON_ERR_PULL | REASON_PULL_BACKOFF => REASON_PULL_BACKOFF,
                         _ => REASON_ERR_PULL,
@@ -157,7 +168,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 (LABEL_UID.to_string(), m.uid.clone()),
                 (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
                 (LABEL_NAME.to_string(), m.name.clone()),
-                (LABEL_STORE.to_string(), ctx.store_uid.clone()),
+                (LABEL_STORE.to_string(), ctx.store_uid.to_string()),
             ]);
             labels.extend(spec_labels(&obj.spec));
             match rt.create(&id, &obj.spec, &image, labels).await {
@@ -236,39 +247,77 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
     }
 }
 
+enum Image {
+    Ready(crate::actual::ImageConfig),
+    /// Not yet: look again after this (or when the pull wakes it).
+    Wait(Duration),
+}
+
 enum ImageError {
     Runtime(RuntimeError),
     Api(ReconcileError),
 }
 
 /// The image of `obj`: from the local store at once if it is there (and the
-/// policy allows), else from the shared pull. `None` while the pull runs:
-/// the status then says `ImagePulling` with its progress.
-async fn image_for<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<Option<crate::actual::ImageConfig>, ImageError> {
+/// policy allows), else from the shared pull. While the pull runs the
+/// status says `ImagePulling` with its progress; when it failed,
+/// `ErrImagePull` (to the objects that waited for it), then
+/// `ImagePullBackOff` with the error and when the next pull starts, which
+/// is when this object looks again. A pull error on display is never
+/// overwritten by `ImagePulling` (the retry's outcome replaces it).
+async fn image_for<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<Image, ImageError> {
     let image = &obj.spec.image;
     let policy = obj.spec.image_pull_policy.unwrap_or(PullPolicy::IfNotPresent);
+    let who = ObjectRef::new(&obj.metadata.namespace, &obj.metadata.name);
     // Present already? (Skipped while a pull of it runs: it is not, yet.)
     if policy != PullPolicy::Always && !ctx.pulls.is_pulling(image) {
         match ctx.runtime.ensure_image(image, PullPolicy::Never, Box::new(|_| {})).await {
-            Ok(cfg) => return Ok(Some(cfg)),
+            Ok(cfg) => {
+                // Not waiting for a pull any more (if it was).
+                ctx.pulls.forget(image, &who);
+                return Ok(Image::Ready(cfg));
+            }
             Err(RuntimeError::ImageNeverPull(_)) if policy != PullPolicy::Never => {}
             Err(e) => return Err(ImageError::Runtime(e)),
         }
     }
-    let who = ObjectRef::new(&obj.metadata.namespace, &obj.metadata.name);
+    let shown = obj.status.as_ref().and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref());
     match ctx.pulls.poll(image, policy, &who) {
-        PullState::Done(r) => r.map(Some).map_err(ImageError::Runtime),
+        PullState::Pulled(cfg) => Ok(Image::Ready(cfg)),
+        PullState::Failed(f) => {
+            if !matches!(f.error, RuntimeError::ImagePull(_)) {
+                // containerd failed, not the pull: the controller's backoff.
+                return Err(ImageError::Runtime(f.error));
+            }
+            let (reason, message) = if f.fresh {
+                (REASON_ERR_PULL, f.error.to_string())
+            } else {
+                (
+                    REASON_PULL_BACKOFF,
+                    format!(
+                        "Back-off {}s pulling image {image} (next attempt at {}): {}",
+                        f.backoff.as_secs(),
+                        f.retry_at.0.format("%Y-%m-%dT%H:%M:%SZ"),
+                        f.error
+                    ),
+                )
+            };
+            set_waiting(ctx, obj, reason, message).await.map_err(ImageError::Api)?;
+            // ErrImagePull shown: the write brings the next pass, which
+            // shows the backoff; then nothing until the backoff ends.
+            Ok(Image::Wait(f.retry_in))
+        }
         PullState::Pulling(p) => {
+            if shown.is_some_and(|w| w.reason == REASON_ERR_PULL || w.reason == REASON_PULL_BACKOFF) {
+                return Ok(Image::Wait(PULL_RECHECK));
+            }
             let msg = if p.total > 0 {
                 format!("pulling {image}: {} of {}", mib(p.done), mib(p.total))
             } else {
                 format!("pulling {image}")
             };
-            let shown = obj.status.as_ref().and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref());
-            if shown.is_none_or(|w| w.reason != REASON_PULLING || w.message != msg) {
-                set_waiting(ctx, obj, REASON_PULLING, msg).await.map_err(ImageError::Api)?;
-            }
-            Ok(None)
+            set_waiting(ctx, obj, REASON_PULLING, msg).await.map_err(ImageError::Api)?;
+            Ok(Image::Wait(PULL_RECHECK))
         }
     }
 }

@@ -353,8 +353,9 @@ pub fn resources_update(spec: &ContainerSpec) -> Result<Value, SpecError> {
         o.remove("devices");
         o.entry("memory").or_insert(json!({"limit": -1}));
         o.entry("cpu").or_insert(json!({"quota": -1, "period": CPU_PERIOD_US}));
-        // runc: a pids limit of 0 or less means no limit.
-        o.entry("pids").or_insert(json!({"limit": 0}));
+        // runc update: -1 means no limit ("max"); 0 means "leave the
+        // current limit alone", which would keep a removed limit.
+        o.entry("pids").or_insert(json!({"limit": -1}));
     }
     Ok(r)
 }
@@ -566,6 +567,19 @@ mod tests {
                 (g, w) => panic!("case {i}: got {g:?}, want {w:?}"),
             }
         }
+    }
+
+    /// An update lifts every limit the spec does not set: runc's
+    /// "unlimited" values (-1), never 0 (which runc reads as "unchanged").
+    #[test]
+    fn resource_updates_lift_unset_limits() {
+        let r = resources_update(&ContainerSpec::default()).unwrap();
+        assert_eq!(
+            r,
+            json!({"memory": {"limit": -1}, "cpu": {"quota": -1, "period": 100000}, "pids": {"limit": -1}})
+        );
+        let r = resources_update(&limits(None, None, Some(32))).unwrap();
+        assert_eq!(r["pids"], json!({"limit": 32}));
     }
 
     #[test]
