@@ -101,6 +101,8 @@ pub struct ActualContainer {
     pub task: Option<Task>,
     /// The image digest it was created from.
     pub image_digest: Option<String>,
+    /// When containerd created it (unknown for fakes).
+    pub created_at: Option<Time>,
 }
 
 impl ActualContainer {

@@ -135,6 +135,7 @@ impl Runtime for Fake {
             labels,
             task: None,
             image_digest: Some(image.digest.clone()),
+            created_at: Some(steward_schema::Time::now()),
         });
         ok(())
     }
@@ -430,6 +431,7 @@ fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
         labels: l,
         task: running.then_some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false }),
         image_digest: None,
+        created_at: None,
     }
 }
 
@@ -524,6 +526,18 @@ async fn garbage_collection_takes_only_this_stores_orphans_gracefully() {
     h.fake.s.lock().unwrap().containers.insert(nouid.id.clone(), nouid);
     assert_eq!(gc.check("default.nouid.1", None).await.unwrap().collected, 1);
     assert!(!h.fake.ids().contains(&"default.nouid.1".to_string()), "counted as collected but left: {:?}", h.fake.ids());
+    // An orphan just created is spared until it is 2 s old: its
+    // creator may be between Containers.Create and Tasks.Create, and
+    // deleting the container then would orphan the task being created.
+    let mut young = stray("default.young.1", &with(&[(LABEL_STORE, STORE), (LABEL_UID, "u-young"), (LABEL_NAME, "young")]), false);
+    young.created_at = Some(steward_schema::Time::now());
+    h.fake.s.lock().unwrap().containers.insert(young.id.clone(), young);
+    let r = gc.check("default.young.1", Some(&cache)).await.unwrap();
+    assert_eq!(r.collected, 0);
+    assert!(r.again_in.is_some_and(|d| d <= Duration::from_secs(2)), "{r:?}");
+    assert!(h.fake.ids().contains(&"default.young.1".to_string()));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(gc.check("default.young.1", Some(&cache)).await.unwrap().collected, 1);
     let _ = tx.send(());
     run.await.unwrap();
 }

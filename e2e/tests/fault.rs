@@ -573,7 +573,12 @@ fn fault_stray_container_with_stewards_labels() {
             }
             args.extend([e.registry.image(), id.clone(), "sleep".into(), "3600".into()]);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            e.steward.ctr(&args);
+            // steward may collect the stray between ctr's create and its
+            // task start (it reacts to containerd's create event): ctr
+            // then fails with "not found", which is the point.
+            let o = e.steward.ctr_command(&args).output().expect("run ctr");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success() || err.contains("not found"), "ctr {args:?}: {err}");
         }
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
         figures.round(n, t);

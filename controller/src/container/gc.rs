@@ -30,6 +30,14 @@ use crate::runtime::controller::Cache;
 /// After SIGKILL, look again this soon.
 const KILL_RECHECK: Duration = Duration::from_millis(500);
 
+/// An orphan younger than this is left for now (and looked at again when
+/// it is old enough): whoever created it may be between Containers.Create,
+/// Tasks.Create and Tasks.Start, and containerd 1.6 lets a container be
+/// deleted under a task being created, which orphans that task beyond
+/// reach. As the kubelet's container GC, which spares containers younger
+/// than its MinAge.
+const MIN_AGE: Duration = Duration::from_secs(2);
+
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -214,8 +222,14 @@ impl<R: Runtime> Collector<R> {
         let (signal, grace) = stop_params(c, None);
         let mut c = c.clone();
         for _ in 0..4 {
+            let now = Time::now();
+            if let Some(young) = c.created_at.as_ref().and_then(|t| MIN_AGE.checked_sub((now.0 - t.0).to_std().unwrap_or_default())) {
+                if !young.is_zero() {
+                    return Ok(Some(young.max(KILL_RECHECK)));
+                }
+            }
             tracing::info!(container = %c.id, uid = c.label(LABEL_UID), "collecting garbage");
-            match teardown(&c, signal, grace, &Time::now()) {
+            match teardown(&c, signal, grace, &now) {
                 Step::Remove { id } => {
                     self.runtime.remove(&id).await?;
                     return Ok(None);

@@ -609,7 +609,7 @@ mod tests {
     fn actual(o: &Container, task: Option<Task>) -> ActualContainer {
         let mut labels = spec_labels(&o.spec);
         labels.insert(LABEL_UID.to_string(), o.metadata.uid.clone());
-        ActualContainer { id: container_id(o, &spec_hash(&o.spec)), labels, task, image_digest: Some("sha256:abc".into()) }
+        ActualContainer { id: container_id(o, &spec_hash(&o.spec)), labels, task, image_digest: Some("sha256:abc".into()), created_at: None }
     }
 
     fn task(pid: u32, status: TaskStatus) -> Option<Task> {
@@ -1142,6 +1142,7 @@ mod tests {
             ]),
             task: running(42),
             image_digest: Some("sha256:abc".into()),
+            created_at: None,
         };
         assert!(made_from(&c, &o.spec));
         let p = plan(&o, std::slice::from_ref(&c), &t(1));

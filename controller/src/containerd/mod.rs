@@ -713,7 +713,9 @@ impl ContainerdRuntime {
             let task = self.get_task(&c.id).await?;
             let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
             let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
-            out.push(ActualContainer { id: c.id, labels, task, image_digest });
+            let created_at =
+                c.created_at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time));
+            out.push(ActualContainer { id: c.id, labels, task, image_digest, created_at });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
