@@ -75,17 +75,25 @@ test: deps
 # against a release steward; each prints its seed and, per scenario, the
 # faults injected and time to converge p50/p99. Knobs: ROUNDS (default 100),
 # SEED (replays a run), CONVERGE_SECS (bound, default 20), IGNORED=1 also
-# runs the scenarios marked #[ignore] until their issue-7 fix lands.
+# runs the scenarios marked #[ignore] (known defects), ONLY=NAME runs the
+# scenarios whose test name contains NAME. Then, unless ONLY is given, the
+# durability proofs at length: ROUNDS SIGKILL cycles (cli/tests/crash.rs)
+# and 2 x ROUNDS simulated power cuts (cli/tests/power_cut.rs).
 ROUNDS ?= 100
 soak: deps
 	$(CARGO) build --release -p steward
-	$(CARGO) build -p steward-e2e --tests
+	$(CARGO) build -p steward-e2e -p steward --tests
 	@echo "soak: $(ROUNDS) rounds per scenario; full log in target/soak.log"
 	@STEWARD_BIN=$(CURDIR)/target/release/steward STEWARD_FAULT_ROUNDS=$(ROUNDS) \
 	$(if $(SEED),STEWARD_FAULT_SEED=$(SEED)) $(if $(CONVERGE_SECS),STEWARD_FAULT_CONVERGE_SECS=$(CONVERGE_SECS)) \
-		$(CARGO) test -p steward-e2e --test fault -- --test-threads=1 --nocapture $(if $(IGNORED),--include-ignored) \
+		$(CARGO) test -p steward-e2e --test fault -- --test-threads=1 --nocapture $(if $(IGNORED),--include-ignored) $(ONLY) \
 		> target/soak.log 2>&1; rc=$$?; \
-	grep -E '^fault\[.*(seed .* rounds|containerd down)|^test .*\.\.\. |not converged|^  - ' target/soak.log; exit $$rc
+	grep -E '^fault\[.*(seed .* rounds|containerd down)|^test .*\.\.\. |not converged|^  - ' target/soak.log; \
+	if [ -z "$(ONLY)" ]; then \
+		STEWARD_CRASH_CYCLES=$(ROUNDS) STEWARD_POWERCUT_CUTS=$$(( $(ROUNDS) * 2 )) \
+			$(CARGO) test -p steward --test crash --test power_cut -- --nocapture >> target/soak.log 2>&1 || rc=1; \
+		grep -E '^power cut:|SIGKILL cycles|^test .*\.\.\. ' target/soak.log | tail -4; \
+	fi; exit $$rc
 
 # etcd 3.4 (Debian package etcd-server), the reference bench-store compares with.
 deps-bench:
