@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use containerd_client::events::{ContainerCreate, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
+use containerd_client::events::{ContainerCreate, ContainerDelete, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use futures_util::stream::BoxStream;
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::ContainerdRuntime;
 
 const TOPICS: &[&str] =
-    &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete", "/tasks/paused", "/tasks/resumed"];
+    &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete", "/tasks/paused", "/tasks/resumed", "/containers/delete"];
 const CREATE_TOPICS: &[&str] = &["/containers/create"];
 /// Our own marker event: seeing it proves the subscription is registered.
 const SYNC_TOPIC: &str = "/steward/sync";
@@ -124,6 +124,9 @@ async fn subscribe_once(
                 "/tasks/paused" => TaskPaused::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/tasks/resumed" => TaskResumed::decode(any.value.as_slice()).map(|e| e.container_id),
                 "/containers/create" => ContainerCreate::decode(any.value.as_slice()).map(|e| e.id),
+                // Deleted behind steward's back (or by it): its object's
+                // reconcile decides whether it must be made again.
+                "/containers/delete" => ContainerDelete::decode(any.value.as_slice()).map(|e| e.id),
                 _ => continue,
             };
             match id {
