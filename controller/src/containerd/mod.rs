@@ -538,17 +538,21 @@ impl ContainerdRuntime {
                 task.status, task.pid
             )));
         }
-        let mut c = ContainersClient::new(self.ctx.channel.clone());
-        match c.delete(self.ctx.req(DeleteContainerRequest { id: id.to_string() })).await {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(from_status("delete container", id, &s)),
-        }
+        // The snapshot first, then the container: a crash in between leaves
+        // a labelled container, which the next pass finds and removes
+        // again; the other order could leave a snapshot without a container,
+        // which no pass looks for (the fault suite's kill -9 soak found one).
         let mut s = SnapshotsClient::new(self.ctx.channel.clone());
         match s.remove(self.ctx.req(RemoveSnapshotRequest { snapshotter: self.ctx.snapshotter.clone(), key: id.to_string() })).await {
             Ok(_) => {}
             Err(st) if st.code() == Code::NotFound => {}
             Err(st) => return Err(from_status("remove snapshot", id, &st)),
+        }
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        match c.delete(self.ctx.req(DeleteContainerRequest { id: id.to_string() })).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(from_status("delete container", id, &s)),
         }
         // Logs of the old layout (per container id) go with the container;
         // per-object logs stay for `logs --previous` (see Runtime::remove).
