@@ -579,6 +579,21 @@ async fn a_hung_containerd_fails_calls_within_the_deadline_and_recovers() {
     // SAFETY: kill(2) on the containerd this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let guard = Continue(pid);
+    // kill(2) returns before the process is stopped: wait until every
+    // thread of it is (state T), or a call may still be answered.
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+                .unwrap_or(false)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stopped() {
+        assert!(Instant::now() < deadline, "containerd {pid} did not stop after SIGSTOP");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // What a reconcile pass does first: it must fail, not hang.
     let started = Instant::now();
