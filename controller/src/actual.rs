@@ -103,6 +103,10 @@ pub struct ActualContainer {
     pub image_digest: Option<String>,
     /// When containerd created it (unknown for fakes).
     pub created_at: Option<Time>,
+    /// Its rootfs snapshot is gone (removed behind steward's back): a
+    /// running task runs on a deleted upper dir, and no task can start.
+    /// Only [`Runtime::find`] looks; elsewhere false.
+    pub rootfs_missing: bool,
 }
 
 impl ActualContainer {

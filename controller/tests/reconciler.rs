@@ -130,12 +130,14 @@ impl Runtime for Fake {
         if let Some(code) = spec.args.first().and_then(|a| a.strip_prefix("exit=")).and_then(|c| c.parse().ok()) {
             s.exit_codes.insert(id.to_string(), code);
         }
-        s.containers.entry(id.to_string()).or_insert(ActualContainer {
+        // An existing container gets its rootfs prepared again.
+        s.containers.entry(id.to_string()).and_modify(|c| c.rootfs_missing = false).or_insert(ActualContainer {
             id: id.to_string(),
             labels,
             task: None,
             image_digest: Some(image.digest.clone()),
             created_at: Some(steward_schema::Time::now()),
+            rootfs_missing: false,
         });
         ok(())
     }
@@ -432,6 +434,7 @@ fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
         task: running.then_some(Task { pid: 1, status: TaskStatus::Running, exit_code: None, exited_at: None, oom_killed: false }),
         image_digest: None,
         created_at: None,
+        rootfs_missing: false,
     }
 }
 

@@ -405,20 +405,28 @@ fn restart_after(status: &mut ContainerStatus, prior: &ContainerStatus, t: State
 }
 
 /// Plans the next step for a live (not deleting) object.
+/// The container's rootfs snapshot was removed while it has a task
+/// (running, paused, created): its processes see a deleted upper dir.
+fn rootfs_lost_under_task(c: &ActualContainer) -> bool {
+    c.rootfs_missing && c.task.as_ref().is_some_and(|t| t.status != TaskStatus::Stopped)
+}
+
 pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let spec = &obj.spec;
     let prior = obj.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = Some(obj.metadata.generation);
     let policy = spec.restart_policy.unwrap_or(RestartPolicy::Always);
-    let current = actual.iter().find(|c| made_from(c, spec));
+    let current = actual.iter().find(|c| made_from(c, spec) && !rootfs_lost_under_task(c));
 
     // Containers of another spec go first (a spec change = stop, remove,
     // create; a container is never rebuilt in place), each stopped with
-    // its own signal and grace.
+    // its own signal and grace; so does one whose rootfs was removed
+    // under its task.
     if let Some(old) = actual.iter().find(|c| Some(c.id.as_str()) != current.map(|c| c.id.as_str())) {
         status.phase = Some(Phase::Pending);
-        status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after a spec change", old.id)));
+        let why = if rootfs_lost_under_task(old) { "its rootfs snapshot was removed" } else { "a spec change" };
+        status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after {why}", old.id)));
         status.pid = None;
         set_ready(&mut status, false, REASON_CREATING, now);
         let (signal, grace) = stop_params(old, Some(spec));
@@ -447,6 +455,12 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     status.container_id = Some(container_ref);
     if current.image_digest.is_some() {
         status.image_digest = current.image_digest.clone();
+    }
+    if current.rootfs_missing {
+        // No task runs on it (else it would be replaced above): prepare
+        // the rootfs again, as a restart would have a fresh one anyway;
+        // the container and what status says of it stay.
+        return Plan { step: Step::Create { id }, status };
     }
     let labels = relabel(current, spec);
     if !labels.is_empty() {
@@ -609,7 +623,14 @@ mod tests {
     fn actual(o: &Container, task: Option<Task>) -> ActualContainer {
         let mut labels = spec_labels(&o.spec);
         labels.insert(LABEL_UID.to_string(), o.metadata.uid.clone());
-        ActualContainer { id: container_id(o, &spec_hash(&o.spec)), labels, task, image_digest: Some("sha256:abc".into()), created_at: None }
+        ActualContainer {
+            id: container_id(o, &spec_hash(&o.spec)),
+            labels,
+            task,
+            image_digest: Some("sha256:abc".into()),
+            created_at: None,
+            rootfs_missing: false,
+        }
     }
 
     fn task(pid: u32, status: TaskStatus) -> Option<Task> {
@@ -1143,6 +1164,7 @@ mod tests {
             task: running(42),
             image_digest: Some("sha256:abc".into()),
             created_at: None,
+            rootfs_missing: false,
         };
         assert!(made_from(&c, &o.spec));
         let p = plan(&o, std::slice::from_ref(&c), &t(1));
@@ -1218,5 +1240,29 @@ mod tests {
         );
         c.labels.remove(LABEL_STOP_REQUESTED);
         assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id.clone() });
+    }
+    #[test]
+    fn a_removed_rootfs_is_replaced_under_a_task_and_prepared_again_without_one() {
+        let o = obj(RestartPolicy::Never);
+        let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
+        let mut c = actual(&o, running(42));
+        c.rootfs_missing = true;
+        // Under a running task: replaced (stopped with its own signal, then
+        // removed and created again), and status says why.
+        let p = plan(&o, &[c.clone()], &t(1));
+        assert!(matches!(&p.step, Step::Stop { id, .. } if *id == c.id), "{:?}", p.step);
+        assert!(p.status.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some_and(|w| w.message.contains("rootfs")));
+        // Once its task is gone, the same spec makes the same container again.
+        c.task = Some(Task { pid: 42, status: TaskStatus::Stopped, exit_code: Some(0), exited_at: Some(t(2)), oom_killed: false });
+        let done = with_status(&o, plan(&o, &[actual(&o, c.task.clone())], &t(3)).status);
+        assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded));
+        // A finished Never container: the rootfs is prepared again in
+        // place; it does not run again and stays Succeeded.
+        let p = plan(&done, &[c.clone()], &t(4));
+        assert_eq!(p.step, Step::Create { id: c.id.clone() });
+        assert_eq!(p.status.phase, Some(Phase::Succeeded));
+        // Without any task: the same repair, before anything starts.
+        c.task = None;
+        assert_eq!(plan(&done, &[c.clone()], &t(5)).step, Step::Create { id: c.id.clone() });
     }
 }

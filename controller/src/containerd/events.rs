@@ -1,8 +1,10 @@
-//! Task events (exit, start, OOM, delete, pause, resume) as a stream of container ids that
+//! Task events (exit, start, OOM, delete, pause, resume), container deletes and
+//! rootfs snapshot removals as a stream of container ids that
 //! survives containerd restarts.
 //!
 //! Contract: the stream yields the id of every container whose task
-//! started, exited, was OOM-killed, deleted, paused or resumed. containerd does not replay
+//! started, exited, was OOM-killed, deleted, paused or resumed, and of every
+//! container deleted or whose snapshot was removed. containerd does not replay
 //! events, so after every (re)subscription (including the first) the stream
 //! also yields the id of EVERY managed container, once the subscription is
 //! known to be live: an exit during an outage then still reaches the
@@ -11,7 +13,7 @@
 
 use std::time::Duration;
 
-use containerd_client::events::{ContainerCreate, ContainerDelete, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
+use containerd_client::events::{ContainerCreate, ContainerDelete, SnapshotRemove, TaskDelete, TaskExit, TaskOom, TaskPaused, TaskResumed, TaskStart};
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::{PublishRequest, SubscribeRequest};
 use futures_util::stream::BoxStream;
@@ -21,8 +23,16 @@ use tokio::sync::mpsc;
 
 use super::ContainerdRuntime;
 
-const TOPICS: &[&str] =
-    &["/tasks/exit", "/tasks/start", "/tasks/oom", "/tasks/delete", "/tasks/paused", "/tasks/resumed", "/containers/delete"];
+const TOPICS: &[&str] = &[
+    "/tasks/exit",
+    "/tasks/start",
+    "/tasks/oom",
+    "/tasks/delete",
+    "/tasks/paused",
+    "/tasks/resumed",
+    "/containers/delete",
+    "/snapshot/remove",
+];
 const CREATE_TOPICS: &[&str] = &["/containers/create"];
 /// Our own marker event: seeing it proves the subscription is registered.
 const SYNC_TOPIC: &str = "/steward/sync";
@@ -127,6 +137,13 @@ async fn subscribe_once(
                 // Deleted behind steward's back (or by it): its object's
                 // reconcile decides whether it must be made again.
                 "/containers/delete" => ContainerDelete::decode(any.value.as_slice()).map(|e| e.id),
+                // A container's rootfs is keyed by its id; removed behind
+                // steward's back, its object's reconcile replaces or
+                // re-prepares it. Unpacks' own `extract-*` keys are not ours.
+                "/snapshot/remove" => match SnapshotRemove::decode(any.value.as_slice()) {
+                    Ok(e) if e.key.starts_with("extract-") => continue,
+                    r => r.map(|e| e.key),
+                },
                 _ => continue,
             };
             match id {

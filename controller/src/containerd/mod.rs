@@ -34,7 +34,7 @@ use containerd_client::services::v1::container::Runtime as ContainerRuntimeInfo;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
@@ -711,15 +711,33 @@ fn store_error(image: &str, e: store::StoreError) -> RuntimeError {
 impl ContainerdRuntime {
     /// Containers with their tasks (Tasks.Get each: Tasks.List ignores
     /// filters and leaves `container_id` empty on 1.6).
-    async fn with_tasks(&self, containers: Vec<Container>) -> Result<Vec<ActualContainer>, RuntimeError> {
+    /// Whether the container's rootfs snapshot is gone.
+    async fn rootfs_missing(&self, c: &Container) -> Result<bool, RuntimeError> {
+        if c.snapshot_key.is_empty() {
+            return Ok(false);
+        }
+        let mut s = SnapshotsClient::new(self.ctx.channel.clone());
+        let req = StatSnapshotRequest { snapshotter: c.snapshotter.clone(), key: c.snapshot_key.clone() };
+        match s.stat(self.ctx.req(req)).await {
+            Ok(_) => Ok(false),
+            Err(st) if st.code() == Code::NotFound => Ok(true),
+            Err(st) => Err(from_status("stat snapshot", &c.id, &st)),
+        }
+    }
+
+    /// The containers with their tasks; with `rootfs`, also whether each
+    /// one's snapshot is still there (one more call each: only the
+    /// reconciler's per-object read pays it).
+    async fn with_tasks(&self, containers: Vec<Container>, rootfs: bool) -> Result<Vec<ActualContainer>, RuntimeError> {
         let mut out = Vec::new();
         for c in containers {
             let task = self.get_task(&c.id).await?;
+            let rootfs_missing = rootfs && self.rootfs_missing(&c).await?;
             let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
             let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
             let created_at =
                 c.created_at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time));
-            out.push(ActualContainer { id: c.id, labels, task, image_digest, created_at });
+            out.push(ActualContainer { id: c.id, labels, task, image_digest, created_at, rootfs_missing });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -728,7 +746,7 @@ impl ContainerdRuntime {
 
 impl Runtime for ContainerdRuntime {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {
-        Box::pin(async move { self.with_tasks(self.list_containers().await?).await })
+        Box::pin(async move { self.with_tasks(self.list_containers().await?, false).await })
     }
 
     fn find<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<Vec<ActualContainer>, RuntimeError>> {
@@ -738,7 +756,7 @@ impl Runtime for ContainerdRuntime {
                 let filter = format!(
                     "labels.\"{LABEL_MANAGED_BY}\"==\"{MANAGED_BY}\",labels.\"{LABEL_UID}\"==\"{uid_q}\""
                 );
-                self.with_tasks(self.list_filtered(filter).await?).await
+                self.with_tasks(self.list_filtered(filter).await?, true).await
             }
             .instrument(tracing::debug_span!("find", uid)),
         )
@@ -750,7 +768,7 @@ impl Runtime for ContainerdRuntime {
             if c.labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
                 return Ok(None);
             }
-            Ok(self.with_tasks(vec![c]).await?.pop())
+            Ok(self.with_tasks(vec![c], false).await?.pop())
         })
     }
 
