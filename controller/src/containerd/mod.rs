@@ -513,7 +513,24 @@ impl ContainerdRuntime {
             stderr: uri,
             ..Default::default()
         };
-        t.create(self.ctx.req(req)).await.map_err(|s| create_error(id, &s))?;
+        match t.create(self.ctx.req(req.clone())).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists && self.get_task(id).await?.is_none() => {
+                // containerd was killed during a Tasks.Create: restarted, it
+                // holds the shim it had started, with no task in it (Get
+                // says "container not created"), and refuses every create.
+                // Deleting the task shuts that shim down and removes its
+                // bundle (the shim's NotFound is what containerd expects).
+                tracing::warn!(container = id, "containerd holds a shim without a task (it died during a create); deleting it");
+                match t.delete(self.ctx.req(DeleteTaskRequest { container_id: id.to_string() })).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => return Err(from_status("delete empty task", id, &s)),
+                }
+                t.create(self.ctx.req(req)).await.map_err(|s| create_error(id, &s))?;
+            }
+            Err(s) => return Err(create_error(id, &s)),
+        }
         self.start_task(id).await
     }
 
