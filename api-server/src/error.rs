@@ -95,6 +95,8 @@ impl ApiError {
                 StoreError::TooNew { .. } => Status::failure(504, "Timeout", msg),
                 StoreError::Busy => Status::failure(429, "TooManyRequests", msg),
                 StoreError::Closed => Status::failure(503, "ServiceUnavailable", msg),
+                // Nothing stored; retrying makes sense once space returns.
+                StoreError::Full(_) => Status::failure(507, "InsufficientStorage", msg),
                 StoreError::Internal(_) => Status::failure(500, "InternalError", msg),
             },
         }
@@ -107,7 +109,7 @@ pub fn status_response(s: &Status) -> Response {
     let code = StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(s).unwrap_or_default();
     let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if code == StatusCode::TOO_MANY_REQUESTS || code == StatusCode::GATEWAY_TIMEOUT {
+    if matches!(code, StatusCode::TOO_MANY_REQUESTS | StatusCode::GATEWAY_TIMEOUT | StatusCode::INSUFFICIENT_STORAGE) {
         r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     r
@@ -135,5 +137,12 @@ mod tests {
         let key = steward_store::Key::new("containers", "default", "a");
         let r = ApiError::Store(StoreError::TooLarge { key, size: 2, limit: 1 }).into_response();
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_full_disk_is_507_with_retry_after() {
+        let r = ApiError::Store(StoreError::Full("database or disk is full".into())).into_response();
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
     }
 }

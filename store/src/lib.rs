@@ -65,14 +65,28 @@ pub enum StoreError {
     Busy,
     #[error("the store is shutting down")]
     Closed,
+    /// The store's disk is full: the write was not stored; it may succeed
+    /// once space returns.
+    #[error("the store's disk is full ({0}): the write was not stored; free space in steward's data dir and retry")]
+    Full(String),
     #[error("storage error: {0}")]
     Internal(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if is_disk_full(&e) {
+            return StoreError::Full(e.to_string());
+        }
         StoreError::Internal(e.to_string())
     }
+}
+
+/// SQLITE_FULL (13, and its extended codes): no space for the database,
+/// its journal or a temporary file.
+pub(crate) fn is_disk_full(e: &sqlx::Error) -> bool {
+    let code = e.as_database_error().and_then(|d| d.code()).and_then(|c| c.parse::<i64>().ok());
+    code.is_some_and(|c| c & 0xff == 13)
 }
 
 /// Largest object the store keeps, as serialised JSON (etcd's and so

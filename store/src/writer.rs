@@ -195,8 +195,10 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
             } else {
                 tracing::error!(error = %e, "commit failed; failing the batch");
             }
+            let (msg, full) = (e.to_string(), crate::is_disk_full(&e));
             for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Internal(format!("commit failed: {e}"))));
+                let err = if full { StoreError::Full(msg.clone()) } else { StoreError::Internal(format!("commit failed: {msg}")) };
+                let _ = reply.send(Err(err));
             }
             return;
         }
