@@ -23,6 +23,9 @@ pub trait ImageImporter: Send + Sync {
     fn import<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<Vec<String>, String>>;
 }
 
+/// The longest an image archive upload may take.
+const MAX_UPLOAD: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub async fn import(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let Some(importer) = app.config.images.clone() else {
         return Err(ApiError::NotFound("this server runs no container runtime (started with --no-controller)".into()));
@@ -35,7 +38,21 @@ pub async fn import(State(app): State<AppState>, body: Body) -> Result<Response,
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut stream = body.into_data_stream();
         let mut total = 0usize;
-        while let Some(chunk) = stream.next().await {
+        // An archive may take minutes to arrive, but not stall: each part
+        // must come within the body read timeout, and the whole within
+        // MAX_UPLOAD (a client trickling bytes holds a request slot).
+        let idle = app.config.body_read_timeout;
+        let deadline = tokio::time::Instant::now() + MAX_UPLOAD;
+        loop {
+            let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let next = tokio::time::timeout(wait, stream.next()).await.map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the image archive stalled: nothing received for {}s, or not complete within {}s (after {total} bytes)",
+                    wait.as_secs(),
+                    MAX_UPLOAD.as_secs()
+                ))
+            })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))?;
             total += chunk.len();
             if total > app.config.max_image_bytes {

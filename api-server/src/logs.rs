@@ -112,6 +112,12 @@ pub async fn get(
                 return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
             }
             let current = dir.join(format!("{id}.log"));
+            // Never ran (a create error, a pull): as kube-apiserver, say
+            // so, rather than serve (or follow) nothing.
+            let waiting = obj.object.status.as_ref().and_then(|s| s.pointer("/state/waiting/reason")).and_then(Value::as_str);
+            if let (Some(reason), false, false) = (waiting, o.previous, current.exists()) {
+                return Err(ApiError::BadRequest(format!("container {name:?} is waiting to start: {reason}")));
+            }
             let base = if o.previous { previous_base(&current) } else { current.clone() };
             (current, base)
         }

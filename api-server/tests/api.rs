@@ -1233,3 +1233,41 @@ async fn json_patch_moves_are_not_counted_as_growth() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["metadata"]["annotations"]["a"].as_str().map(str::len), Some(200_000));
 }
+
+struct NoImages;
+
+impl steward_apiserver::ImageImporter for NoImages {
+    fn import<'a>(&'a self, _: &'a std::path::Path) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async { Ok(vec!["never reached".to_string()]) })
+    }
+}
+
+/// An image archive upload that stalls is refused with 408 once nothing
+/// arrived for the body read timeout (an archive may take long, but not
+/// stall), and the partial upload is not kept.
+#[tokio::test]
+async fn a_stalled_image_upload_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uploads = tempfile::tempdir().unwrap();
+    let api = steward_apiserver::Config {
+        body_read_timeout: Duration::from_secs(1),
+        images: Some(std::sync::Arc::new(NoImages)),
+        upload_dir: Some(uploads.path().to_path_buf()),
+        ..Default::default()
+    };
+    let s = TestServer::start_with(|_| {}, api).await;
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {BASE}/images/import HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-tar\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut got)).await.expect("no answer").unwrap();
+    let text = String::from_utf8_lossy(&got[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("stalled"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(std::fs::read_dir(uploads.path()).unwrap().count(), 0, "the partial upload is removed");
+}
