@@ -1271,3 +1271,32 @@ async fn a_stalled_image_upload_times_out() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(std::fs::read_dir(uploads.path()).unwrap().count(), 0, "the partial upload is removed");
 }
+
+/// Logs of a container that never ran (created, then a create error) are a
+/// 400 saying why, as kube-apiserver's "is waiting to start", not an empty
+/// body or a follow that ends at once.
+#[tokio::test]
+async fn logs_of_a_container_that_never_ran_say_it_waits() {
+    let logs = tempfile::tempdir().unwrap();
+    let api = steward_apiserver::Config { logs_dir: Some(logs.path().to_path_buf()), ..Default::default() };
+    let s = TestServer::start_with(|_| {}, api).await;
+    create(&s, &container("w")).await;
+    let status = json!({"status": {"containerID": "containerd://default.w.0123456789ab",
+        "state": {"waiting": {"reason": "CreateContainerError", "message": "exec: \"x\": not found"}}}});
+    let (code, st) = body(
+        s.client
+            .patch(s.ns_url("/w/status"))
+            .header("content-type", "application/merge-patch+json")
+            .body(status.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{st}");
+    for q in ["", "?follow=true"] {
+        let (code, st) = body(s.client.get(s.ns_url(&format!("/w/log{q}"))).send().await.unwrap()).await;
+        assert_eq!(code, 400, "{q}: {st}");
+        assert_eq!(st["message"], "container \"w\" is waiting to start: CreateContainerError", "{st}");
+    }
+}
