@@ -7,7 +7,7 @@ use anyhow::bail;
 use tokio::time::Instant;
 
 use crate::client::is_transport;
-use crate::duration::parse_duration;
+use steward_config::parse_duration;
 use crate::manifests;
 use crate::resource::{parse_targets, qualified};
 use crate::wait::{wait_for, Goal};

@@ -17,7 +17,7 @@ pub struct LogsArgs {
     #[arg(long)]
     pub tail: Option<u64>,
     /// Only lines newer than this (e.g. 10s, 5m, 1h).
-    #[arg(long, value_parser = crate::duration::parse_duration)]
+    #[arg(long, value_parser = steward_config::parse_duration)]
     pub since: Option<std::time::Duration>,
     /// Prefix each line with its RFC 3339 timestamp.
     #[arg(long)]

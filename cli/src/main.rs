@@ -7,7 +7,6 @@ mod client;
 mod delete;
 mod describe;
 mod diff;
-mod duration;
 mod get;
 mod image;
 mod logs;
@@ -63,12 +62,25 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Manage images in the container runtime.
     Image(image::ImageArgs),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// containerd's shim runs this as the containers' log driver
     /// (`binary://` log URI); not for people.
     #[command(hide = true)]
     LogDriver {
         /// Log root, with optional `?max-size=BYTES&max-files=N`.
         arg: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Parse and validate a configuration file without a server: prints
+    /// its digest, or what is wrong and where (exit 1).
+    Check {
+        /// The file (YAML).
+        path: std::path::PathBuf,
     },
 }
 
@@ -122,9 +134,16 @@ pub fn report(e: &anyhow::Error) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<ExitCode> {
     if let Command::Serve(args) = cli.command {
-        serve::run(args).await?;
+        let config = config.ok_or_else(|| anyhow::anyhow!("serve: no configuration"))?;
+        serve::run(args, config).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Config(ConfigCommand::Check { path }) = &cli.command {
+        let c = steward_config::Config::load(path)?;
+        serve::check_log_level(&c).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        emit(&format!("{}: valid, digest {}\n", path.display(), c.digest()))?;
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(ns) = &cli.namespace {
@@ -144,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
-        Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
+        Command::Config(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -160,8 +179,20 @@ fn main() -> ExitCode {
             }
         };
     }
-    if matches!(cli.command, Command::Serve(_)) {
-        init_logging();
+    // serve: the configuration first (it says how to log); a bad one
+    // stops here, naming the key.
+    let mut config = None;
+    if let Command::Serve(args) = &cli.command {
+        match serve::load_config(args) {
+            Ok(c) => {
+                init_logging(&c.config.log);
+                config = Some(c);
+            }
+            Err(e) => {
+                report(&e);
+                return ExitCode::FAILURE;
+            }
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -170,7 +201,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, config)) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
@@ -203,11 +234,22 @@ fn token(server: &str, flag: Option<&str>, file: Option<&std::path::Path>) -> an
 
 /// Logs of `serve` go to stderr through `tracing`; `RUST_LOG` filters
 /// (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+/// Logging as configured (`log.level`, `log.format`); `RUST_LOG`, when
+/// set, overrides the level as a flag would.
+fn init_logging(log: &steward_config::Log) {
+    let quiet = "sqlx=warn,h2=warn,tower=warn";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(format!("{},{quiet}", log.level)).unwrap_or_else(|e| {
+            eprintln!("warning: log.level {:?}: {e}; logging at info", log.level);
+            tracing_subscriber::EnvFilter::new(format!("info,{quiet}"))
+        })
+    });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        steward_config::LogFormat::Json => fmt.json().init(),
+        steward_config::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[cfg(test)]

@@ -34,9 +34,14 @@ pub struct ServeArgs {
     /// The containerd namespace steward's containers live in.
     #[arg(long, default_value = "steward")]
     pub containerd_namespace: String,
-    /// Reconciles running at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// The configuration file (YAML; see the README). Default:
+    /// /etc/steward/config.yaml when it exists, else built-in defaults.
+    /// Flags override what it says.
+    #[arg(long, env = "STEWARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Reconciles running at once (config: controller.concurrency, 4).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// The API's bearer token; created (random, mode 0600) if missing.
     /// Default: DATA/token.
     #[arg(long, env = "STEWARD_TOKEN_FILE")]
@@ -54,15 +59,16 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// How long the event log keeps history for watches (e.g. 10m, 1h).
-    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
-    pub event_retention: Duration,
+    /// How long the event log keeps history for watches, e.g. 10m, 1h
+    /// (config: store.compactionWindow, 10m).
+    #[arg(long, value_parser = steward_config::parse_duration)]
+    pub event_retention: Option<Duration>,
     /// Most events the event log keeps.
     #[arg(long, default_value_t = 100_000)]
     pub event_retention_count: i64,
     /// How often the event log is compacted (events past --event-retention
     /// or --event-retention-count are removed).
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = steward_config::parse_duration)]
     pub compact_interval: Duration,
     /// Events a watcher may fall behind before it is ended with 410 Expired.
     #[arg(long, default_value_t = 10_000)]
@@ -76,14 +82,68 @@ pub struct ServeArgs {
     pub max_long_running_inflight: usize,
     /// How often runtime containers are checked for garbage (default 5m;
     /// also at start, and at once for every container created).
-    #[arg(long, value_parser = crate::duration::parse_duration)]
+    #[arg(long, value_parser = steward_config::parse_duration)]
     pub gc_interval: Option<Duration>,
 }
 
 /// How often containerd is probed for `/readyz`.
 const READINESS_PROBE_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// The configuration `serve` runs with: `--config`, else the default file
+/// when it exists, else the built-in defaults; flags then override it.
+pub struct LoadedConfig {
+    /// The file's configuration with the flags' overrides.
+    pub config: steward_config::Config,
+    pub path: Option<PathBuf>,
+    /// The digest of the file's own configuration (what `steward config
+    /// check` prints for it), before any flag overrides it.
+    pub file_digest: String,
+    /// The flags that overrode the file.
+    pub overrides: Vec<&'static str>,
+}
+
+pub fn load_config(args: &ServeArgs) -> anyhow::Result<LoadedConfig> {
+    let path = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(steward_config::DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    let mut config = match &path {
+        Some(p) => steward_config::Config::load(p).map_err(|e| anyhow::anyhow!("--config: {e}"))?,
+        None => steward_config::Config::default(),
+    };
+    let file_digest = config.digest();
+    let mut overrides = Vec::new();
+    if let Some(n) = args.concurrency {
+        if n == 0 || n > 256 {
+            anyhow::bail!("--concurrency {n}: must be between 1 and 256");
+        }
+        config.controller.concurrency = n;
+        overrides.push("--concurrency");
+    }
+    if let Some(d) = args.event_retention {
+        if d.is_zero() {
+            anyhow::bail!("--event-retention must be longer than 0");
+        }
+        config.store.compaction_window = d;
+        overrides.push("--event-retention");
+    }
+    check_log_level(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+    Ok(LoadedConfig { config, path, file_digest, overrides })
+}
+
+/// What the config crate cannot check itself: `log.level` must be a
+/// filter `tracing` understands.
+pub fn check_log_level(c: &steward_config::Config) -> anyhow::Result<()> {
+    tracing_subscriber::EnvFilter::try_new(&c.log.level).map_err(|e| anyhow::anyhow!("log.level: {:?}: {e}", c.log.level))?;
+    Ok(())
+}
+
+pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
+    let LoadedConfig { config, path, file_digest, overrides } = loaded;
+    match &path {
+        Some(p) => tracing::info!(file = %p.display(), digest = %file_digest, ?overrides, "configuration loaded"),
+        None => tracing::info!(digest = %file_digest, ?overrides, "no configuration file; built-in defaults"),
+    }
     if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
         anyhow::bail!(
             "--listen {}: steward's API runs containers as root and has no TLS yet, so its token would cross the \
@@ -110,7 +170,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The store's identity lives in the store; a store made by a steward
     // that kept it in DATA/store-uid takes that one over, once.
     cfg.adopt_uid = legacy_store_uid(&args.data_dir)?;
-    cfg.retention.max_age = args.event_retention;
+    cfg.retention.max_age = config.store.compaction_window;
     cfg.retention.max_events = args.event_retention_count;
     cfg.compact_interval = args.compact_interval;
     cfg.watch_buffer = args.watch_buffer;
@@ -189,7 +249,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(rt) = runtime {
         let server = format!("http://{addr}");
         let mut cfg = ManagerConfig::new(store_uid);
-        cfg.controller.concurrency = args.concurrency;
+        cfg.controller.concurrency = config.controller.concurrency;
+        cfg.controller.resync = Some(config.controller.resync_period);
         if let Some(every) = args.gc_interval {
             cfg.gc_interval = every;
         }

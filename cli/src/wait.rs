@@ -14,7 +14,7 @@ use steward_schema::Container;
 use tokio::time::Instant;
 
 use crate::client::{is_transport, Client, ClientError, ListOptions, WatchEvent};
-use crate::duration::parse_duration;
+use steward_config::parse_duration;
 use crate::resource::{parse_targets, qualified};
 use crate::{emit, report, Context};
 

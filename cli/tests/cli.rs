@@ -299,3 +299,62 @@ fn the_api_wants_its_token() {
     let out = steward_at(server.url(), &["--token-file", &token_file.to_string_lossy(), "get", "containers"], None);
     expect_code(&out, 0);
 }
+
+/// `steward config check` and `serve --config`: a valid file is accepted
+/// (its digest printed, the server logs it), a bad one is refused before
+/// anything starts, naming file, key and problem; flags override the file.
+#[test]
+fn the_configuration_file_is_checked_and_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.yaml");
+    write(
+        &good,
+        "controller:\n  concurrency: 2\n  resyncPeriod: 1m\nlog:\n  level: debug\n  format: json\nstore:\n  compactionWindow: 30m\n",
+    );
+    let out = steward_at("http://127.0.0.1:1", &["config", "check", &good.to_string_lossy()], None);
+    expect_code(&out, 0);
+    assert!(stdout(&out).contains("valid, digest sha256:"), "{}", stdout(&out));
+
+    let bad = dir.path().join("bad.yaml");
+    write(&bad, "runtimes:\n  handlers:\n    runc: {runtime: runc, argz: [--debug]}\n");
+    let out = steward_at("http://127.0.0.1:1", &["config", "check", &bad.to_string_lossy()], None);
+    expect_code(&out, 1);
+    let msg = stderr(&out);
+    assert!(msg.contains("bad.yaml: runtimes.handlers.runc.argz: unknown field `argz`"), "{msg}");
+
+    // serve refuses it before it opens anything.
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("run serve");
+    expect_code(&out, 1);
+    assert!(stderr(&out).contains("--config: ") && stderr(&out).contains("runtimes.handlers.runc.argz"), "{}", stderr(&out));
+    assert!(!data.exists(), "a refused configuration must not create the data dir");
+
+    // A good one is used: JSON logs at debug, the digest logged; the
+    // event-retention flag overrides store.compactionWindow.
+    let server = TestServer::start_with(&data, &["--config", &good.to_string_lossy(), "--event-retention", "5m"]);
+    let digest = stdout(&steward_at("http://127.0.0.1:1", &["config", "check", &good.to_string_lossy()], None))
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let logs = server.logs();
+    let loaded = logs.lines().find(|l| l.contains("configuration loaded")).unwrap_or_else(|| panic!("no load line in:\n{logs}"));
+    let v: serde_json::Value = serde_json::from_str(loaded).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {loaded}"));
+    assert_eq!(v["fields"]["digest"], digest.as_str(), "{loaded}");
+    // log.level debug: the store's snapshot (2 s after a write) says so.
+    let m = dir.path().join("m.yaml");
+    write(&m, &manifest("cfg", "busybox", "x"));
+    expect_code(&server.steward(&["apply", "-f", &m.to_string_lossy()]), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.logs().contains("\"level\":\"DEBUG\"") {
+        assert!(std::time::Instant::now() < deadline, "no DEBUG line: log.level debug did not apply:\n{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
