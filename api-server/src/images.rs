@@ -23,8 +23,10 @@ pub trait ImageImporter: Send + Sync {
     fn import<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<Vec<String>, String>>;
 }
 
-/// The longest an image archive upload may take.
-const MAX_UPLOAD: std::time::Duration = std::time::Duration::from_secs(600);
+/// The slowest an image archive upload may arrive on average (bytes/s),
+/// once [`RATE_GRACE`] has passed.
+const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+const RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn import(State(app): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let Some(importer) = app.config.images.clone() else {
@@ -38,20 +40,27 @@ pub async fn import(State(app): State<AppState>, body: Body) -> Result<Response,
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| ApiError::Unavailable(format!("{}: {e}", path.display())))?;
         let mut stream = body.into_data_stream();
         let mut total = 0usize;
-        // An archive may take minutes to arrive, but not stall: each part
-        // must come within the body read timeout, and the whole within
-        // MAX_UPLOAD (a client trickling bytes holds a request slot).
+        // An archive may take long to arrive, but not stall or trickle:
+        // each part must come within the body read timeout, and after the
+        // first minute the upload must average MIN_UPLOAD_RATE (a client
+        // trickling bytes holds a request slot).
         let idle = app.config.body_read_timeout;
-        let deadline = tokio::time::Instant::now() + MAX_UPLOAD;
+        let started = tokio::time::Instant::now();
         loop {
-            let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            let next = tokio::time::timeout(wait, stream.next()).await.map_err(|_| {
+            let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| {
                 ApiError::RequestTimeout(format!(
-                    "the image archive stalled: nothing received for {}s, or not complete within {}s (after {total} bytes)",
-                    wait.as_secs(),
-                    MAX_UPLOAD.as_secs()
+                    "the image archive stalled: nothing received for {}s (after {total} bytes)",
+                    idle.as_secs()
                 ))
             })?;
+            let elapsed = started.elapsed();
+            if elapsed > RATE_GRACE && (total as f64) < MIN_UPLOAD_RATE as f64 * elapsed.as_secs_f64() {
+                return Err(ApiError::RequestTimeout(format!(
+                    "the image archive arrives too slowly: {total} bytes in {}s, below {} KiB/s",
+                    elapsed.as_secs(),
+                    MIN_UPLOAD_RATE / 1024
+                )));
+            }
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))?;
             total += chunk.len();

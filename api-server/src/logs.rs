@@ -98,26 +98,21 @@ pub async fn get(
         // Containers started before it log per container id.
         None => {
             attempts_dir = None;
-            let id = obj
-                .object
-                .status
-                .as_ref()
-                .and_then(|s| s.get("containerID"))
-                .and_then(Value::as_str)
-                .map(|s| s.trim_start_matches("containerd://").to_string())
-                .ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
+            let status = obj.object.status.as_ref();
+            let id = status.and_then(|s| s.get("containerID")).and_then(Value::as_str).map(|s| s.trim_start_matches("containerd://"));
             // The id comes from status, which clients can write: it must name a
             // file in the log directory and nothing else.
-            if !is_runtime_id(&id) {
+            if let Some(id) = id.filter(|id| !is_runtime_id(id)) {
                 return Err(ApiError::BadRequest(format!("status.containerID {id:?} is not a container id")));
             }
-            let current = dir.join(format!("{id}.log"));
-            // Never ran (a create error, a pull): as kube-apiserver, say
-            // so, rather than serve (or follow) nothing.
-            let waiting = obj.object.status.as_ref().and_then(|s| s.pointer("/state/waiting/reason")).and_then(Value::as_str);
-            if let (Some(reason), false, false) = (waiting, o.previous, current.exists()) {
+            let current = id.map(|id| dir.join(format!("{id}.log")));
+            // Never ran (pulling, a pull or create error): as kube-apiserver,
+            // say so, rather than serve (or follow) nothing.
+            let waiting = status.and_then(|s| s.pointer("/state/waiting/reason")).and_then(Value::as_str);
+            if let (Some(reason), false, false) = (waiting, o.previous, current.as_ref().is_some_and(|c| c.exists())) {
                 return Err(ApiError::BadRequest(format!("container {name:?} is waiting to start: {reason}")));
             }
+            let current = current.ok_or_else(|| ApiError::BadRequest(format!("container {name:?} has not been created yet")))?;
             let base = if o.previous { previous_base(&current) } else { current.clone() };
             (current, base)
         }

@@ -1299,4 +1299,11 @@ async fn logs_of_a_container_that_never_ran_say_it_waits() {
         assert_eq!(code, 400, "{q}: {st}");
         assert_eq!(st["message"], "container \"w\" is waiting to start: CreateContainerError", "{st}");
     }
+    // Before any container exists (a pull): the same.
+    create(&s, &container("p")).await;
+    let status = json!({"status": {"state": {"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}}}});
+    let r = s.client.patch(s.ns_url("/p/status")).header("content-type", "application/merge-patch+json").body(status.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, st) = body(s.client.get(s.ns_url("/p/log?follow=true")).send().await.unwrap()).await;
+    assert_eq!((code.as_u16(), st["message"].as_str()), (400, Some("container \"p\" is waiting to start: ErrImagePull")), "{st}");
 }

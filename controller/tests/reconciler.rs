@@ -742,3 +742,41 @@ async fn logs_go_with_the_object_and_orphan_logs_are_collected() {
     let _ = tx.send(());
     run.await.unwrap();
 }
+
+/// A rootfs snapshot removed behind steward's back: prepared again from the
+/// image the container was made from (pinned by digest), with no status
+/// write, no kill and no start: a running container keeps its pid, a
+/// finished `Never` one stays Succeeded and does not run again, even when
+/// its pull policy is Always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_rootfs_is_prepared_again_without_touching_the_task() {
+    let h = Harness::start().await;
+    h.apply("run", json!({"image": "busybox", "args": ["sleep"]})).await;
+    h.apply("job", json!({"image": "busybox", "args": ["exit=0"], "restartPolicy": "Never", "imagePullPolicy": "Always"})).await;
+    let run = h.wait_for("run", "Running", |o| phase(o) == "Running").await.unwrap();
+    let job = h.wait_for("job", "Succeeded", |o| phase(o) == "Succeeded").await.unwrap();
+    let (run_id, job_id) = (container_of(&run), container_of(&job));
+    let rv = |o: &Value| o["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+    for id in [&run_id, &job_id] {
+        h.fake.s.lock().unwrap().containers.get_mut(id).unwrap().rootfs_missing = true;
+        let _ = h.fake.events.send(id.clone());
+    }
+    for id in [&run_id, &job_id] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while h.fake.s.lock().unwrap().containers[id].rootfs_missing {
+            assert!(tokio::time::Instant::now() < deadline, "{id}: rootfs never prepared again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (run2, job2) = (h.get("run").await.unwrap(), h.get("job").await.unwrap());
+    assert_eq!(rv(&run2), rv(&run), "no status write for the running one");
+    assert_eq!(rv(&job2), rv(&job), "no status write for the finished one");
+    assert_eq!(run2["status"]["pid"], run["status"]["pid"]);
+    let log = h.fake.s.lock().unwrap().log.clone();
+    assert_eq!(log.iter().filter(|l| **l == format!("start {job_id}")).count(), 1, "the Never job ran again: {log:?}");
+    assert!(!log.iter().any(|l| l.starts_with(&format!("kill {run_id}"))), "the running one was signalled: {log:?}");
+    // The repair asked for the image by its digest, not the tag.
+    let pulls = h.fake.pulls.lock().unwrap().clone();
+    assert!(pulls.keys().any(|i| i.contains("@sha256:")), "{pulls:?}");
+}

@@ -547,8 +547,8 @@ fn fault_tampering_through_ctr() {
 }
 
 /// Scenario 5, a snapshot removed under a container: steward hears of it
-/// (`/snapshot/remove`) and replaces a container with a task (it runs on a
-/// deleted upper dir), or prepares the rootfs again for one without.
+/// (`/snapshot/remove`) and prepares the rootfs again from the image the
+/// container was made from, leaving a running task and the status alone.
 #[test]
 fn fault_tampering_remove_snapshot() {
     tampering("tamper-snapshot", &["remove-snapshot"]);
@@ -590,9 +590,32 @@ fn tampering(scenario: &str, kinds: &[&str]) {
         let now = objects(&e.steward);
         for &i in &hit {
             let (b, a) = (&objs[&pool[i]], &now[&pool[i]]);
-            // Killed, or replaced for its lost rootfs: a new process either way.
-            if b["metadata"]["labels"][fault::LABEL_EXPECT] == "running" {
-                assert_ne!(a["status"]["pid"], b["status"]["pid"], "{}: still reports the old pid", pool[i]);
+            if b["metadata"]["labels"][fault::LABEL_EXPECT] != "running" {
+                continue;
+            }
+            if kinds == ["remove-snapshot"] {
+                // Its rootfs is prepared again for the next start; the
+                // running process is left alone.
+                assert_eq!(a["status"]["pid"], b["status"]["pid"], "{}: a lost snapshot must not restart the container", pool[i]);
+                assert_eq!(a["status"]["restartCount"], b["status"]["restartCount"], "{}", pool[i]);
+            } else {
+                assert_ne!(a["status"]["pid"], b["status"]["pid"], "{}: still reports the killed pid", pool[i]);
+            }
+        }
+        if kinds == ["remove-snapshot"] {
+            // The prepared-again rootfs serves the next start: kill the
+            // running ones; they restart (per policy) on it.
+            let running: Vec<usize> = hit.iter().copied().filter(|&i| objs[&pool[i]]["metadata"]["labels"][fault::LABEL_EXPECT] == "running").collect();
+            for &i in &running {
+                tamper(&e.steward, "kill-task", &container_id(&now[&pool[i]]));
+                if let Some(pid) = now[&pool[i]]["status"]["pid"].as_u64() {
+                    wait_for("the killed process to die", Duration::from_secs(10), || matches!(proc_state(pid as i32), 'X' | 'Z').then_some(()));
+                }
+            }
+            checker.converge(&e.steward, &want, fault::converge_bound());
+            let after = objects(&e.steward);
+            for &i in &running {
+                assert_ne!(after[&pool[i]]["status"]["pid"], now[&pool[i]]["status"]["pid"], "{}: did not restart", pool[i]);
             }
         }
         // Fresh containers for the tampered ones (resets their backoff).

@@ -75,9 +75,6 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if is_disk_full(&e) {
-            return StoreError::Full(e.to_string());
-        }
         StoreError::Internal(e.to_string())
     }
 }

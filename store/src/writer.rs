@@ -195,7 +195,8 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
             } else {
                 tracing::error!(error = %e, "commit failed; failing the batch");
             }
-            let (msg, full) = (e.to_string(), crate::is_disk_full(&e));
+            // Full only when nothing landed: "not stored" must be true.
+            let (msg, full) = (e.to_string(), crate::is_disk_full(&e) && !*poisoned);
             for (reply, _) in replies {
                 let err = if full { StoreError::Full(msg.clone()) } else { StoreError::Internal(format!("commit failed: {msg}")) };
                 let _ = reply.send(Err(err));

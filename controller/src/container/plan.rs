@@ -68,6 +68,21 @@ pub enum Step {
     /// Apply the spec's resource limits in place (running task and stored
     /// OCI spec) and record them in its labels.
     Resize { id: String },
+    /// Prepare the container's removed rootfs snapshot again from `image`
+    /// (pinned to the digest it was made from), without a pull policy's
+    /// status: the image is used if present, pulled by digest if not.
+    RepairRootfs { id: String, image: String },
+}
+
+/// `image` pinned to `digest` (`repo:tag@sha256:...`), when known.
+pub fn pinned_image(image: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(d) if d.starts_with("sha256:") => {
+            let base = image.split_once('@').map(|(b, _)| b).unwrap_or(image);
+            format!("{base}@{d}")
+        }
+        _ => image.to_string(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -405,28 +420,20 @@ fn restart_after(status: &mut ContainerStatus, prior: &ContainerStatus, t: State
 }
 
 /// Plans the next step for a live (not deleting) object.
-/// The container's rootfs snapshot was removed while it has a task
-/// (running, paused, created): its processes see a deleted upper dir.
-fn rootfs_lost_under_task(c: &ActualContainer) -> bool {
-    c.rootfs_missing && c.task.as_ref().is_some_and(|t| t.status != TaskStatus::Stopped)
-}
-
 pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let spec = &obj.spec;
     let prior = obj.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = Some(obj.metadata.generation);
     let policy = spec.restart_policy.unwrap_or(RestartPolicy::Always);
-    let current = actual.iter().find(|c| made_from(c, spec) && !rootfs_lost_under_task(c));
+    let current = actual.iter().find(|c| made_from(c, spec));
 
     // Containers of another spec go first (a spec change = stop, remove,
     // create; a container is never rebuilt in place), each stopped with
-    // its own signal and grace; so does one whose rootfs was removed
-    // under its task.
+    // its own signal and grace.
     if let Some(old) = actual.iter().find(|c| Some(c.id.as_str()) != current.map(|c| c.id.as_str())) {
         status.phase = Some(Phase::Pending);
-        let why = if rootfs_lost_under_task(old) { "its rootfs snapshot was removed" } else { "a spec change" };
-        status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after {why}", old.id)));
+        status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after a spec change", old.id)));
         status.pid = None;
         set_ready(&mut status, false, REASON_CREATING, now);
         let (signal, grace) = stop_params(old, Some(spec));
@@ -457,10 +464,13 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         status.image_digest = current.image_digest.clone();
     }
     if current.rootfs_missing {
-        // No task runs on it (else it would be replaced above): prepare
-        // the rootfs again, as a restart would have a fresh one anyway;
-        // the container and what status says of it stay.
-        return Plan { step: Step::Create { id }, status };
+        // Its rootfs snapshot was removed behind steward's back. A task
+        // running on it keeps its mount and is left alone (killing it would
+        // end a Never job, or count a crash that did not happen); the
+        // snapshot is prepared again, from the very image the container was
+        // made from, for its next start. Status stays as it is.
+        let image = pinned_image(&spec.image, current.image_digest.as_deref());
+        return Plan { step: Step::RepairRootfs { id, image }, status };
     }
     let labels = relabel(current, spec);
     if !labels.is_empty() {
@@ -1242,27 +1252,29 @@ mod tests {
         assert_eq!(plan(&o, std::slice::from_ref(&c), &t(0)).step, Step::Start { id: c.id.clone() });
     }
     #[test]
-    fn a_removed_rootfs_is_replaced_under_a_task_and_prepared_again_without_one() {
+    fn a_removed_rootfs_is_prepared_again_and_nothing_else_moves() {
         let o = obj(RestartPolicy::Never);
         let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
         let mut c = actual(&o, running(42));
         c.rootfs_missing = true;
-        // Under a running task: replaced (stopped with its own signal, then
-        // removed and created again), and status says why.
+        let pinned = format!("{}@sha256:abc", o.spec.image);
+        // Under a running task: the snapshot is prepared again from the
+        // image it was made from; the task and status are left alone.
         let p = plan(&o, &[c.clone()], &t(1));
-        assert!(matches!(&p.step, Step::Stop { id, .. } if *id == c.id), "{:?}", p.step);
-        assert!(p.status.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some_and(|w| w.message.contains("rootfs")));
-        // Once its task is gone, the same spec makes the same container again.
+        assert_eq!(p.step, Step::RepairRootfs { id: c.id.clone(), image: pinned.clone() });
+        assert_eq!(p.status, o.status.clone().unwrap(), "status does not move");
+        // A finished Never container: the same repair; it stays Succeeded
+        // and is not started.
         c.task = Some(Task { pid: 42, status: TaskStatus::Stopped, exit_code: Some(0), exited_at: Some(t(2)), oom_killed: false });
         let done = with_status(&o, plan(&o, &[actual(&o, c.task.clone())], &t(3)).status);
         assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded));
-        // A finished Never container: the rootfs is prepared again in
-        // place; it does not run again and stays Succeeded.
         let p = plan(&done, &[c.clone()], &t(4));
-        assert_eq!(p.step, Step::Create { id: c.id.clone() });
+        assert_eq!(p.step, Step::RepairRootfs { id: c.id.clone(), image: pinned.clone() });
         assert_eq!(p.status.phase, Some(Phase::Succeeded));
-        // Without any task: the same repair, before anything starts.
-        c.task = None;
-        assert_eq!(plan(&done, &[c.clone()], &t(5)).step, Step::Create { id: c.id.clone() });
+        // Repaired: back to what it was (nothing to do).
+        c.rootfs_missing = false;
+        assert_eq!(plan(&done, &[c.clone()], &t(5)).step, Step::Nothing { requeue: None });
+        assert_eq!(pinned_image("r/x:1@sha256:old", Some("sha256:new")), "r/x:1@sha256:new");
+        assert_eq!(pinned_image("r/x:1", None), "r/x:1");
     }
 }

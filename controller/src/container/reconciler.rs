@@ -162,16 +162,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 Err(ImageError::Runtime(e)) => return Err(e.into()),
                 Err(ImageError::Api(e)) => return Err(e),
             };
-            let m = &obj.metadata;
-            let mut labels = BTreeMap::from([
-                (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-                (LABEL_UID.to_string(), m.uid.clone()),
-                (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
-                (LABEL_NAME.to_string(), m.name.clone()),
-                (LABEL_STORE.to_string(), ctx.store_uid.to_string()),
-            ]);
-            labels.extend(spec_labels(&obj.spec));
-            match rt.create(&id, &obj.spec, &image, labels).await {
+            match rt.create(&id, &obj.spec, &image, object_labels(ctx, obj)).await {
                 Ok(()) => Ok(Action::Requeue(Duration::ZERO)),
                 Err(e @ RuntimeError::Create(_)) => {
                     set_waiting(ctx, obj, REASON_CREATE_ERROR, e.to_string()).await?;
@@ -231,6 +222,14 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 Err(e) => Err(e.into()),
             }
         }
+        Step::RepairRootfs { id, image } => {
+            // No status write on any path: the container's state is what it
+            // was; a failure retries with backoff.
+            let cfg = rt.ensure_image(&image, PullPolicy::IfNotPresent, Box::new(|_| {})).await?;
+            rt.create(&id, &obj.spec, &cfg, object_labels(ctx, obj)).await?;
+            tracing::warn!(container = %id, %image, "rootfs snapshot was removed behind steward's back; prepared again");
+            Ok(Action::Requeue(Duration::ZERO))
+        }
         Step::Kill { id } => {
             rt.kill(&id, 9, true).await?;
             Ok(Action::Requeue(KILL_RECHECK))
@@ -245,6 +244,20 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             Ok(Action::Requeue(Duration::ZERO))
         }
     }
+}
+
+/// The labels of a container steward creates for `obj`.
+fn object_labels<R>(ctx: &Context<R>, obj: &Container) -> BTreeMap<String, String> {
+    let m = &obj.metadata;
+    let mut labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_UID.to_string(), m.uid.clone()),
+        (LABEL_NAMESPACE.to_string(), m.namespace.clone()),
+        (LABEL_NAME.to_string(), m.name.clone()),
+        (LABEL_STORE.to_string(), ctx.store_uid.to_string()),
+    ]);
+    labels.extend(spec_labels(&obj.spec));
+    labels
 }
 
 enum Image {

@@ -141,7 +141,9 @@ async fn subscribe_once(
                 // steward's back, its object's reconcile replaces or
                 // re-prepares it. Unpacks' own `extract-*` keys are not ours.
                 "/snapshot/remove" => match SnapshotRemove::decode(any.value.as_slice()) {
-                    Ok(e) if e.key.starts_with("extract-") => continue,
+                    // Only keys that can be a container's (an image's layer
+                    // snapshots, `extract-*` or `sha256:*`, are not).
+                    Ok(e) if !steward_schema::validate::is_runtime_id(&e.key) || e.key.starts_with("extract-") => continue,
                     r => r.map(|e| e.key),
                 },
                 _ => continue,

@@ -9,7 +9,7 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 use containerd_client::services::v1::snapshots::{CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::{ApplyRequest, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest};
+use containerd_client::services::v1::{ApplyRequest, CreateImageRequest, GetImageRequest, Image, ListImagesRequest, UpdateImageRequest};
 use containerd_client::services::v1::{Info as ContentInfo, UpdateRequest as ContentUpdateRequest};
 use containerd_client::tonic::{Code, Status};
 use containerd_client::types::Descriptor;
@@ -221,6 +221,15 @@ pub(crate) async fn get_record(ctx: &Ctx, name: &str) -> Result<Option<Descripto
         Err(s) if s.code() == Code::NotFound => Ok(None),
         Err(s) => Err(s),
     }
+}
+
+/// The target of any image record whose target is `digest` (an image
+/// pinned by digest may be held under a tag's name).
+pub(crate) async fn find_by_target(ctx: &Ctx, digest: &str) -> Result<Option<Descriptor>, Status> {
+    let mut c = ImagesClient::new(ctx.channel.clone());
+    let filter = format!("target.digest=={digest}");
+    let r = c.list(ctx.req(ListImagesRequest { filters: vec![filter] })).await?;
+    Ok(r.into_inner().images.into_iter().filter_map(|i| i.target).find(|t| t.digest == digest))
 }
 
 /// Reads the image that `target` (a manifest or an index) describes from

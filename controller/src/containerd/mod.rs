@@ -15,8 +15,10 @@
 //! header) so containerd's GC cannot collect it half-way.
 
 pub mod archive;
+pub mod auth;
 pub(crate) mod content;
 pub mod errors;
+pub mod hosts;
 mod events;
 pub mod image;
 pub mod logdriver;
@@ -40,8 +42,8 @@ use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest,
-    GetRequest as GetTaskRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest,
-    UpdateTaskRequest,
+    GetRequest as GetTaskRequest, KillRequest, ListContainersRequest, ResumeTaskRequest, StartRequest,
+    UpdateContainerRequest, UpdateTaskRequest,
 };
 use containerd_client::tonic::metadata::MetadataValue;
 use containerd_client::tonic::transport::Channel;
@@ -275,9 +277,14 @@ impl ContainerdRuntime {
 
     /// The image as stored locally, if complete (unpacking again if its
     /// snapshots were removed).
-    async fn local_image(&self, name: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+    async fn local_image(&self, name: &str, digest: Option<&str>) -> Result<Option<ImageConfig>, RuntimeError> {
         let pull_err = |e: String| RuntimeError::ImagePull(format!("image {name}: {e}"));
-        let Some(target) = image::get_record(&self.ctx, name).await.map_err(|s| from_status("get image", name, &s))? else {
+        let mut target = image::get_record(&self.ctx, name).await.map_err(|s| from_status("get image", name, &s))?;
+        if let (None, Some(d)) = (&target, digest) {
+            // Pinned by digest: the same content under any name will do.
+            target = image::find_by_target(&self.ctx, d).await.map_err(|s| from_status("list images", name, &s))?;
+        }
+        let Some(target) = target else {
             return Ok(None);
         };
         let Some((manifest, config)) = image::load_local(&self.ctx, &target).await.map_err(|e| pull_err(e.to_string()))? else {
@@ -422,8 +429,17 @@ impl ContainerdRuntime {
     }
 
     async fn create_inner(&self, id: &str, spec: &ContainerSpec, image: &ImageConfig, mut labels: BTreeMap<String, String>) -> Result<(), RuntimeError> {
-        if self.get_container(id).await?.is_some() {
-            // Finish a create that crashed between container and snapshot.
+        if let Some(c) = self.get_container(id).await? {
+            // Finish a create that crashed between container and snapshot,
+            // or prepare a removed rootfs again: from the image the
+            // container was made from, never another one under its tag.
+            let made_from = c.labels.get(LABEL_IMAGE_DIGEST).map(String::as_str).unwrap_or_default();
+            if !made_from.is_empty() && made_from != image.digest {
+                return Err(RuntimeError::Create(format!(
+                    "container {id} was made from image {made_from}; its rootfs cannot be prepared from {}",
+                    image.digest
+                )));
+            }
             let ctx = self.ctx.clone();
             self.ensure_snapshot(&ctx, id, &image.top_layer_chain_id, &labels).await?;
             return Ok(());
@@ -797,9 +813,10 @@ impl Runtime for ContainerdRuntime {
     ) -> BoxFuture<'a, Result<ImageConfig, RuntimeError>> {
         Box::pin(
             async move {
-                let name = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?.full_name();
+                let reference = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?;
+                let name = reference.full_name();
                 if policy != PullPolicy::Always {
-                    if let Some(cfg) = self.local_image(&name).await? {
+                    if let Some(cfg) = self.local_image(&name, reference.digest.as_deref()).await? {
                         return Ok(cfg);
                     }
                     if policy == PullPolicy::Never {
@@ -835,6 +852,15 @@ impl Runtime for ContainerdRuntime {
                 t.kill(self.ctx.req(KillRequest { container_id: id.to_string(), exec_id: String::new(), signal, all }))
                     .await
                     .map_err(|s| from_status("kill", id, &s))?;
+                // A frozen (paused) task does not die of SIGKILL until it is
+                // thawed (cgroup v1's freezer): thaw it, as Docker does.
+                if signal == 9 && self.get_task(id).await?.is_some_and(|t| t.status == TaskStatus::Paused) {
+                    match t.resume(self.ctx.req(ResumeTaskRequest { container_id: id.to_string() })).await {
+                        Ok(_) => tracing::info!(container = id, "resumed the paused task so that SIGKILL takes effect"),
+                        Err(s) if s.code() == Code::NotFound => {}
+                        Err(s) => return Err(from_status("resume", id, &s)),
+                    }
+                }
                 Ok(())
             }
             .instrument(tracing::info_span!("kill", container = id, signal)),

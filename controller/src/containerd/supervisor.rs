@@ -201,8 +201,7 @@ async fn supervise(paths: ContainerdPaths, mut stop: watch::Receiver<bool>, read
             }
             continue;
         }
-        let started = Instant::now();
-        let mut answered = false;
+        let mut answered: Option<Instant> = None;
         match spawn(&paths) {
             Ok(mut child) => {
                 let child_pid = child.id().unwrap_or(0);
@@ -213,7 +212,7 @@ async fn supervise(paths: ContainerdPaths, mut stop: watch::Receiver<bool>, read
                 while Instant::now() < deadline {
                     if answers(&paths.socket, Duration::from_millis(500)).await {
                         let _ = ready.send(true);
-                        answered = true;
+                        answered = Some(Instant::now());
                         break;
                     }
                     if let Ok(Some(_)) = child.try_wait() {
@@ -224,7 +223,7 @@ async fn supervise(paths: ContainerdPaths, mut stop: watch::Receiver<bool>, read
                 tokio::select! {
                     status = child.wait() => {
                         pid.store(0, Ordering::SeqCst);
-                        if answered && started.elapsed() > STABLE_AFTER {
+                        if answered.is_some_and(|at| at.elapsed() > STABLE_AFTER) {
                             backoff = MIN_BACKOFF;
                         }
                         tracing::error!(?status, log = %paths.log.display(), "containerd exited; restarting in {backoff:?}");
