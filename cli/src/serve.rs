@@ -131,6 +131,15 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<LoadedConfig> {
     Ok(LoadedConfig { config, path, file_digest, overrides })
 }
 
+/// The registry section resolved: `DATA/certs.d` and Docker's default
+/// credentials file unless the configuration names others.
+pub fn registry_settings(config: &steward_config::Config, data_dir: &std::path::Path) -> steward_controller::containerd::registry::Settings {
+    steward_controller::containerd::registry::Settings {
+        config_path: config.registry.config_path.clone().unwrap_or_else(|| data_dir.join("certs.d")),
+        auth_file: steward_controller::containerd::auth::auth_file(config.registry.auth_file.as_deref()),
+    }
+}
+
 /// What the config crate cannot check itself: `log.level` must be a
 /// filter `tracing` understands.
 pub fn check_log_level(c: &steward_config::Config) -> anyhow::Result<()> {
@@ -214,6 +223,12 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         let log_root = args.data_dir.join("logs");
         let mut cfg = ContainerdConfig::new(&socket, &log_root);
         cfg.namespace = args.containerd_namespace.clone();
+        cfg.registry = registry_settings(&config, &args.data_dir);
+        tracing::info!(
+            hosts = %cfg.registry.config_path.display(),
+            credentials = %cfg.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+            "registry configuration"
+        );
         let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
         // /readyz answers 503 while containerd does not answer.
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);

@@ -147,6 +147,82 @@ impl Registry {
     }
 }
 
+/// A registry over TLS with htpasswd authentication, on loopback: its CA
+/// made by the test (rcgen), Debian's `docker-registry` serving it.
+pub struct TlsRegistry {
+    pub addr: String,
+    /// The CA that signed the server's certificate (PEM).
+    pub ca_pem: String,
+    pub user: String,
+    pub password: String,
+    _proc: Proc,
+}
+
+/// A CA (PEM) and a certificate for 127.0.0.1 and localhost signed by it
+/// (cert PEM, key PEM).
+pub fn make_ca_and_server_cert() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "steward e2e CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("server params");
+    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    let key = KeyPair::generate().expect("server key");
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).expect("sign the server certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+impl TlsRegistry {
+    /// Starts it and pushes the busybox test image under each of `repos`
+    /// (`busybox:1.36`, `library/busybox:1.36`, ...).
+    pub fn start(dir: &Path, repos: &[&str]) -> TlsRegistry {
+        let dir = dir.join("tls-registry");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let (ca_pem, cert, key) = make_ca_and_server_cert();
+        std::fs::write(dir.join("server.crt"), cert).expect("write cert");
+        std::fs::write(dir.join("server.key"), key).expect("write key");
+        let (user, password) = ("steward".to_string(), "s3cret-pw".to_string());
+        let hash = bcrypt::hash(&password, 4).expect("bcrypt");
+        std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).expect("write htpasswd");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {root}\n\
+                 http:\n  addr: {addr}\n  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n\
+                 auth:\n  htpasswd:\n    realm: steward-e2e\n    path: {d}/htpasswd\n",
+                root = dir.join("registry").display(),
+                d = dir.display()
+            ),
+        )
+        .expect("write registry config");
+        let proc = Proc::spawn(Command::new("docker-registry").arg("serve").arg(&config));
+        wait_for("the TLS registry to answer", Duration::from_secs(20), || std::net::TcpStream::connect(&addr).ok());
+        let image = steward_testimage::build_busybox_oci_archive_named(&dir, &format!("{addr}/busybox:1.36"))
+            .expect("build the busybox test image");
+        for repo in repos {
+            let out = Command::new("skopeo")
+                .args(["copy", "--quiet", "--dest-tls-verify=false", "--dest-creds"])
+                .arg(format!("{user}:{password}"))
+                .arg(format!("oci-archive:{}", image.archive.display()))
+                .arg(format!("docker://{addr}/{repo}"))
+                .output()
+                .unwrap_or_else(|e| panic!("skopeo: {e}; {INSTALL}"));
+            assert!(out.status.success(), "skopeo copy to {repo} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        TlsRegistry { addr, ca_pem, user, password, _proc: proc }
+    }
+
+    /// The registry's log.
+    pub fn logs(&self) -> String {
+        self._proc.logs()
+    }
+}
+
 /// `steward serve` with its own supervised containerd (the `make run` path),
 /// or with the extra `serve` arguments given to [`Steward::start_with`]
 /// (e.g. `--containerd-socket`, `--no-controller`).

@@ -91,6 +91,8 @@ pub struct ContainerdConfig {
     pub log_driver_exe: PathBuf,
     /// The deadline of every containerd call ([`DEFAULT_CALL_TIMEOUT`]).
     pub call_timeout: Duration,
+    /// Registry hosts (TLS, mirrors) and credentials.
+    pub registry: registry::Settings,
 }
 
 impl ContainerdConfig {
@@ -102,6 +104,7 @@ impl ContainerdConfig {
             logs: LogDriverConfig::new(log_root),
             log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            registry: registry::Settings { config_path: PathBuf::from("/etc/steward/certs.d"), auth_file: auth::auth_file(None) },
         }
     }
 }
@@ -169,7 +172,7 @@ impl Ctx {
 pub struct ContainerdRuntime {
     pub(crate) ctx: Ctx,
     cfg: Arc<ContainerdConfig>,
-    http: reqwest::Client,
+    registries: Arc<registry::Clients>,
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -187,12 +190,6 @@ impl ContainerdRuntime {
         let channel = containerd_client::connect(&cfg.socket).await.map_err(|e| {
             RuntimeError::Unavailable(format!("cannot connect to containerd at {}: {e}", cfg.socket.display()))
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // A registry that stops sending mid-body must not hold a reconcile slot for ever.
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| RuntimeError::Unavailable(format!("http client: {e}")))?;
         let rt = ContainerdRuntime {
             ctx: Ctx {
                 channel,
@@ -202,7 +199,7 @@ impl ContainerdRuntime {
                 timeout: cfg.call_timeout,
             },
             cfg: Arc::new(cfg),
-            http,
+            registries: Arc::new(registry::Clients::default()),
         };
         rt.version().await?;
         Ok(rt)
@@ -303,7 +300,7 @@ impl ContainerdRuntime {
     async fn pull(&self, image: &str, name: &str, progress: &(dyn Fn(PullProgress) + Send + Sync)) -> Result<ImageConfig, RuntimeError> {
         let reference = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?;
         let perr = |e: String| RuntimeError::ImagePull(format!("pull {image}: {e}"));
-        let reg = registry::Registry::new(self.http.clone(), reference).map_err(perr)?;
+        let reg = registry::Registry::connect(&self.registries, &self.cfg.registry, reference).map_err(perr)?;
         let started = std::time::Instant::now();
         let (top, top_bytes) = reg.fetch_top().await.map_err(perr)?;
         let cfg = self

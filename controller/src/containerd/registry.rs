@@ -1,21 +1,28 @@
 //! A small Docker Registry HTTP API v2 client: image references, manifests
-//! (OCI and Docker media types), blobs, and the bearer-token challenge.
+//! (OCI and Docker media types), blobs, mirrors and TLS as containerd's
+//! `hosts.toml` configures them (see [`hosts`]), and authentication: the
+//! token flow (Bearer challenge, token service) and Basic, with credentials
+//! from Docker's `config.json` (see [`auth`]).
 //!
-//! Loopback registries (`127.0.0.1`, `localhost`, `[::1]`) are spoken to
-//! over plain http, everything else over https. This build's reqwest has no
-//! TLS backend, so an https registry fails with a message saying so instead
-//! of an obscure transport error.
+//! A registry is spoken to over https (rustls, the system's roots plus the
+//! CAs configured for it) unless it is a loopback host without TLS files,
+//! or configured as `http://`; a certificate failure is reported as one,
+//! never retried over http.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
+use sha2::{Digest, Sha256};
 
+use super::auth;
+use super::hosts::{self, Endpoint, Tls};
 use super::image::{self, OciDescriptor};
 use super::store::{verify, BlobSource};
 
@@ -88,35 +95,123 @@ impl Reference {
     pub fn object(&self) -> &str {
         self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
     }
+}
 
-    /// Docker Hub's API lives on another host than its name.
-    fn api_host(&self) -> &str {
-        if self.registry == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            &self.registry
-        }
-    }
+/// Where registry configuration lives (the `registry` section of the
+/// configuration file, resolved).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// containerd's registry host directory (`DATA/certs.d` by default).
+    pub config_path: PathBuf,
+    /// Docker's `config.json`, if any (see [`auth::auth_file`]).
+    pub auth_file: Option<PathBuf>,
+}
 
-    pub fn is_loopback(&self) -> bool {
-        let host = self.registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.registry);
-        host == "localhost" || host == "[::1]" || host.starts_with("127.")
-    }
+/// HTTP clients, one per TLS setup (system roots plus an endpoint's own CAs,
+/// client certificate, skip_verify), built on first use and reused.
+pub struct Clients {
+    cache: Mutex<HashMap<String, reqwest::Client>>,
+}
 
-    fn base_url(&self) -> String {
-        let scheme = if self.is_loopback() { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", self.api_host(), self.repository)
+impl Default for Clients {
+    fn default() -> Self {
+        Clients { cache: Mutex::new(HashMap::new()) }
     }
 }
 
-/// A registry client for one image reference.
-pub struct Registry {
+impl Clients {
+    /// The client for `tls`, its files read now (a changed CA file makes a
+    /// new client; an unreadable one is an error naming it).
+    pub fn client(&self, tls: &Tls) -> Result<reqwest::Client, String> {
+        let read = |p: &Path, what: &str| std::fs::read(p).map_err(|e| format!("{what} {}: {e}", p.display()));
+        let mut key = Sha256::new();
+        key.update(format!("{}|", tls.skip_verify));
+        let mut cas = Vec::new();
+        for ca in &tls.cas {
+            let pem = read(ca, "CA file")?;
+            key.update(&pem);
+            cas.push((ca, pem));
+        }
+        let identity = match &tls.client {
+            Some((cert, k)) => {
+                let mut pem = read(cert, "client certificate")?;
+                if let Some(k) = k {
+                    pem.push(b'\n');
+                    pem.extend(read(k, "client key")?);
+                }
+                key.update(b"|client|");
+                key.update(&pem);
+                Some((cert, pem))
+            }
+            None => None,
+        };
+        let key = hex::encode(key.finalize());
+        if let Some(c) = self.cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            // A registry that stops sending mid-body must not hold a pull for ever.
+            .read_timeout(std::time::Duration::from_secs(60));
+        for (path, pem) in cas {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("CA file {}: no PEM certificate in it", path.display()));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let Some((path, pem)) = identity {
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| format!("client certificate {}: {e} (a PEM certificate and its PEM private key)", path.display()))?;
+            b = b.identity(id);
+        }
+        if tls.skip_verify {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let c = b.build().map_err(|e| format!("http client: {e}"))?;
+        if let Ok(mut m) = self.cache.lock() {
+            m.insert(key, c.clone());
+        }
+        Ok(c)
+    }
+}
+
+/// One endpoint of a registry with its client and authentication state.
+struct Remote {
+    ep: Endpoint,
     http: reqwest::Client,
+    /// Bearer token from the last challenge, or the Basic credentials'
+    /// header once the registry asked for them.
+    authorization: Mutex<Option<String>>,
+    /// Credentials for this endpoint's host, looked up on the first
+    /// challenge.
+    creds: tokio::sync::OnceCell<auth::Lookup>,
+}
+
+/// A registry client for one image reference: its mirrors (in order) and
+/// itself, over TLS as configured, with credentials from Docker's config.
+pub struct Registry {
     reference: Reference,
-    /// Bearer token from the last challenge (per scope = this repository).
-    token: Mutex<Option<String>>,
+    remotes: Vec<Remote>,
+    /// The remote that resolved the reference (blobs come from it too).
+    active: Mutex<usize>,
+    settings: Settings,
     /// The deadline of small requests ([`SMALL_REQUEST_TIMEOUT`]).
     small_timeout: std::time::Duration,
+}
+
+/// The chain of causes of an error, outermost first.
+fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        out.push(next.to_string());
+        cur = next;
+    }
+    out
 }
 
 /// The innermost cause of a reqwest error, which is where "connection
@@ -137,15 +232,15 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Registry {
-    pub fn new(http: reqwest::Client, reference: Reference) -> Result<Registry, String> {
-        if !reference.is_loopback() {
-            return Err(format!(
-                "registry {} needs https, and this build of steward has no TLS support; use a registry on \
-                 127.0.0.1/localhost (plain http) or `steward image import` an OCI archive",
-                reference.registry
-            ));
+    /// The remotes for `reference` as `settings` configure them.
+    pub fn connect(clients: &Clients, settings: &Settings, reference: Reference) -> Result<Registry, String> {
+        let endpoints = hosts::endpoints(&settings.config_path, &reference.registry)?;
+        let mut remotes = Vec::new();
+        for ep in endpoints {
+            let http = clients.client(&ep.tls).map_err(|e| format!("registry {} ({}): {e}", reference.registry, ep.url))?;
+            remotes.push(Remote { ep, http, authorization: Mutex::new(None), creds: tokio::sync::OnceCell::new() });
         }
-        Ok(Registry { http, reference, token: Mutex::new(None), small_timeout: SMALL_REQUEST_TIMEOUT })
+        Ok(Registry { reference, remotes, active: Mutex::new(0), settings: settings.clone(), small_timeout: SMALL_REQUEST_TIMEOUT })
     }
 
     /// Another deadline for manifests, configs and tokens.
@@ -154,95 +249,218 @@ impl Registry {
         self
     }
 
-    fn transport_error(&self, e: reqwest::Error) -> String {
+    fn transport_error(&self, r: &Remote, e: reqwest::Error) -> String {
+        let host = &r.ep.host;
+        let chain = causes(&e);
+        let tls = chain.iter().find(|c| c.contains("certificate") || c.contains("UnknownIssuer") || c.contains("CertNotValid"));
+        if let Some(t) = tls {
+            let dir = self.settings.config_path.join(&self.reference.registry);
+            let fix = if r.ep.upstream {
+                format!("put the CA that signed it in {}/ca.crt (or name it with `ca` in {}/hosts.toml)", dir.display(), dir.display())
+            } else {
+                format!("name the CA that signed it with `ca` under [host.\"{}\"] in {}/hosts.toml", r.ep.url, dir.display())
+            };
+            return format!("TLS: the certificate of {host} is not trusted ({}): {fix}", t.trim());
+        }
+        if chain.iter().any(|c| c.contains("InvalidContentType") || c.contains("corrupt message") || c.contains("received corrupt")) {
+            return format!("TLS handshake with {host} failed: it may speak plain http (then say `http://{host}` in hosts.toml)");
+        }
         if e.is_connect() {
-            format!("cannot reach registry {}: {}", self.reference.registry, root_cause(&e))
+            format!("cannot reach registry {host}: {}", root_cause(&e))
         } else if e.is_timeout() {
-            format!("registry {} timed out", self.reference.registry)
+            format!("registry {host} timed out")
         } else {
-            format!("registry {}: {}", self.reference.registry, root_cause(&e))
+            format!("registry {host}: {}", root_cause(&e))
         }
     }
 
-    /// GET with the token (if any), answering a bearer challenge once.
-    /// `small`: the whole request (body included) has a deadline.
-    async fn get(&self, url: &str, accept: Option<&str>, small: bool) -> Result<Response, String> {
-        for attempt in 0..2 {
-            let mut req = self.http.get(url);
+    fn remote(&self) -> &Remote {
+        let i = self.active.lock().map(|a| *a).unwrap_or(0);
+        &self.remotes[i.min(self.remotes.len() - 1)]
+    }
+
+    /// The credentials for a remote, looked up once.
+    async fn creds<'a>(&self, r: &'a Remote) -> &'a auth::Lookup {
+        r.creds
+            .get_or_init(|| async {
+                // Docker Hub's credentials are stored for docker.io.
+                let host = if r.ep.upstream { self.reference.registry.as_str() } else { r.ep.host.as_str() };
+                auth::lookup(self.settings.auth_file.as_deref(), host).await
+            })
+            .await
+    }
+
+    /// GET with the current authorization (if any), answering one
+    /// challenge: Bearer (token service, with credentials when there are
+    /// some) or Basic (credentials needed). `small`: the whole request
+    /// (body included) has a deadline.
+    async fn get(&self, r: &Remote, url: &str, accept: Option<&str>, small: bool) -> Result<Response, String> {
+        let mut answered = false;
+        loop {
+            let mut req = r.http.get(url);
             if small {
                 req = req.timeout(self.small_timeout);
             }
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            let token = self.token.lock().map(|t| t.clone()).unwrap_or(None);
-            if let Some(t) = token {
-                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+            for (k, v) in &r.ep.headers {
+                req = req.header(k.as_str(), v.as_str());
             }
-            let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
-                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
-                if let Some(c) = challenge.filter(|c| c.to_ascii_lowercase().starts_with("bearer ")) {
-                    let token = self.fetch_token(&c).await?;
-                    if let Ok(mut t) = self.token.lock() {
-                        *t = Some(token);
-                    }
-                    continue;
+            let authorization = r.authorization.lock().map(|t| t.clone()).unwrap_or(None);
+            if let Some(a) = &authorization {
+                req = req.header(AUTHORIZATION, a.as_str());
+            }
+            let resp = req.send().await.map_err(|e| self.transport_error(r, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let lookup = self.creds(r).await;
+            if answered {
+                return Err(self.refused(r, lookup));
+            }
+            answered = true;
+            let Some(c) = challenge else {
+                return Err(self.refused(r, lookup));
+            };
+            let lower = c.to_ascii_lowercase();
+            let value = if lower.starts_with("bearer ") {
+                format!("Bearer {}", self.fetch_token(r, &c[7..], lookup).await?)
+            } else if lower.starts_with("basic") {
+                match &lookup.credentials {
+                    Some(creds) => creds.basic(),
+                    None => return Err(self.refused(r, lookup)),
                 }
+            } else {
+                return Err(format!("registry {}: unsupported authentication challenge {c:?}", r.ep.host));
+            };
+            if let Ok(mut a) = r.authorization.lock() {
+                *a = Some(value);
             }
-            return Ok(resp);
         }
-        Err(format!("registry {}: authentication loop", self.reference.registry))
     }
 
-    /// The bearer-token flow: GET realm?service=..&scope=.. (anonymous).
-    async fn fetch_token(&self, challenge: &str) -> Result<String, String> {
-        let params = parse_challenge(&challenge[7..]);
-        let realm = params.get("realm").ok_or_else(|| format!("registry {}: auth challenge without realm", self.reference.registry))?;
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(s) = params.get("service") {
-            query.push(("service", s.clone()));
+    /// "unauthorized", saying which credentials were tried (never their value).
+    fn refused(&self, r: &Remote, lookup: &auth::Lookup) -> String {
+        match &lookup.credentials {
+            Some(c) => format!(
+                "unauthorized: {} refused the credentials of user {:?} from {}",
+                r.ep.host, c.username, c.source
+            ),
+            None => format!(
+                "unauthorized: {} needs credentials and there are none: {} (add them with `docker login {}`)",
+                r.ep.host, lookup.none_because, r.ep.host
+            ),
         }
+    }
+
+    /// The bearer-token flow: GET realm?service=..&scope=.. (with Basic
+    /// credentials when there are some), or, for an identity token, the
+    /// OAuth2 refresh-token POST.
+    async fn fetch_token(&self, r: &Remote, challenge: &str, lookup: &auth::Lookup) -> Result<String, String> {
+        let params = parse_challenge(challenge);
+        let realm = params.get("realm").ok_or_else(|| format!("registry {}: auth challenge without realm", r.ep.host))?;
+        let service = params.get("service").cloned().unwrap_or_default();
         let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
-        query.push(("scope", scope));
-        let resp = self.http.get(realm).timeout(self.small_timeout).query(&query).send().await.map_err(|e| self.transport_error(e))?;
-        if !resp.status().is_success() {
-            return Err(format!("registry {}: token request failed: {}", self.reference.registry, resp.status()));
+        let req = match &lookup.credentials {
+            Some(c) if c.identity_token => r.http.post(realm).form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", c.secret()),
+                ("service", service.as_str()),
+                ("scope", scope.as_str()),
+                ("client_id", "steward"),
+            ]),
+            Some(c) => {
+                let mut q: Vec<(&str, &str)> = vec![("scope", scope.as_str()), ("account", c.username.as_str())];
+                if !service.is_empty() {
+                    q.push(("service", service.as_str()));
+                }
+                r.http.get(realm).query(&q).header(AUTHORIZATION, c.basic())
+            }
+            None => {
+                let mut q: Vec<(&str, &str)> = vec![("scope", scope.as_str())];
+                if !service.is_empty() {
+                    q.push(("service", service.as_str()));
+                }
+                r.http.get(realm).query(&q)
+            }
+        };
+        let resp = req.timeout(self.small_timeout).send().await.map_err(|e| self.transport_error(r, e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.refused(r, lookup));
         }
-        let body: serde_json::Value = resp.json().await.map_err(|e| format!("registry token: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("registry {}: token service {realm} answered {status}", r.ep.host));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| format!("registry {}: token: {e}", r.ep.host))?;
         body.get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
             .map(str::to_string)
-            .ok_or_else(|| format!("registry {}: token response without a token", self.reference.registry))
+            .ok_or_else(|| format!("registry {}: token response without a token", r.ep.host))
     }
 
     /// A non-2xx response as "what the registry said".
-    async fn http_error(&self, what: &str, resp: Response) -> String {
+    async fn http_error(&self, r: &Remote, what: &str, resp: Response) -> String {
         let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
+            return format!("rate limited by {}: retry after {after} s (429 Too Many Requests)", r.ep.host);
+        }
         let body = resp.text().await.unwrap_or_default();
         let mut headline = match status {
-            StatusCode::NOT_FOUND => format!("{what} unknown"),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "unauthorized: authentication required".to_string(),
+            StatusCode::NOT_FOUND => format!("{what} unknown: {} not found on {}", self.reference.full_name(), r.ep.host),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!("unauthorized: {} denied access", r.ep.host),
             _ => format!("registry error on {what}"),
         };
         // The registry's own words, e.g. {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}
         let said = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string));
-        if let Some(m) = &said {
+        if let (Some(m), false) = (&said, status == StatusCode::NOT_FOUND) {
             headline = m.clone();
         }
         let detail: String = body.trim().chars().take(300).collect();
         format!("{headline} (registry said {}: {detail})", status.as_u16())
     }
 
-    /// The manifest (or index) the reference names: descriptor and bytes.
+    /// The manifest (or index) the reference names: descriptor and bytes,
+    /// from the first remote that has it (mirrors first; only those that
+    /// may resolve a tag, or pull, when pinned by digest).
     pub async fn fetch_top(&self) -> Result<(OciDescriptor, Vec<u8>), String> {
-        let url = format!("{}/manifests/{}", self.reference.base_url(), self.reference.object());
-        let resp = self.get(&url, Some(MANIFEST_ACCEPT), true).await?;
+        let pinned = self.reference.digest.is_some();
+        let mut errors = Vec::new();
+        for (i, r) in self.remotes.iter().enumerate() {
+            if !(r.ep.resolve || (pinned && r.ep.pull)) {
+                continue;
+            }
+            match self.fetch_top_from(r).await {
+                Ok(v) => {
+                    if let Ok(mut a) = self.active.lock() {
+                        *a = i;
+                    }
+                    if !errors.is_empty() {
+                        tracing::info!(image = %self.reference.full_name(), from = %r.ep.url, skipped = ?errors, "pulled from a later endpoint");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if self.remotes.len() > 1 => errors.push(format!("{}: {e}", r.ep.url)),
+                Err(e) => return Err(e),
+            }
+        }
+        if errors.is_empty() {
+            return Err(format!("registry {}: no endpoint may resolve it (capabilities in hosts.toml)", self.reference.registry));
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn fetch_top_from(&self, r: &Remote) -> Result<(OciDescriptor, Vec<u8>), String> {
+        let url = format!("{}/manifests/{}", r.ep.api_base(&self.reference.repository), self.reference.object());
+        let resp = self.get(r, &url, Some(MANIFEST_ACCEPT), true).await?;
         if !resp.status().is_success() {
-            return Err(self.http_error("manifest", resp).await);
+            return Err(self.http_error(r, "manifest", resp).await);
         }
         let media_type = resp
             .headers()
@@ -250,7 +468,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
             .unwrap_or_default();
-        let bytes = self.read_capped(resp).await?;
+        let bytes = self.read_capped(r, resp).await?;
         let digest = image::sha256_digest(&bytes);
         if let Some(pinned) = &self.reference.digest {
             if pinned != &digest {
@@ -271,11 +489,12 @@ impl Registry {
     /// `small`: a manifest or config (read whole, under a total deadline),
     /// not a layer.
     async fn blob(&self, d: &OciDescriptor, manifest: bool, small: bool) -> Result<Response, String> {
+        let r = self.remote();
         let kind = if manifest { "manifests" } else { "blobs" };
-        let url = format!("{}/{kind}/{}", self.reference.base_url(), d.digest);
-        let resp = self.get(&url, manifest.then_some(MANIFEST_ACCEPT), small).await?;
+        let url = format!("{}/{kind}/{}", r.ep.api_base(&self.reference.repository), d.digest);
+        let resp = self.get(r, &url, manifest.then_some(MANIFEST_ACCEPT), small).await?;
         if !resp.status().is_success() {
-            return Err(self.http_error(if manifest { "manifest" } else { "blob" }, resp).await);
+            return Err(self.http_error(r, if manifest { "manifest" } else { "blob" }, resp).await);
         }
         Ok(resp)
     }
@@ -286,13 +505,13 @@ impl Registry {
 const MAX_METADATA_BLOB: usize = 16 << 20;
 
 impl Registry {
-    async fn read_capped(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-        let too_big = || format!("{}: a manifest or config larger than {MAX_METADATA_BLOB} bytes", self.reference.base_url());
+    async fn read_capped(&self, r: &Remote, mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+        let too_big = || format!("{}: a manifest or config larger than {MAX_METADATA_BLOB} bytes", r.ep.host);
         if resp.content_length().is_some_and(|n| n > MAX_METADATA_BLOB as u64) {
             return Err(too_big());
         }
         let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(r, e))? {
             if out.len() + chunk.len() > MAX_METADATA_BLOB {
                 return Err(too_big());
             }
@@ -310,7 +529,7 @@ impl BlobSource for Registry {
     fn fetch_bytes<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<Vec<u8>, String>> {
         Box::pin(async move {
             let resp = self.blob(d, is_manifest_type(&d.media_type), true).await?;
-            let bytes = self.read_capped(resp).await?;
+            let bytes = self.read_capped(self.remote(), resp).await?;
             verify(d, &bytes)?;
             Ok(bytes)
         })
@@ -319,8 +538,8 @@ impl BlobSource for Registry {
     fn fetch_stream<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, String>>, String>> {
         Box::pin(async move {
             let resp = self.blob(d, false, false).await?;
-            let registry = self.reference.registry.clone();
-            Ok(resp.bytes_stream().map_err(move |e| format!("registry {registry}: download failed: {e}")).boxed())
+            let host = self.remote().ep.host.clone();
+            Ok(resp.bytes_stream().map_err(move |e| format!("registry {host}: download failed: {e}")).boxed())
         })
     }
 }
@@ -370,14 +589,10 @@ mod tests {
         assert!(Reference::parse("").is_err());
         assert!(Reference::parse("a b").is_err());
         assert!(Reference::parse("x@sha256:short").is_err());
-        assert!(Reference::parse("127.0.0.1:5000/x:1").unwrap().is_loopback());
-        assert!(!Reference::parse("ghcr.io/x:1").unwrap().is_loopback());
     }
 
-    #[test]
-    fn https_registries_are_refused_clearly() {
-        let e = Registry::new(reqwest::Client::new(), Reference::parse("ghcr.io/x:1").unwrap()).err().unwrap();
-        assert!(e.contains("no TLS support") && e.contains("ghcr.io"), "{e}");
+    fn settings(dir: &Path) -> Settings {
+        Settings { config_path: dir.join("certs.d"), auth_file: Some(dir.join("config.json")) }
     }
 
     #[tokio::test]
@@ -392,7 +607,10 @@ mod tests {
             }
         });
         let reference = Reference::parse(&format!("{addr}/busybox:1")).unwrap();
-        let reg = Registry::new(reqwest::Client::new(), reference).unwrap().with_small_timeout(std::time::Duration::from_millis(300));
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::connect(&Clients::default(), &settings(d.path()), reference)
+            .unwrap()
+            .with_small_timeout(std::time::Duration::from_millis(300));
         let started = std::time::Instant::now();
         let r = tokio::time::timeout(std::time::Duration::from_secs(10), reg.fetch_top()).await.expect("no hang");
         let e = r.expect_err("a registry that never answers is an error");
