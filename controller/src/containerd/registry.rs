@@ -626,4 +626,99 @@ mod tests {
         assert_eq!(p["service"], "registry.docker.io");
         assert_eq!(p["scope"], "repository:library/busybox:pull");
     }
+
+    /// A one-route-at-a-time HTTP/1.1 server: `answer(request head)` gives
+    /// (status line, extra headers, body). Closes each connection after
+    /// one response.
+    async fn serve(answer: impl Fn(&str) -> (String, Vec<String>, String) + Send + Sync + 'static) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answer = std::sync::Arc::new(answer);
+        let h = tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let (status, headers, body) = answer(&head);
+                    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                    for h in headers {
+                        out.push_str(&h);
+                        out.push_str("\r\n");
+                    }
+                    out.push_str("\r\n");
+                    out.push_str(&body);
+                    let _ = c.write_all(out.as_bytes()).await;
+                });
+            }
+        });
+        (addr, h)
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    }
+
+    /// The token flow of real registries: a Bearer challenge, then the
+    /// token service with the user's Basic credentials (or an identity
+    /// token by refresh), then the manifest with the token. Wrong
+    /// credentials are named, not shown; a 429 says when to retry.
+    #[tokio::test]
+    async fn bearer_challenges_are_answered_with_credentials() {
+        let manifest = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:00","size":1},"layers":[]}"#;
+        let good = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:pw"));
+        let realm = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let r2 = realm.clone();
+        let (addr, server) = serve(move |head| {
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let auth = header(head, "authorization").unwrap_or_default();
+            if line.starts_with("GET /token?") {
+                let ok = auth == good && line.contains("scope=repository%3Ateam%2Fapp%3Apull") && line.contains("service=reg");
+                return if ok { ("200 OK".into(), vec![], r#"{"token":"T0K"}"#.into()) } else { ("401 Unauthorized".into(), vec![], String::new()) };
+            }
+            if line.starts_with("POST /token") {
+                return ("200 OK".into(), vec![], r#"{"access_token":"T0K"}"#.into());
+            }
+            if line.contains("/v2/team/limited/") {
+                return ("429 Too Many Requests".into(), vec!["Retry-After: 30".into()], String::new());
+            }
+            if auth == "Bearer T0K" {
+                return ("200 OK".into(), vec!["Content-Type: application/vnd.oci.image.manifest.v1+json".into()], manifest.into());
+            }
+            let challenge = format!(r#"WWW-Authenticate: Bearer realm="http://{}/token",service="reg",scope="repository:team/app:pull""#, r2.lock().unwrap());
+            ("401 Unauthorized".into(), vec![challenge], String::new())
+        })
+        .await;
+        *realm.lock().unwrap() = addr.clone();
+        let d = tempfile::tempdir().unwrap();
+        let set = settings(d.path());
+        let conf = |auths: &str| std::fs::write(d.path().join("config.json"), format!(r#"{{"auths": {{"{addr}": {auths}}}}}"#)).unwrap();
+        let reference = || Reference::parse(&format!("{addr}/team/app:1")).unwrap();
+        let clients = Clients::default();
+
+        conf(r#"{"username": "alice", "password": "pw"}"#);
+        let (top, bytes) = Registry::connect(&clients, &set, reference()).unwrap().fetch_top().await.expect("pulled with a token");
+        assert_eq!(bytes, manifest.as_bytes());
+        assert_eq!(top.digest, image::sha256_digest(manifest.as_bytes()));
+
+        conf(r#"{"username": "alice", "password": "nope"}"#);
+        let e = Registry::connect(&clients, &set, reference()).unwrap().fetch_top().await.unwrap_err();
+        assert!(e.contains("refused the credentials of user \"alice\"") && !e.contains("nope"), "{e}");
+
+        conf(r#"{"identitytoken": "refresh-me"}"#);
+        Registry::connect(&clients, &set, reference()).unwrap().fetch_top().await.expect("pulled with an identity token");
+
+        let limited = Reference::parse(&format!("{addr}/team/limited:1")).unwrap();
+        let e = Registry::connect(&clients, &set, limited).unwrap().fetch_top().await.unwrap_err();
+        assert!(e.contains("rate limited") && e.contains("retry after 30 s"), "{e}");
+        server.abort();
+    }
 }
