@@ -16,6 +16,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod query;
+mod reload;
 mod watch;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use images::ImageImporter;
 pub use metrics::Metrics;
+pub use reload::{ReloadReport, Reloader, SharedReloader};
 
 /// Version of this build, reported by `/version`.
 pub const STEWARD_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -44,6 +46,8 @@ pub struct Config {
     pub logs_dir: Option<std::path::PathBuf>,
     /// Imports image archives (`None`: no container runtime).
     pub images: Option<Arc<dyn ImageImporter>>,
+    /// Reloads the configuration on `POST /-/reload` (`None`: 404).
+    pub reloader: Option<SharedReloader>,
     /// Where uploaded archives wait while they are imported.
     pub upload_dir: Option<std::path::PathBuf>,
     /// Largest image archive accepted.
@@ -80,6 +84,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(10),
             logs_dir: None,
             images: None,
+            reloader: None,
             upload_dir: None,
             max_image_bytes: 4 << 30,
             token: None,
@@ -115,6 +120,7 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(discovery::readyz))
         .route("/metrics", get(metrics::render))
         .route("/version", get(discovery::version))
+        .route("/-/reload", axum::routing::post(reload::reload))
         .route("/apis", get(discovery::apis))
         .route("/apis/steward.dev", get(discovery::group))
         .route(base, get(discovery::resources))

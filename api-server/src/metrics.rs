@@ -94,5 +94,11 @@ pub async fn render(State(app): State<AppState>) -> Response {
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
+    if let Some(r) = &app.config.reloader {
+        let (ok, failed) = r.counts();
+        out.push_str("# HELP steward_config_reloads_total Configuration reloads (SIGHUP or POST /-/reload) by result.\n# TYPE steward_config_reloads_total counter\n");
+        let _ = writeln!(out, "steward_config_reloads_total{{result=\"success\"}} {ok}");
+        let _ = writeln!(out, "steward_config_reloads_total{{result=\"failure\"}} {failed}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -9,6 +9,7 @@ mod describe;
 mod diff;
 mod get;
 mod image;
+mod live;
 mod logs;
 mod manifests;
 mod resource;

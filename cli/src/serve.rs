@@ -246,6 +246,15 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         runtime = Some(Arc::new(rt));
     }
 
+    // The configuration in force, reloaded by SIGHUP and POST /-/reload.
+    let live = Arc::new(crate::live::LiveConfig::new(
+        &args,
+        &LoadedConfig { config: config.clone(), path: path.clone(), file_digest: file_digest.clone(), overrides: overrides.clone() },
+        runtime.as_ref().map(|rt| rt.registry_settings()),
+    ));
+    api.reloader = Some(live.clone());
+    crate::live::reload_on_sighup(live);
+
     tracing::info!(%addr, data_dir = %args.data_dir.display(), controllers = runtime.is_some(), "steward serving");
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {addr}");

@@ -358,3 +358,76 @@ fn the_configuration_file_is_checked_and_used() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A raw HTTP/1.1 request (the tests' own, no client library): status code
+/// and body.
+fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).expect("send");
+    let mut out = String::new();
+    c.read_to_string(&mut out).expect("read");
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Live reload: `POST /-/reload` (token required, no body) and SIGHUP swap
+/// in a valid file and answer with its digest; a changed restart-only key
+/// is named; an invalid file is refused naming the key and changes
+/// nothing; `/metrics` counts both.
+#[test]
+fn the_configuration_reloads_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config.yaml");
+    write(&file, "images:\n  gc: {highThresholdPercent: 90, lowThresholdPercent: 70}\n");
+    let server = TestServer::start_with(&dir.path().join("data"), &["--config", &file.to_string_lossy()]);
+    let check = |f: &Path| {
+        let out = steward_at("http://127.0.0.1:1", &["config", "check", &f.to_string_lossy()], None);
+        stdout(&out).rsplit(' ').next().unwrap_or_default().trim().to_string()
+    };
+    let url = server.url().to_string();
+    let (code, _) = http(&url, "POST", "/-/reload", None, "");
+    assert_eq!(code, 401, "the token is required");
+    let (code, body) = http(&url, "POST", "/-/reload", Some(server.token()), "x");
+    assert_eq!(code, 400, "{body}");
+
+    // A live key changed.
+    write(&file, "images:\n  gc: {highThresholdPercent: 95, lowThresholdPercent: 70}\n");
+    let (code, body) = http(&url, "POST", "/-/reload", Some(server.token()), "");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["digest"], check(&file).as_str(), "{body}");
+    assert_eq!(v["restartRequired"], serde_json::json!([]), "{body}");
+
+    // A restart-only key changed: said so.
+    write(&file, "controller: {concurrency: 7}\n");
+    let (code, body) = http(&url, "POST", "/-/reload", Some(server.token()), "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"restartRequired\":[\"controller.concurrency\"]") && body.contains("only after a restart"), "{body}");
+
+    // An invalid file: refused, naming the key; nothing changes.
+    write(&file, "controller: {concurrency: 7, resync: 1m}\n");
+    let (code, body) = http(&url, "POST", "/-/reload", Some(server.token()), "");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("controller.resync: unknown field `resync`"), "{body}");
+    assert!(server.logs().contains("configuration reload refused"), "{}", server.logs());
+
+    // SIGHUP reloads too, and logs the digest.
+    write(&file, "controller: {concurrency: 7}\nimages: {gc: {highThresholdPercent: 99, lowThresholdPercent: 1}}\n");
+    let digest = check(&file);
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe {
+        libc::kill(server.pid() as i32, libc::SIGHUP);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.logs().lines().any(|l| l.contains("configuration reloaded") && l.contains(&digest)) {
+        assert!(std::time::Instant::now() < deadline, "no reload line with {digest} after SIGHUP:\n{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, metrics) = http(&url, "GET", "/metrics", Some(server.token()), "");
+    assert!(metrics.contains("steward_config_reloads_total{result=\"success\"} 3"), "{metrics}");
+    assert!(metrics.contains("steward_config_reloads_total{result=\"failure\"} 1"), "{metrics}");
+}

@@ -173,6 +173,9 @@ pub struct ContainerdRuntime {
     pub(crate) ctx: Ctx,
     cfg: Arc<ContainerdConfig>,
     registries: Arc<registry::Clients>,
+    /// Registry settings in force: swapped whole on a configuration
+    /// reload; a pull uses the value it started with.
+    registry: Arc<arc_swap::ArcSwap<registry::Settings>>,
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -198,6 +201,7 @@ impl ContainerdRuntime {
                 lease: None,
                 timeout: cfg.call_timeout,
             },
+            registry: Arc::new(arc_swap::ArcSwap::from_pointee(cfg.registry.clone())),
             cfg: Arc::new(cfg),
             registries: Arc::new(registry::Clients::default()),
         };
@@ -207,6 +211,11 @@ impl ContainerdRuntime {
 
     pub fn config(&self) -> &ContainerdConfig {
         &self.cfg
+    }
+
+    /// The registry settings in force, for a configuration reload to swap.
+    pub fn registry_settings(&self) -> Arc<arc_swap::ArcSwap<registry::Settings>> {
+        self.registry.clone()
     }
 
     /// containerd's version (also a liveness check).
@@ -300,7 +309,8 @@ impl ContainerdRuntime {
     async fn pull(&self, image: &str, name: &str, progress: &(dyn Fn(PullProgress) + Send + Sync)) -> Result<ImageConfig, RuntimeError> {
         let reference = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?;
         let perr = |e: String| RuntimeError::ImagePull(format!("pull {image}: {e}"));
-        let reg = registry::Registry::connect(&self.registries, &self.cfg.registry, reference).map_err(perr)?;
+        let settings = self.registry.load_full();
+        let reg = registry::Registry::connect(&self.registries, &settings, reference).map_err(perr)?;
         let started = std::time::Instant::now();
         let (top, top_bytes) = reg.fetch_top().await.map_err(perr)?;
         let cfg = self
