@@ -295,12 +295,14 @@ fn kill9_containerd(scenario: &str, external: bool) {
     }
 }
 
-/// Finding F1, made deterministic: containerd killed while it creates a
-/// task comes back holding the shim it had started, with no task in it;
-/// Tasks.Create then answers "already exists" while Get and List find
-/// nothing. The harness puts a stopped steward's container in that state
-/// (`ctr tasks start` and a kill -9 of containerd a few ms later, until it
-/// takes); steward, started again, must clear it and run the container.
+/// Findings F1 and F2: containerd killed while it creates a task comes back
+/// holding the shim it had started, with no task in it (Tasks.Create then
+/// answers "already exists" while Get and List find nothing), or, killed
+/// earlier, with the task's bundle directory and no shim (every create
+/// fails on its mkdir). The harness puts a stopped steward's container in
+/// the first state (`ctr tasks start` and a kill -9 of containerd a few ms
+/// later, until it takes) and then in the second; steward, started again,
+/// must clear each and run the container.
 #[test]
 fn a_task_create_cut_by_containerd_dying_is_recovered() {
     let mut e = env_with(true, &[]);
@@ -356,6 +358,25 @@ fn a_task_create_cut_by_containerd_dying_is_recovered() {
     });
     assert_eq!(container_id(&v), id, "the same container runs again");
     assert!(listed(&id), "containerd lists the task of {id}: {}", String::from_utf8_lossy(&ctr(&["tasks", "ls"]).stdout));
+
+    // Killed a few ms earlier, while it starts the shim, containerd leaves
+    // the task's bundle directory without a shim, and every create fails
+    // on its mkdir ("file exists"). That window is ~5 ms wide; the state
+    // is made by hand here, as the soak found it.
+    e.steward.stop_graceful(Duration::from_secs(30));
+    remove_task(&id);
+    let ext = e.ext.as_ref().expect("external containerd");
+    let bundle = ext.dir.join("state/io.containerd.runtime.v2.task/steward").join(&id);
+    std::fs::create_dir_all(bundle.join("rootfs")).expect("make the stale bundle");
+    std::fs::write(bundle.join("config.json"), "{}").expect("write");
+    let refused = ctr(&["tasks", "start", "--detach", &id]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("file exists"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let old_pid = v["status"]["pid"].as_u64();
+    e.steward.restart();
+    e.steward.wait("f1", "Running past a stale bundle", Duration::from_secs(30), |v| {
+        phase(v) == "Running" && v["status"]["pid"].as_u64().is_some_and(|p| Some(p) != old_pid)
+    });
+    assert!(listed(&id), "containerd lists the task of {id}");
 }
 
 fn proc_state(pid: i32) -> char {

@@ -552,6 +552,17 @@ impl ContainerdRuntime {
                 }
                 t.create(self.ctx.req(req)).await.map_err(|s| create_error(id, &s))?;
             }
+            Err(s) if stale_bundle(s.message(), &self.ctx.namespace, id).is_some() && self.get_task(id).await?.is_none() => {
+                // containerd was killed while it started the task's shim:
+                // restarted, it holds no shim for it, but the shim's bundle
+                // directory is still there, and every create fails on its
+                // mkdir. Unmount and remove it as containerd's own clean-up
+                // of a dead shim would, then create again.
+                let bundle = stale_bundle(s.message(), &self.ctx.namespace, id).unwrap_or_default();
+                tracing::warn!(container = id, bundle = %bundle.display(), "a task bundle left by a containerd killed during a create; removing it");
+                remove_stale_bundle(&bundle).map_err(|e| RuntimeError::Unavailable(format!("remove the stale task bundle {}: {e}", bundle.display())))?;
+                t.create(self.ctx.req(req)).await.map_err(|s| create_error(id, &s))?;
+            }
             Err(s) => return Err(create_error(id, &s)),
         }
         self.start_task(id).await
@@ -739,6 +750,42 @@ fn object_log_dir(labels: &HashMap<String, String>) -> Option<String> {
 }
 
 /// A failed image store as an `ErrImagePull` message.
+/// The bundle directory named by a Tasks.Create failure of the form
+/// `failed to start shim: mkdir <state>/io.containerd.runtime.v2.task/<ns>/<id>: file exists`,
+/// when it is exactly this container's.
+fn stale_bundle(msg: &str, namespace: &str, id: &str) -> Option<PathBuf> {
+    let rest = msg.split("mkdir ").nth(1)?;
+    let (path, tail) = rest.split_once(": ")?;
+    if !tail.starts_with("file exists") {
+        return None;
+    }
+    let p = PathBuf::from(path);
+    let suffix = Path::new("io.containerd.runtime.v2.task").join(namespace).join(id);
+    (p.is_absolute() && p.ends_with(&suffix) && !path.contains("/../")).then_some(p)
+}
+
+/// What containerd's `Bundle.Delete` does: the rootfs mount (if any) goes,
+/// then the work directory the bundle links to, then the bundle.
+fn remove_stale_bundle(bundle: &Path) -> std::io::Result<()> {
+    let rootfs = bundle.join("rootfs");
+    if let Ok(c) = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()) {
+        // SAFETY: umount2(2) on a NUL-terminated path we own; failure (not
+        // mounted, gone) is fine.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+    if let Ok(work) = std::fs::read_link(bundle.join("work")) {
+        if work.is_absolute() && work.ends_with(bundle.iter().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<PathBuf>()) {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+    }
+    match std::fs::remove_dir_all(bundle) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn store_error(image: &str, e: store::StoreError) -> RuntimeError {
     match e {
         store::StoreError::Image(image::ImageError::Status(s)) if s.code() == Code::Unavailable => {
@@ -964,3 +1011,37 @@ impl Runtime for ContainerdRuntime {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_bundles_are_recognised_only_for_this_container() {
+        let msg = "failed to start shim: mkdir /d/containerd/state/io.containerd.runtime.v2.task/steward/default.c26.30ca80031267: file exists";
+        assert_eq!(
+            stale_bundle(msg, "steward", "default.c26.30ca80031267"),
+            Some(PathBuf::from("/d/containerd/state/io.containerd.runtime.v2.task/steward/default.c26.30ca80031267"))
+        );
+        assert_eq!(stale_bundle(msg, "steward", "default.other.1"), None);
+        assert_eq!(stale_bundle(msg, "other-ns", "default.c26.30ca80031267"), None);
+        assert_eq!(stale_bundle(&msg.replace("file exists", "permission denied"), "steward", "default.c26.30ca80031267"), None);
+        assert_eq!(stale_bundle("failed to start shim: mkdir x/io.containerd.runtime.v2.task/steward/a: file exists", "steward", "a"), None);
+        assert_eq!(stale_bundle("exec: not found", "steward", "a"), None);
+    }
+
+    #[test]
+    fn a_stale_bundle_and_its_work_dir_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = d.path().join("state/io.containerd.runtime.v2.task/steward/c1");
+        let work = d.path().join("root/io.containerd.runtime.v2.task/steward/c1");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::write(bundle.join("config.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(&work, bundle.join("work")).unwrap();
+        remove_stale_bundle(&bundle).unwrap();
+        assert!(!bundle.exists() && !work.exists());
+        // Gone already: fine.
+        remove_stale_bundle(&bundle).unwrap();
+    }
+}
