@@ -123,7 +123,7 @@ async fn decode_body(media: &str, body: &Bytes) -> Result<Container, ApiError> {
 
 /// Defaults, URL consistency and validation, as every write of a whole
 /// object goes through.
-fn admit(c: &mut Container, ns: &str, url_name: Option<&str>) -> Result<(), ApiError> {
+fn admit(app: &AppState, c: &mut Container, ns: &str, url_name: Option<&str>) -> Result<(), ApiError> {
     if c.metadata.namespace.is_empty() {
         c.metadata.namespace = ns.to_string();
     } else if c.metadata.namespace != ns {
@@ -144,7 +144,28 @@ fn admit(c: &mut Container, ns: &str, url_name: Option<&str>) -> Result<(), ApiE
     }
     c.apply_defaults();
     validate_container(c).map_err(|errors| ApiError::Invalid { name: c.metadata.name.clone(), errors })?;
-    Ok(())
+    check_runtime_class(app, c)
+}
+
+/// A Container naming a runtime handler the configuration does not define
+/// is refused when it is created or when it changes its handler (an
+/// existing one whose handler was removed since stays manageable).
+fn check_runtime_class(app: &AppState, c: &Container) -> Result<(), ApiError> {
+    let (Some(rc), Some(known)) = (&c.spec.runtime_class_name, &app.config.runtime_handlers) else {
+        return Ok(());
+    };
+    let current = app.store.get(&key(&c.metadata.namespace, &c.metadata.name));
+    let unchanged = current.is_some_and(|cur| cur.object.spec.get("runtimeClassName").and_then(Value::as_str) == Some(rc.as_str()));
+    let known = known();
+    if unchanged || known.iter().any(|h| h == rc) {
+        return Ok(());
+    }
+    let mut errors = steward_schema::validate::FieldErrors::default();
+    errors.invalid(
+        "spec.runtimeClassName",
+        format!("{rc:?} is not a runtime handler of this server (runtimes.handlers: {})", known.join(", ")),
+    );
+    Err(ApiError::Invalid { name: c.metadata.name.clone(), errors })
 }
 
 fn to_object(c: Container) -> Result<Object, ApiError> {
@@ -182,7 +203,7 @@ pub async fn create(
     let mut c = decode_body(&media_type(&headers), &bytes).await?;
     let name = c.metadata.name.clone();
     async {
-        admit(&mut c, &ns, None)?;
+        admit(&app, &mut c, &ns, None)?;
         let r = app.store.write(Write::Create { key: key(&ns, &c.metadata.name), object: to_object(c)? }, p.dry_run).await?;
         Ok(object_response(StatusCode::CREATED, "create", &r.object))
     }
@@ -201,7 +222,7 @@ pub async fn replace(
     let bytes = read_body(&app, &headers, body).await?;
     let mut c = decode_body(&media_type(&headers), &bytes).await?;
     async {
-        admit(&mut c, &ns, Some(&name))?;
+        admit(&app, &mut c, &ns, Some(&name))?;
         let r = app.store.write(Write::Update { key: key(&ns, &name), object: to_object(c)? }, p.dry_run).await?;
         Ok(object_response(StatusCode::OK, "update", &r.object))
     }
@@ -418,7 +439,7 @@ pub async fn patch(
     let to_write = |doc: Value| {
         let mut c = container_from_value(serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?)
             .map_err(|e| ApiError::BadRequest(format!("the patched object is not a Container: {e}")))?;
-        admit(&mut c, &ns, Some(&name))?;
+        admit(&app, &mut c, &ns, Some(&name))?;
         Ok(Write::Update { key: key(&ns, &name), object: to_object(c)? })
     };
     patch_with(&app, &ns, &name, &kind, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await
@@ -454,7 +475,7 @@ async fn patch_with(
 /// nothing. The `X-Steward-Apply` header says which happened.
 async fn apply(app: &AppState, ns: &str, name: &str, body: &Bytes, dry_run: bool) -> Result<Response, ApiError> {
     let mut c = decode_body("application/apply-patch+yaml", body).await?;
-    admit(&mut c, ns, Some(name))?;
+    admit(app, &mut c, ns, Some(name))?;
     let explicit_rv = !c.metadata.resource_version.is_empty();
     let desired = to_object(c)?;
     let mut attempt = 0;

@@ -48,6 +48,9 @@ pub struct Config {
     pub images: Option<Arc<dyn ImageImporter>>,
     /// Reloads the configuration on `POST /-/reload` (`None`: 404).
     pub reloader: Option<SharedReloader>,
+    /// The runtime handlers a Container may name now (`None`: not
+    /// checked, e.g. without a container runtime).
+    pub runtime_handlers: Option<Arc<dyn Fn() -> Vec<String> + Send + Sync>>,
     /// Where uploaded archives wait while they are imported.
     pub upload_dir: Option<std::path::PathBuf>,
     /// Largest image archive accepted.
@@ -85,6 +88,7 @@ impl Default for Config {
             logs_dir: None,
             images: None,
             reloader: None,
+            runtime_handlers: None,
             upload_dir: None,
             max_image_bytes: 4 << 30,
             token: None,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use steward_apiserver::ReloadReport;
-use steward_controller::containerd::registry;
+use steward_controller::containerd;
 
 use crate::serve::{self, ServeArgs};
 
@@ -25,8 +25,12 @@ pub struct LiveConfig {
     event_retention: Option<std::time::Duration>,
     /// The configuration in force (with the flags' overrides).
     current: ArcSwap<steward_config::Config>,
-    /// The registry settings the container runtime pulls with, if it runs.
-    registry: Option<Arc<ArcSwap<registry::Settings>>>,
+    /// The one the process started with: restart-only keys are compared
+    /// with it, so a change stays reported until a restart applies it.
+    started: Arc<steward_config::Config>,
+    /// What the container runtime reads live (registries, handlers), if
+    /// it runs: one value, swapped whole.
+    runtime: Option<Arc<ArcSwap<containerd::Live>>>,
     /// One reload at a time.
     lock: tokio::sync::Mutex<()>,
     ok: AtomicU64,
@@ -34,14 +38,19 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    pub fn new(args: &ServeArgs, loaded: &serve::LoadedConfig, registry: Option<Arc<ArcSwap<registry::Settings>>>) -> Self {
+    pub fn new(
+        args: &ServeArgs,
+        loaded: &serve::LoadedConfig,
+        runtime: Option<Arc<ArcSwap<containerd::Live>>>,
+    ) -> Self {
         LiveConfig {
             path: loaded.path.clone(),
             data_dir: args.data_dir.clone(),
             concurrency: args.concurrency,
             event_retention: args.event_retention,
             current: ArcSwap::from_pointee(loaded.config.clone()),
-            registry,
+            started: Arc::new(loaded.config.clone()),
+            runtime,
             lock: tokio::sync::Mutex::new(()),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -69,11 +78,13 @@ impl LiveConfig {
             new.store.compaction_window = d;
         }
         serve::check_log_level(&new).map_err(|e| e.to_string())?;
-        let old = self.current.load_full();
-        let restart_required: Vec<String> = new.restart_only_changes(&old).into_iter().map(String::from).collect();
+        let restart_required: Vec<String> = new.restart_only_changes(&self.started).into_iter().map(String::from).collect();
         // Live parts first, then the whole: each is one swap.
-        if let Some(r) = &self.registry {
-            r.store(Arc::new(serve::registry_settings(&new, &self.data_dir)));
+        if let Some(live) = &self.runtime {
+            live.store(Arc::new(containerd::Live {
+                registry: serve::registry_settings(&new, &self.data_dir),
+                handlers: serve::runtime_handlers(&new, &self.data_dir),
+            }));
         }
         self.current.store(Arc::new(new));
         Ok(ReloadReport { digest, restart_required })
@@ -107,17 +118,25 @@ impl steward_apiserver::Reloader for LiveConfig {
     }
 }
 
-/// Reloads on every SIGHUP, for as long as the process lives.
-pub fn reload_on_sighup(live: Arc<LiveConfig>) {
+/// Takes SIGHUP over at once (its default action would end the process),
+/// before the slow parts of start-up; hand the result to
+/// [`reload_on_sighup`] once the configuration can be reloaded.
+pub fn catch_sighup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
+            None
+        }
+    }
+}
+
+/// Reloads on every SIGHUP (one that came during start-up included), for
+/// as long as the process lives.
+pub fn reload_on_sighup(live: Arc<LiveConfig>, hup: Option<tokio::signal::unix::Signal>) {
     use steward_apiserver::Reloader;
+    let Some(mut hup) = hup else { return };
     tokio::spawn(async move {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload");
-                return;
-            }
-        };
         while hup.recv().await.is_some() {
             let _ = live.reload().await;
         }
@@ -132,7 +151,15 @@ mod tests {
     /// never a mix: each value written has all its fields equal.
     #[test]
     fn the_swap_is_whole_under_concurrent_readers() {
-        let cell = Arc::new(ArcSwap::from_pointee(steward_config::Config::default()));
+        let valid = |n: usize| {
+            let mut c = steward_config::Config::default();
+            c.controller.concurrency = n;
+            c.images.gc.high_threshold_percent = (10 + n % 80) as u8;
+            c.images.gc.low_threshold_percent = 1;
+            c.log.level = format!("l{n}");
+            c
+        };
+        let cell = Arc::new(ArcSwap::from_pointee(valid(0)));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let readers: Vec<_> = (0..4)
             .map(|_| {
@@ -151,12 +178,7 @@ mod tests {
             })
             .collect();
         for n in 1..20_000usize {
-            let mut c = steward_config::Config::default();
-            c.controller.concurrency = n;
-            c.images.gc.high_threshold_percent = (10 + n % 80) as u8;
-            c.images.gc.low_threshold_percent = 1;
-            c.log.level = format!("l{n}");
-            cell.store(Arc::new(c));
+            cell.store(Arc::new(valid(n)));
         }
         stop.store(true, Ordering::Relaxed);
         let total: u64 = readers.into_iter().map(|r| r.join().expect("a reader panicked")).sum();

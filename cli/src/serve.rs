@@ -140,6 +140,11 @@ pub fn registry_settings(config: &steward_config::Config, data_dir: &std::path::
     }
 }
 
+/// The runtime handlers of `config`, their wrappers under `DATA/runtimes`.
+pub fn runtime_handlers(config: &steward_config::Config, data_dir: &std::path::Path) -> steward_controller::containerd::handlers::Handlers {
+    steward_controller::containerd::handlers::Handlers::new(&config.runtimes, data_dir.join("runtimes"))
+}
+
 /// What the config crate cannot check itself: `log.level` must be a
 /// filter `tracing` understands.
 pub fn check_log_level(c: &steward_config::Config) -> anyhow::Result<()> {
@@ -148,6 +153,7 @@ pub fn check_log_level(c: &steward_config::Config) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
+    let hup = crate::live::catch_sighup();
     let LoadedConfig { config, path, file_digest, overrides } = loaded;
     match &path {
         Some(p) => tracing::info!(file = %p.display(), digest = %file_digest, ?overrides, "configuration loaded"),
@@ -224,6 +230,7 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         let mut cfg = ContainerdConfig::new(&socket, &log_root);
         cfg.namespace = args.containerd_namespace.clone();
         cfg.registry = registry_settings(&config, &args.data_dir);
+        cfg.handlers = runtime_handlers(&config, &args.data_dir);
         tracing::info!(
             hosts = %cfg.registry.config_path.display(),
             credentials = %cfg.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
@@ -239,6 +246,10 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         });
         api.logs_dir = Some(log_root.join(&args.containerd_namespace));
         api.images = Some(Arc::new(Importer(rt.clone())));
+        // A Container naming a handler the configuration (as reloaded)
+        // does not define is refused at apply.
+        let live = rt.live();
+        api.runtime_handlers = Some(Arc::new(move || live.load().handlers.handlers.keys().cloned().collect()));
         // Uploads a crash left half-written are of no use to anyone.
         let tmp = args.data_dir.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -250,10 +261,10 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
     let live = Arc::new(crate::live::LiveConfig::new(
         &args,
         &LoadedConfig { config: config.clone(), path: path.clone(), file_digest: file_digest.clone(), overrides: overrides.clone() },
-        runtime.as_ref().map(|rt| rt.registry_settings()),
+        runtime.as_ref().map(|rt| rt.live()),
     ));
     api.reloader = Some(live.clone());
-    crate::live::reload_on_sighup(live);
+    crate::live::reload_on_sighup(live, hup);
 
     tracing::info!(%addr, data_dir = %args.data_dir.display(), controllers = runtime.is_some(), "steward serving");
     // The one line on stdout: scripts and tests wait for it.

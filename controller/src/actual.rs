@@ -33,6 +33,10 @@ pub const LABEL_LIMITS: &str = "steward.dev/limits";
 /// Set (RFC 3339) when steward sent the stop signal, so the grace period
 /// survives a steward restart.
 pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
+/// The runtime handler a container was created with, and the digest of
+/// its definition then (see `containerd::handlers`).
+pub const LABEL_RUNTIME_HANDLER: &str = "steward.dev/runtime-handler";
+pub const LABEL_RUNTIME_DEFINITION: &str = "steward.dev/runtime-definition";
 pub const MANAGED_BY: &str = "steward";
 /// The uid of the store whose object the container belongs to: several
 /// stewards may share one containerd namespace, and each collects only its
@@ -177,6 +181,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// such container, or it is not steward's).
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<ActualContainer>, RuntimeError>> {
         Box::pin(async move { Ok(self.list().await?.into_iter().find(|c| c.id == id)) })
+    }
+
+    /// The definition digest of runtime handler `name` in the configuration
+    /// now: `Some(None)` when it is not configured any more, `None` when
+    /// this runtime cannot tell.
+    fn handler_definition(&self, _name: &str) -> Option<Option<String>> {
+        None
     }
 
     /// Makes the image present (pulling per policy), reporting progress.

@@ -64,6 +64,11 @@ pub struct ContainerSpec {
     pub mounts: Vec<Mount>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkMode>,
+    /// The runtime handler (`runtimes.handlers.NAME` in steward's
+    /// configuration) that runs the container; none means
+    /// `runtimes.default`. Kubernetes' name for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -176,6 +181,18 @@ pub struct ContainerStatus {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The runtime handler the container was created with, and the digest
+    /// of that handler's definition then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_handler: Option<RuntimeHandlerStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuntimeHandlerStatus {
+    pub name: String,
+    /// `sha256:...` of the handler's definition (runtime, args, env).
+    pub definition: String,
 }
 
 /// Exactly one of `waiting`, `running`, `terminated`.

@@ -40,7 +40,7 @@ impl FieldErrors {
             message: "Required value".into(),
         });
     }
-    fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             field: field.into(),
             reason: "FieldValueInvalid",
@@ -218,6 +218,11 @@ pub fn validate_container(c: &Container) -> Result<(), FieldErrors> {
             || sig.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n));
         if !known {
             errs.invalid("spec.stopSignal", format!("{sig:?} is not a signal (e.g. SIGTERM, SIGINT, 15)"));
+        }
+    }
+    if let Some(rc) = &s.runtime_class_name {
+        if let Err(m) = dns1123_label(rc) {
+            errs.invalid("spec.runtimeClassName", format!("{rc:?}: a runtime handler name {m}"));
         }
     }
     if let Some(g) = s.termination_grace_period_seconds {

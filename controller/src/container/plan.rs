@@ -9,14 +9,14 @@ use std::time::Duration;
 use chrono::Utc;
 use steward_schema::validate::is_runtime_id;
 use steward_schema::quantity::Quantity;
-use steward_schema::{
+use steward_schema::{RuntimeHandlerStatus, 
     Condition, Container, ContainerSpec, ContainerState, ContainerStatus, MountType, NetworkMode, Phase,
     RestartPolicy, StateRunning, StateTerminated, StateWaiting, Time,
 };
 
 use crate::actual::{
-    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_SPEC_HASH, LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE,
-    LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
+    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_SPEC_HASH,
+    LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE, LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
 };
 
 /// The kubelet's restart backoff: 10 s doubling to 5 min...
@@ -131,7 +131,7 @@ fn spec_shape(spec: &ContainerSpec) -> serde_json::Value {
         None | Some(NetworkMode::None) => "none",
         Some(NetworkMode::Host) => "host",
     };
-    serde_json::json!([
+    let mut shape = serde_json::json!([
         format!("steward.dev/spec-shape/v{SPEC_HASH_VERSION}"),
         spec.image,
         spec.command,
@@ -141,7 +141,13 @@ fn spec_shape(spec: &ContainerSpec) -> serde_json::Value {
         spec.user,
         mounts,
         network,
-    ])
+    ]);
+    // Appended only when set, so the hashes of specs without it (every
+    // container made before it existed) stay what they were.
+    if let (Some(rc), Some(a)) = (&spec.runtime_class_name, shape.as_array_mut()) {
+        a.push(serde_json::json!(["runtimeClassName", rc]));
+    }
+    shape
 }
 
 /// `64Mi` and `67108864` are the same quantity.
@@ -448,6 +454,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
         }
         status.phase = Some(Phase::Pending);
         status.container_id = None;
+        status.runtime_handler = None;
         status.pid = None;
         // A new container (first, or for a new spec) starts its backoff
         // afresh, as the kubelet's is keyed by the container's spec.
@@ -460,6 +467,9 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let container_ref = format!("containerd://{id}");
     let same_container = prior.container_id.as_deref() == Some(container_ref.as_str());
     status.container_id = Some(container_ref);
+    let handler = current.label(LABEL_RUNTIME_HANDLER);
+    status.runtime_handler = (!handler.is_empty())
+        .then(|| RuntimeHandlerStatus { name: handler.to_string(), definition: current.label(LABEL_RUNTIME_DEFINITION).to_string() });
     if current.image_digest.is_some() {
         status.image_digest = current.image_digest.clone();
     }
@@ -1127,6 +1137,7 @@ mod tests {
             ("user", Box::new(|s| s.user = Some("0".into()))),
             ("mounts", Box::new(|s| s.mounts[0].read_only = true)),
             ("mount size", Box::new(|s| s.mounts[0].size_limit = Some(Quantity("65Mi".into())))),
+            ("runtimeClassName", Box::new(|s| s.runtime_class_name = Some("crun".into()))),
             ("network", Box::new(|s| s.network = Some(NetworkMode::Host))),
             // Moving a value between command and args changes the process.
             ("command/args split", Box::new(|s| {

@@ -79,10 +79,46 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
         ctx.pulls.reset_backoff(&obj.spec.image);
     }
     let now = Time::now();
-    let Plan { step, status } = plan(obj, &actual, &now);
+    let Plan { step, mut status } = plan(obj, &actual, &now);
+    handler_condition(&*ctx.runtime, &mut status, &now);
     tracing::debug!(?step, "planned");
     let obj = write_status(ctx, obj, status).await?;
     execute(ctx, &obj, step).await
+}
+
+/// `RuntimeHandlerCurrent`: False while the container runs with a handler
+/// definition the configuration no longer has (changed, or the handler
+/// removed); it keeps running and stays manageable with the one it was
+/// created with. Absent when current.
+fn handler_condition<R: Runtime + ?Sized>(rt: &R, status: &mut ContainerStatus, now: &Time) {
+    let Some(h) = status.runtime_handler.clone() else { return };
+    let Some(configured) = rt.handler_definition(&h.name) else { return };
+    let problem = match configured {
+        None => Some((
+            "HandlerRemoved",
+            format!("runtime handler {:?} is no longer configured; the container keeps the definition it was created with", h.name),
+        )),
+        Some(d) if d != h.definition => Some((
+            "DefinitionChanged",
+            format!(
+                "runtime handler {:?} was redefined since this container was created; new containers use the new definition, this one keeps its own until it is recreated",
+                h.name
+            ),
+        )),
+        Some(_) => None,
+    };
+    let prev = status.condition(CONDITION_RUNTIME_HANDLER).cloned();
+    status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
+    if let Some((reason, message)) = problem {
+        let since = prev.filter(|p| p.reason == reason).and_then(|p| p.last_transition_time).unwrap_or(*now);
+        status.conditions.push(Condition {
+            type_: CONDITION_RUNTIME_HANDLER.into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(since),
+        });
+    }
 }
 
 /// Deleting: tear every container of the object down, a step per pass;
@@ -259,6 +295,9 @@ fn object_labels<R>(ctx: &Context<R>, obj: &Container) -> BTreeMap<String, Strin
     labels.extend(spec_labels(&obj.spec));
     labels
 }
+
+/// The condition [`handler_condition`] sets.
+pub const CONDITION_RUNTIME_HANDLER: &str = "RuntimeHandlerCurrent";
 
 enum Image {
     Ready(crate::actual::ImageConfig),

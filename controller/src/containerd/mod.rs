@@ -18,6 +18,7 @@ pub mod archive;
 pub mod auth;
 pub(crate) mod content;
 pub mod errors;
+pub mod handlers;
 pub mod hosts;
 mod events;
 pub mod image;
@@ -56,8 +57,10 @@ use tracing::Instrument;
 
 use crate::actual::{
     ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_NAMESPACE, LABEL_UID, LABEL_STOP_REQUESTED, MANAGED_BY,
+    LABEL_NAME, LABEL_NAMESPACE, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_STOP_REQUESTED, LABEL_UID,
+    MANAGED_BY,
 };
+use prost::Message;
 use errors::{create_error, from_status};
 use logdriver::LogDriverConfig;
 
@@ -93,6 +96,8 @@ pub struct ContainerdConfig {
     pub call_timeout: Duration,
     /// Registry hosts (TLS, mirrors) and credentials.
     pub registry: registry::Settings,
+    /// Runtime handlers (`spec.runtimeClassName`).
+    pub handlers: handlers::Handlers,
 }
 
 impl ContainerdConfig {
@@ -105,6 +110,7 @@ impl ContainerdConfig {
             log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             registry: registry::Settings { config_path: PathBuf::from("/etc/steward/certs.d"), auth_file: auth::auth_file(None) },
+            handlers: handlers::Handlers::new(&steward_config::Runtimes::default(), PathBuf::from("/var/lib/steward/runtimes")),
         }
     }
 }
@@ -173,9 +179,17 @@ pub struct ContainerdRuntime {
     pub(crate) ctx: Ctx,
     cfg: Arc<ContainerdConfig>,
     registries: Arc<registry::Clients>,
-    /// Registry settings in force: swapped whole on a configuration
-    /// reload; a pull uses the value it started with.
-    registry: Arc<arc_swap::ArcSwap<registry::Settings>>,
+    /// What a configuration reload changes, swapped whole: a pull or a
+    /// create uses the value it started with; a container keeps the
+    /// handler it was created with.
+    live: Arc<arc_swap::ArcSwap<Live>>,
+}
+
+/// The part of the configuration the container runtime reads live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Live {
+    pub registry: registry::Settings,
+    pub handlers: handlers::Handlers,
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -201,7 +215,7 @@ impl ContainerdRuntime {
                 lease: None,
                 timeout: cfg.call_timeout,
             },
-            registry: Arc::new(arc_swap::ArcSwap::from_pointee(cfg.registry.clone())),
+            live: Arc::new(arc_swap::ArcSwap::from_pointee(Live { registry: cfg.registry.clone(), handlers: cfg.handlers.clone() })),
             cfg: Arc::new(cfg),
             registries: Arc::new(registry::Clients::default()),
         };
@@ -213,9 +227,9 @@ impl ContainerdRuntime {
         &self.cfg
     }
 
-    /// The registry settings in force, for a configuration reload to swap.
-    pub fn registry_settings(&self) -> Arc<arc_swap::ArcSwap<registry::Settings>> {
-        self.registry.clone()
+    /// The live part of the configuration, for a reload to swap.
+    pub fn live(&self) -> Arc<arc_swap::ArcSwap<Live>> {
+        self.live.clone()
     }
 
     /// containerd's version (also a liveness check).
@@ -309,8 +323,8 @@ impl ContainerdRuntime {
     async fn pull(&self, image: &str, name: &str, progress: &(dyn Fn(PullProgress) + Send + Sync)) -> Result<ImageConfig, RuntimeError> {
         let reference = registry::Reference::parse(image).map_err(RuntimeError::ImagePull)?;
         let perr = |e: String| RuntimeError::ImagePull(format!("pull {image}: {e}"));
-        let settings = self.registry.load_full();
-        let reg = registry::Registry::connect(&self.registries, &settings, reference).map_err(perr)?;
+        let live = self.live.load_full();
+        let reg = registry::Registry::connect(&self.registries, &live.registry, reference).map_err(perr)?;
         let started = std::time::Instant::now();
         let (top, top_bytes) = reg.fetch_top().await.map_err(perr)?;
         let cfg = self
@@ -466,6 +480,11 @@ impl ContainerdRuntime {
         }
         labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
         labels.insert(LABEL_IMAGE_DIGEST.into(), image.digest.clone());
+        // The handler as configured now; the container keeps it for life.
+        let handler = handlers::resolve(&self.live.load().handlers, spec.runtime_class_name.as_deref()).map_err(RuntimeError::Create)?;
+        labels.insert(LABEL_RUNTIME_HANDLER.into(), handler.name.clone());
+        labels.insert(LABEL_RUNTIME_DEFINITION.into(), handler.definition.clone());
+        let runtime_options = RuncOptions { binary_name: handler.binary.to_string_lossy().into_owned() };
         let hostname = spec::hostname_for(labels.get(LABEL_NAME).map(String::as_str), id);
         let host = spec::HostLimits::current();
         self.with_lease(|ctx| async move {
@@ -485,7 +504,10 @@ impl ContainerdRuntime {
                 id: id.to_string(),
                 labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 image: String::new(),
-                runtime: Some(ContainerRuntimeInfo { name: RUNC_V2.into(), options: None }),
+                runtime: Some(ContainerRuntimeInfo {
+                    name: RUNC_V2.into(),
+                    options: Some(prost_types::Any { type_url: RUNC_OPTIONS_TYPE_URL.into(), value: runtime_options.encode_to_vec() }),
+                }),
                 spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec_bytes }),
                 snapshotter: ctx.snapshotter.clone(),
                 snapshot_key: id.to_string(),
@@ -750,6 +772,16 @@ fn object_log_dir(labels: &HashMap<String, String>) -> Option<String> {
 }
 
 /// A failed image store as an `ErrImagePull` message.
+/// `containerd.runc.v1.Options` (runtime/v2/runc/options/oci.proto), of
+/// which steward sets only the runc binary the shim runs.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuncOptions {
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+}
+
+pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
 /// The bundle directory named by a Tasks.Create failure of the form
 /// `failed to start shim: mkdir <state>/io.containerd.runtime.v2.task/<ns>/<id>: file exists`,
 /// when it is exactly this container's.
@@ -832,6 +864,10 @@ impl ContainerdRuntime {
 }
 
 impl Runtime for ContainerdRuntime {
+    fn handler_definition(&self, name: &str) -> Option<Option<String>> {
+        Some(self.live.load().handlers.definition_digest(name))
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {
         Box::pin(async move { self.with_tasks(self.list_containers().await?, false).await })
     }
