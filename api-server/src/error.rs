@@ -29,6 +29,13 @@ pub enum ApiError {
     /// JSON patch whose `test` fails): 422.
     #[error("{0}")]
     Unprocessable(String),
+    /// The request conflicts with the server's state (e.g. a reload with no
+    /// configuration file): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The server failed for a reason of its own: 500.
+    #[error("{0}")]
+    Internal(String),
     /// The client did not send its request body in time: 408.
     #[error("{0}")]
     RequestTimeout(String),
@@ -67,6 +74,8 @@ impl ApiError {
             ApiError::TooLarge(_) => Status::failure(413, "RequestEntityTooLarge", msg),
             ApiError::Unavailable(_) => Status::failure(503, "ServiceUnavailable", msg),
             ApiError::Unprocessable(_) => Status::failure(422, "Invalid", msg),
+            ApiError::Conflict(_) => Status::failure(409, "Conflict", msg),
+            ApiError::Internal(_) => Status::failure(500, "InternalError", msg),
             ApiError::TooManyRequests(_) => Status::failure(429, "TooManyRequests", msg),
             ApiError::RequestTimeout(_) => Status::failure(408, "Timeout", msg),
             ApiError::Store(e) => match e {

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use images::ImageImporter;
 pub use metrics::Metrics;
-pub use reload::{ReloadReport, Reloader, SharedReloader};
+pub use reload::{ReloadError, ReloadReport, Reloader, SharedReloader};
 
 /// Version of this build, reported by `/version`.
 pub const STEWARD_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -25,11 +25,24 @@ pub struct ReloadReport {
     pub restart_required: Vec<String>,
 }
 
+/// Why a reload changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// There is no configuration file to reload (409).
+    #[error("{0}")]
+    NoFile(String),
+    /// The file is invalid: names the file, the key and the problem (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The file could not be read (500).
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 /// Reloads the configuration; counts what it did for `/metrics`.
 pub trait Reloader: Send + Sync {
-    /// `Err` names the file, the key and the problem; the configuration in
-    /// force is then unchanged.
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>>;
+    /// On `Err` the configuration in force is unchanged.
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>>;
     /// Reloads so far: (succeeded, failed), whatever asked for them.
     fn counts(&self) -> (u64, u64);
 }
@@ -43,7 +56,11 @@ pub async fn reload(State(app): State<AppState>, body: Bytes) -> Result<Response
     if !body.is_empty() {
         return Err(ApiError::BadRequest("POST /-/reload takes no body: it rereads the configuration file".into()));
     }
-    let report = reloader.reload().await.map_err(ApiError::Unprocessable)?;
+    let report = reloader.reload().await.map_err(|e| match e {
+        ReloadError::NoFile(m) => ApiError::Conflict(m),
+        ReloadError::Invalid(m) => ApiError::Unprocessable(m),
+        ReloadError::Unreadable(m) => ApiError::Internal(m),
+    })?;
     let message = if report.restart_required.is_empty() {
         "configuration reloaded".to_string()
     } else {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
-use steward_apiserver::ReloadReport;
+use steward_apiserver::{ReloadError, ReloadReport};
 use steward_controller::containerd;
 
 use crate::serve::{self, ServeArgs};
@@ -57,18 +57,21 @@ impl LiveConfig {
         }
     }
 
-    async fn reload_inner(&self) -> Result<ReloadReport, String> {
+    async fn reload_inner(&self) -> Result<ReloadReport, ReloadError> {
         let _one = self.lock.lock().await;
         let Some(path) = self.path.clone() else {
-            return Err(format!(
-                "no configuration file to reload: serve was started without --config and {} does not exist",
+            return Err(ReloadError::NoFile(format!(
+                "no configuration file to reload: serve was started without --config and {} did not exist",
                 steward_config::DEFAULT_PATH
-            ));
+            )));
         };
         let file = tokio::task::spawn_blocking(move || steward_config::Config::load(&path))
             .await
-            .map_err(|e| format!("reading the configuration: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReloadError::Unreadable(format!("reading the configuration: {e}")))?
+            .map_err(|e| match e {
+                steward_config::ConfigError::Read { .. } => ReloadError::Unreadable(e.to_string()),
+                e => ReloadError::Invalid(e.to_string()),
+            })?;
         let digest = file.digest();
         let mut new = file;
         if let Some(n) = self.concurrency {
@@ -77,7 +80,7 @@ impl LiveConfig {
         if let Some(d) = self.event_retention {
             new.store.compaction_window = d;
         }
-        serve::check_log_level(&new).map_err(|e| e.to_string())?;
+        serve::check_log_level(&new).map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let restart_required: Vec<String> = new.restart_only_changes(&self.started).into_iter().map(String::from).collect();
         // Live parts first, then the whole: each is one swap.
         if let Some(live) = &self.runtime {
@@ -92,7 +95,7 @@ impl LiveConfig {
 }
 
 impl steward_apiserver::Reloader for LiveConfig {
-    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, String>> {
+    fn reload(&self) -> BoxFuture<'_, Result<ReloadReport, ReloadError>> {
         Box::pin(async move {
             let r = self.reload_inner().await;
             match &r {

@@ -413,7 +413,11 @@ fn the_configuration_reloads_live() {
     let (code, body) = http(&url, "POST", "/-/reload", Some(server.token()), "");
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("controller.resync: unknown field `resync`"), "{body}");
-    assert!(server.logs().contains("configuration reload refused"), "{}", server.logs());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.logs().contains("configuration reload refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // SIGHUP reloads too, and logs the digest.
     write(&file, "controller: {concurrency: 7}\nimages: {gc: {highThresholdPercent: 99, lowThresholdPercent: 1}}\n");

@@ -281,14 +281,19 @@ impl Config {
         if self.controller.concurrency == 0 || self.controller.concurrency > 256 {
             return Err(("controller.concurrency".into(), format!("{} is not between 1 and 256", self.controller.concurrency)));
         }
-        if self.controller.resync_period < Duration::from_secs(1) {
-            return Err(("controller.resyncPeriod".into(), "must be at least 1s".into()));
+        if self.controller.resync_period < Duration::from_secs(1) || self.controller.resync_period > Duration::from_secs(24 * 3600) {
+            return Err(("controller.resyncPeriod".into(), "must be between 1s and 24h".into()));
+        }
+        for (key, p) in [("registry.configPath", &self.registry.config_path), ("registry.authFile", &self.registry.auth_file)] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                return Err((key.into(), format!("{}: must be an absolute path (a service's working directory is /)", p.display())));
+            }
         }
         if self.log.level.trim().is_empty() {
             return Err(("log.level".into(), "must not be empty (e.g. info, debug, steward_controller=debug,info)".into()));
         }
-        if self.store.compaction_window < Duration::from_secs(1) {
-            return Err(("store.compactionWindow".into(), "must be at least 1s".into()));
+        if self.store.compaction_window < Duration::from_secs(1) || self.store.compaction_window > Duration::from_secs(30 * 24 * 3600) {
+            return Err(("store.compactionWindow".into(), "must be between 1s and 720h (30 days)".into()));
         }
         Ok(())
     }
@@ -395,6 +400,9 @@ store: {compactionWindow: 1h}
             ("images: {gc: {highThresholdPercent: 50}}\n", "images.gc.lowThresholdPercent", "must be below"),
             ("images: {gc: {highThresholdPercent: 101, lowThresholdPercent: 1}}\n", "images.gc.highThresholdPercent", "more than 100"),
             ("controller: {concurrency: 0}\n", "controller.concurrency", "not between"),
+            ("controller: {resyncPeriod: 1000000000000h}\n", "controller.resyncPeriod", "between 1s and 24h"),
+            ("store: {compactionWindow: 18446744073709551615}\n", "store.compactionWindow", "between 1s and 720h"),
+            ("registry: {authFile: docker/config.json}\n", "registry.authFile", "must be an absolute path"),
             ("- a\n- b\n", ".", "invalid type"),
         ];
         for (text, key, msg) in cases {

@@ -52,10 +52,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// The base of the Docker Registry HTTP API v2 for `repository`.
     pub fn api_base(&self, repository: &str) -> String {
-        if self.override_path {
-            format!("{}/{repository}", self.url.trim_end_matches('/'))
+        let base = self.url.trim_end_matches('/');
+        // As containerd: `/v2` is added unless the path ends in it already.
+        if self.override_path || base.ends_with("/v2") {
+            format!("{base}/{repository}")
         } else {
-            format!("{}/v2/{repository}", self.url.trim_end_matches('/'))
+            format!("{base}/v2/{repository}")
         }
     }
 
@@ -64,14 +66,16 @@ impl Endpoint {
     }
 }
 
-/// The host name's loopback test: `127.*`, `localhost`, `[::1]` (any port).
+/// The host name's loopback test, as containerd's `IsLocalhost`:
+/// `localhost`, or a loopback IP address (any port). A DNS name that
+/// merely starts with `127.` is not.
 pub fn is_loopback_host(host: &str) -> bool {
-    let h = if host.starts_with('[') {
-        host.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default().to_string()
     } else {
         host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| host.to_string())
     };
-    h == "localhost" || h == "[::1]" || h.starts_with("127.")
+    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The host a registry name is served from (Docker Hub's API is not on
@@ -153,7 +157,9 @@ fn from_hosts_toml(file: &Path, dir: &Path, registry: &str) -> Result<Vec<Endpoi
     let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| format!("{}: {}", file.display(), e.message()))?;
     for key in doc.keys() {
         if !matches!(key.as_str(), "server" | "host" | "capabilities" | "ca" | "skip_verify" | "client" | "override_path" | "header") {
-            return Err(at(key, "unknown key (expected server, host, capabilities, ca, skip_verify, client, override_path, header)".into()));
+            // containerd ignores keys it does not know (dial_timeout, newer
+            // ones): so does steward, saying so.
+            tracing::warn!(file = %file.display(), key, "hosts.toml: key not used by steward");
         }
     }
     let mut out = Vec::new();
@@ -177,6 +183,14 @@ fn from_hosts_toml(file: &Path, dir: &Path, registry: &str) -> Result<Vec<Endpoi
 }
 
 fn endpoint(url: &str, t: &toml::Table, dir: &Path, upstream: bool, at: &dyn Fn(&str, String) -> String) -> Result<Endpoint, String> {
+    // As containerd: no scheme means https.
+    let owned;
+    let url = if url.contains("://") {
+        url
+    } else {
+        owned = format!("https://{url}");
+        owned.as_str()
+    };
     let (scheme, rest) = url.split_once("://").ok_or_else(|| at("url", format!("{url:?}: needs a scheme (https:// or http://)")))?;
     if scheme != "https" && scheme != "http" {
         return Err(at("url", format!("{url:?}: the scheme must be https or http")));
@@ -196,7 +210,7 @@ fn endpoint(url: &str, t: &toml::Table, dir: &Path, upstream: bool, at: &dyn Fn(
     if !upstream {
         for k in t.keys() {
             if !matches!(k.as_str(), "capabilities" | "ca" | "skip_verify" | "client" | "override_path" | "header") {
-                return Err(at(k, "unknown key (expected capabilities, ca, skip_verify, client, override_path, header)".into()));
+                tracing::warn!(endpoint = url, key = %k, "hosts.toml: key not used by steward");
             }
         }
     }
@@ -213,14 +227,14 @@ fn endpoint(url: &str, t: &toml::Table, dir: &Path, upstream: bool, at: &dyn Fn(
     };
     if let Some(v) = t.get("capabilities") {
         let caps = v.as_array().ok_or_else(|| at("capabilities", "must be a list such as [\"pull\", \"resolve\"]".into()))?;
-        let caps: Vec<&str> = caps.iter().filter_map(|c| c.as_str()).collect();
+        let caps: Vec<String> = caps.iter().filter_map(|c| c.as_str()).map(str::to_ascii_lowercase).collect();
         for c in &caps {
-            if !matches!(*c, "pull" | "resolve" | "push") {
+            if !matches!(c.as_str(), "pull" | "resolve" | "push") {
                 return Err(at("capabilities", format!("{c:?} is not pull, resolve or push")));
             }
         }
-        e.pull = caps.contains(&"pull");
-        e.resolve = caps.contains(&"resolve");
+        e.pull = caps.iter().any(|c| c == "pull");
+        e.resolve = caps.iter().any(|c| c == "resolve");
     }
     match t.get("ca") {
         None => {}
@@ -235,27 +249,45 @@ fn endpoint(url: &str, t: &toml::Table, dir: &Path, upstream: bool, at: &dyn Fn(
     if let Some(v) = t.get("skip_verify") {
         e.tls.skip_verify = v.as_bool().ok_or_else(|| at("skip_verify", "must be true or false".into()))?;
     }
+    // containerd's forms: "cert" (its key inside), ["cert", "key"], or a
+    // list of those: a string in the list is a cert with its key inside;
+    // an empty key means the same file.
     let bad_client = || at("client", "must be a file, a [cert, key] pair, or a list of them".into());
+    let pair = |cert: &str, key: Option<&str>| (path(cert), key.filter(|k| !k.is_empty()).map(path));
+    let mut clients = Vec::new();
     match t.get("client") {
         None => {}
-        Some(toml::Value::String(s)) => e.tls.client = Some((path(s), None)),
+        Some(toml::Value::String(c)) => clients.push(pair(c, None)),
         Some(toml::Value::Array(a)) => {
-            let first = a.first().ok_or_else(bad_client)?;
-            e.tls.client = Some(match first {
-                toml::Value::String(cert) if a.len() == 2 => {
-                    (path(cert), Some(path(a[1].as_str().ok_or_else(bad_client)?)))
+            if let [toml::Value::String(c), toml::Value::String(k)] = a.as_slice() {
+                // A bare [cert, key] pair, unless both are certs with keys
+                // inside (containerd reads a list of strings as such).
+                if k.ends_with(".key") {
+                    clients.push(pair(c, Some(k)));
+                } else {
+                    clients.push(pair(c, None));
+                    clients.push(pair(k, None));
                 }
-                toml::Value::String(cert) if a.len() == 1 => (path(cert), None),
-                toml::Value::Array(pair) => match pair.as_slice() {
-                    [toml::Value::String(c), toml::Value::String(k)] => (path(c), Some(path(k))),
-                    [toml::Value::String(c)] => (path(c), None),
-                    _ => return Err(bad_client()),
-                },
-                _ => return Err(bad_client()),
-            });
+            } else {
+                for v in a {
+                    match v {
+                        toml::Value::String(c) => clients.push(pair(c, None)),
+                        toml::Value::Array(p) => match p.as_slice() {
+                            [toml::Value::String(c), toml::Value::String(k)] => clients.push(pair(c, Some(k))),
+                            [toml::Value::String(c)] => clients.push(pair(c, None)),
+                            _ => return Err(bad_client()),
+                        },
+                        _ => return Err(bad_client()),
+                    }
+                }
+            }
         }
         Some(_) => return Err(bad_client()),
     }
+    if clients.len() > 1 {
+        tracing::warn!(endpoint = url, "hosts.toml: several client certificates; steward presents the first");
+    }
+    e.tls.client = clients.into_iter().next();
     if let Some(v) = t.get("header") {
         let bad = || at("header", "must be a table of NAME = \"value\" or [\"values\"]".into());
         for (name, v) in v.as_table().ok_or_else(bad)? {
@@ -320,11 +352,15 @@ server = "https://registry-1.docker.io"
 [host."https://z-mirror.example:5000"]
   capabilities = ["pull", "resolve"]
   ca = "mirror-ca.pem"
-  client = [["/etc/c.cert", "/etc/c.key"]]
+  client = [["/etc/c.cert", "/etc/c.key"], "/etc/other.pem"]
 
 [host."http://127.0.0.1:5000"]
-  capabilities = ["pull"]
+  capabilities = ["Pull"]
   skip_verify = true
+  dial_timeout = "3s"
+
+[host."mirror.example/v2"]
+  client = ["/etc/a.pem", "/etc/b.pem"]
 
 [host."https://a-mirror.example/v2/proxy"]
   override_path = true
@@ -334,14 +370,19 @@ server = "https://registry-1.docker.io"
         .unwrap();
         let e = endpoints(d.path(), "docker.io").unwrap();
         let urls: Vec<&str> = e.iter().map(|e| e.url.as_str()).collect();
-        assert_eq!(urls, ["https://z-mirror.example:5000", "http://127.0.0.1:5000", "https://a-mirror.example/v2/proxy", "https://registry-1.docker.io"]);
+        assert_eq!(
+            urls,
+            ["https://z-mirror.example:5000", "http://127.0.0.1:5000", "https://mirror.example/v2", "https://a-mirror.example/v2/proxy", "https://registry-1.docker.io"]
+        );
+        assert_eq!(e[2].api_base("library/busybox"), "https://mirror.example/v2/library/busybox");
+        assert_eq!(e[2].tls.client, Some((PathBuf::from("/etc/a.pem"), None)));
         assert_eq!(e[0].tls.cas, [h.join("mirror-ca.pem")]);
         assert_eq!(e[0].tls.client, Some((PathBuf::from("/etc/c.cert"), Some(PathBuf::from("/etc/c.key")))));
         assert_eq!(e[0].host, "z-mirror.example:5000");
         assert!(e[1].pull && !e[1].resolve && e[1].tls.skip_verify);
-        assert_eq!(e[2].api_base("library/busybox"), "https://a-mirror.example/v2/proxy/library/busybox");
-        assert_eq!(e[2].headers, [("x-custom".into(), "1".into()), ("x-multi".into(), "a".into()), ("x-multi".into(), "b".into())]);
-        assert!(e[3].upstream && !e[0].upstream);
+        assert_eq!(e[3].api_base("library/busybox"), "https://a-mirror.example/v2/proxy/library/busybox");
+        assert_eq!(e[3].headers, [("x-custom".into(), "1".into()), ("x-multi".into(), "a".into()), ("x-multi".into(), "b".into())]);
+        assert!(e[4].upstream && !e[0].upstream);
     }
 
     #[test]
@@ -350,9 +391,7 @@ server = "https://registry-1.docker.io"
         let h = d.path().join("r.example");
         std::fs::create_dir_all(&h).unwrap();
         for (text, want) in [
-            ("servr = \"https://x\"\n", "servr: unknown key"),
             ("[host.\"https://m\"]\ncapabilities = [\"pul\"]\n", "host.\"https://m\".capabilities: \"pul\" is not"),
-            ("[host.\"m.example\"]\n", "needs a scheme"),
             ("skip_verify = \"yes\"\n", "skip_verify: must be true or false"),
             ("server = [\n", "hosts.toml"),
         ] {
@@ -367,7 +406,7 @@ server = "https://registry-1.docker.io"
         for h in ["127.0.0.1:5000", "localhost", "localhost:5000", "[::1]:5000", "127.1.2.3"] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com", "[::2]:1"] {
+        for h in ["ghcr.io", "10.0.0.1:5000", "localhost.example.com", "[::2]:1", "127.evil.example", "127.0.0.1.nip.io:5000"] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }

@@ -46,6 +46,7 @@ pub struct Reference {
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference, String> {
         let s = s.trim();
+        let bad = |why: &str| format!("invalid image reference {s:?}: {why}");
         if s.is_empty() || s.chars().any(|c| c.is_whitespace()) {
             return Err(format!("invalid image reference {s:?}"));
         }
@@ -54,8 +55,9 @@ impl Reference {
             None => (s, None),
         };
         if let Some(d) = &digest {
-            if !d.starts_with("sha256:") || d.len() != 71 {
-                return Err(format!("invalid image reference {s:?}: bad digest {d:?}"));
+            let hex = d.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(bad(&format!("bad digest {d:?} (sha256: and 64 lowercase hex digits)")));
             }
         }
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -63,15 +65,38 @@ impl Reference {
             Some(i) => (&rest[..last_slash + i], Some(rest[last_slash + i + 1..].to_string())),
             None => (rest, None),
         };
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                (first.to_string(), path.to_string())
-            }
-            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
-            _ => ("docker.io".to_string(), format!("library/{name}")),
+        let (registry, path) = match name.split_once('/') {
+            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => (first.to_string(), path),
+            _ => ("docker.io".to_string(), name),
         };
-        if repository.is_empty() || tag.as_deref() == Some("") {
-            return Err(format!("invalid image reference {s:?}"));
+        // Docker Hub's names: index.docker.io is docker.io, and its
+        // official images live under library/.
+        let registry = if registry == "index.docker.io" { "docker.io".to_string() } else { registry };
+        let repository = if registry == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path.to_string() };
+        // Docker's grammar: a domain (host[:port]), path components of
+        // lowercase letters and digits with separators, a tag of at most
+        // 128 word characters, dots and dashes.
+        let domain_ok = registry.split(':').next().is_some_and(|h| {
+            !h.is_empty() && h.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-'))
+        }) && registry.split_once(':').is_none_or(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !domain_ok {
+            return Err(bad(&format!("bad registry {registry:?}")));
+        }
+        let component_ok = |c: &str| {
+            let b = c.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
+        };
+        if repository.is_empty() || !repository.split('/').all(component_ok) {
+            return Err(bad(&format!("bad repository {repository:?} (lowercase letters, digits and . _ - between /)")));
+        }
+        if let Some(t) = &tag {
+            let b = t.as_bytes();
+            if b.is_empty() || b.len() > 128 || !(b[0].is_ascii_alphanumeric() || b[0] == b'_') || !b.iter().all(|x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-')) {
+                return Err(bad(&format!("bad tag {t:?}")));
+            }
         }
         let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
         Ok(Reference { registry, repository, tag, digest })
@@ -254,13 +279,27 @@ impl Registry {
         let chain = causes(&e);
         let tls = chain.iter().find(|c| c.contains("certificate") || c.contains("UnknownIssuer") || c.contains("CertNotValid"));
         if let Some(t) = tls {
-            let dir = self.settings.config_path.join(&self.reference.registry);
-            let fix = if r.ep.upstream {
-                format!("put the CA that signed it in {}/ca.crt (or name it with `ca` in {}/hosts.toml)", dir.display(), dir.display())
-            } else {
-                format!("name the CA that signed it with `ca` under [host.\"{}\"] in {}/hosts.toml", r.ep.url, dir.display())
+            // The host's directory: where the endpoint was configured (a
+            // hosts.toml's folder, or a certs.d folder), else the one to make.
+            let configured_by_hosts_toml = r.ep.source.as_ref().is_some_and(|f| f.ends_with("hosts.toml"));
+            let dir = match &r.ep.source {
+                Some(f) if configured_by_hosts_toml => f.parent().map(Path::to_path_buf).unwrap_or_else(|| f.clone()),
+                Some(d) => d.clone(),
+                None => self.settings.config_path.join(&self.reference.registry),
             };
-            return format!("TLS: the certificate of {host} is not trusted ({}): {fix}", t.trim());
+            let what = if t.contains("NotValidForName") {
+                format!("the certificate of {host} is not valid for that name")
+            } else if t.contains("Expired") || t.contains("NotValidYet") {
+                format!("the certificate of {host} is expired or not yet valid")
+            } else {
+                format!("the certificate of {host} is not trusted")
+            };
+            let fix = if configured_by_hosts_toml {
+                format!("name the CA that signed it with `ca` under the entry for {} in {}/hosts.toml", r.ep.url, dir.display())
+            } else {
+                format!("put the CA that signed it in {}/ca.crt (or configure the host in {}/hosts.toml)", dir.display(), dir.display())
+            };
+            return format!("TLS: {what} ({}): {fix}", t.trim());
         }
         if chain.iter().any(|c| c.contains("InvalidContentType") || c.contains("corrupt message") || c.contains("received corrupt")) {
             return format!("TLS handshake with {host} failed: it may speak plain http (then say `http://{host}` in hosts.toml)");
@@ -274,18 +313,14 @@ impl Registry {
         }
     }
 
-    fn remote(&self) -> &Remote {
-        let i = self.active.lock().map(|a| *a).unwrap_or(0);
-        &self.remotes[i.min(self.remotes.len() - 1)]
-    }
-
     /// The credentials for a remote, looked up once.
     async fn creds<'a>(&self, r: &'a Remote) -> &'a auth::Lookup {
         r.creds
             .get_or_init(|| async {
-                // Docker Hub's credentials are stored for docker.io.
-                let host = if r.ep.upstream { self.reference.registry.as_str() } else { r.ep.host.as_str() };
-                auth::lookup(self.settings.auth_file.as_deref(), host).await
+                // The host that asks for them gets its own credentials (never
+                // the registry's when hosts.toml points elsewhere); Docker
+                // Hub's names count as one.
+                auth::lookup(self.settings.auth_file.as_deref(), &r.ep.host).await
             })
             .await
     }
@@ -318,7 +353,16 @@ impl Registry {
             let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let lookup = self.creds(r).await;
             if answered {
-                return Err(self.refused(r, lookup));
+                // Authenticated, and still no: wrong credentials, or (as
+                // Docker Hub answers) no such repository for this user.
+                let said = registry_said(&read_bounded(resp).await);
+                return Err(match &lookup.credentials {
+                    Some(c) => format!(
+                        "unauthorized: {} refused {} to user {:?} from {}: the credentials are wrong, the repository does not exist, or the user may not pull it{said}",
+                        r.ep.host, self.reference.repository, c.username, c.source
+                    ),
+                    None => format!("{}{said}", self.refused(r, lookup)),
+                });
             }
             answered = true;
             let Some(c) = challenge else {
@@ -409,7 +453,7 @@ impl Registry {
             let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
             return format!("rate limited by {}: retry after {after} s (429 Too Many Requests)", r.ep.host);
         }
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_bounded(resp).await;
         let mut headline = match status {
             StatusCode::NOT_FOUND => format!("{what} unknown: {} not found on {}", self.reference.full_name(), r.ep.host),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => format!("unauthorized: {} denied access", r.ep.host),
@@ -427,13 +471,14 @@ impl Registry {
     }
 
     /// The manifest (or index) the reference names: descriptor and bytes,
-    /// from the first remote that has it (mirrors first; only those that
-    /// may resolve a tag, or pull, when pinned by digest).
+    /// from the first remote that has it, mirrors first. As containerd: a
+    /// tag is resolved only by hosts that may both pull and resolve, a
+    /// digest by any that may pull.
     pub async fn fetch_top(&self) -> Result<(OciDescriptor, Vec<u8>), String> {
         let pinned = self.reference.digest.is_some();
         let mut errors = Vec::new();
         for (i, r) in self.remotes.iter().enumerate() {
-            if !(r.ep.resolve || (pinned && r.ep.pull)) {
+            if !(r.ep.pull && (r.ep.resolve || pinned)) {
                 continue;
             }
             match self.fetch_top_from(r).await {
@@ -442,7 +487,7 @@ impl Registry {
                         *a = i;
                     }
                     if !errors.is_empty() {
-                        tracing::info!(image = %self.reference.full_name(), from = %r.ep.url, skipped = ?errors, "pulled from a later endpoint");
+                        tracing::info!(image = %self.reference.full_name(), from = %r.ep.url, skipped = ?errors, "resolved by a later endpoint");
                     }
                     return Ok(v);
                 }
@@ -456,8 +501,19 @@ impl Registry {
         Err(errors.join("; "))
     }
 
+    /// `?ns=<registry>` on requests to a host that is not the registry's
+    /// own (a mirror), as containerd sends it: a pull-through cache serving
+    /// several upstreams tells them apart by it.
+    fn ns_query(&self, r: &Remote) -> String {
+        if r.ep.host == hosts::default_server_host(&self.reference.registry) {
+            String::new()
+        } else {
+            format!("?ns={}", self.reference.registry)
+        }
+    }
+
     async fn fetch_top_from(&self, r: &Remote) -> Result<(OciDescriptor, Vec<u8>), String> {
-        let url = format!("{}/manifests/{}", r.ep.api_base(&self.reference.repository), self.reference.object());
+        let url = format!("{}/manifests/{}{}", r.ep.api_base(&self.reference.repository), self.reference.object(), self.ns_query(r));
         let resp = self.get(r, &url, Some(MANIFEST_ACCEPT), true).await?;
         if !resp.status().is_success() {
             return Err(self.http_error(r, "manifest", resp).await);
@@ -487,17 +543,45 @@ impl Registry {
     }
 
     /// `small`: a manifest or config (read whole, under a total deadline),
-    /// not a layer.
-    async fn blob(&self, d: &OciDescriptor, manifest: bool, small: bool) -> Result<Response, String> {
-        let r = self.remote();
-        let kind = if manifest { "manifests" } else { "blobs" };
-        let url = format!("{}/{kind}/{}", r.ep.api_base(&self.reference.repository), d.digest);
-        let resp = self.get(r, &url, manifest.then_some(MANIFEST_ACCEPT), small).await?;
-        if !resp.status().is_success() {
-            return Err(self.http_error(r, if manifest { "manifest" } else { "blob" }, resp).await);
+    /// not a layer. From the remote that resolved the reference, then, on
+    /// failure, from every other that may pull, in order (a mirror missing
+    /// a blob falls back to the next, as containerd's fetcher does).
+    async fn blob(&self, d: &OciDescriptor, manifest: bool, small: bool) -> Result<(Response, &Remote), String> {
+        let first = self.active.lock().map(|a| *a).unwrap_or(0);
+        let order = std::iter::once(first).chain((0..self.remotes.len()).filter(move |i| *i != first));
+        let mut errors = Vec::new();
+        for i in order {
+            let Some(r) = self.remotes.get(i).filter(|r| r.ep.pull) else { continue };
+            let kind = if manifest { "manifests" } else { "blobs" };
+            let url = format!("{}/{kind}/{}{}", r.ep.api_base(&self.reference.repository), d.digest, self.ns_query(r));
+            let resp = match self.get(r, &url, manifest.then_some(MANIFEST_ACCEPT), small).await {
+                Ok(resp) if resp.status().is_success() => return Ok((resp, r)),
+                Ok(resp) => self.http_error(r, if manifest { "manifest" } else { "blob" }, resp).await,
+                Err(e) => e,
+            };
+            errors.push(if self.remotes.len() > 1 { format!("{}: {resp}", r.ep.url) } else { resp });
         }
-        Ok(resp)
+        Err(errors.join("; "))
     }
+}
+
+/// The first 64 KiB of an error response (a registry, or a CDN it
+/// redirected to, is not trusted with more of our memory).
+async fn read_bounded(mut resp: Response) -> String {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(65536 - out.len())]);
+        if out.len() >= 65536 {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// ` (registry said: ...)` from a registry's error body, if it says anything.
+fn registry_said(body: &str) -> String {
+    let said = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string));
+    said.map(|m| format!(" (registry said: {m})")).unwrap_or_default()
 }
 
 /// Manifests, indexes and configs are small; a registry sending more is
@@ -528,8 +612,8 @@ fn is_manifest_type(m: &str) -> bool {
 impl BlobSource for Registry {
     fn fetch_bytes<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<Vec<u8>, String>> {
         Box::pin(async move {
-            let resp = self.blob(d, is_manifest_type(&d.media_type), true).await?;
-            let bytes = self.read_capped(self.remote(), resp).await?;
+            let (resp, r) = self.blob(d, is_manifest_type(&d.media_type), true).await?;
+            let bytes = self.read_capped(r, resp).await?;
             verify(d, &bytes)?;
             Ok(bytes)
         })
@@ -537,8 +621,8 @@ impl BlobSource for Registry {
 
     fn fetch_stream<'a>(&'a self, d: &'a OciDescriptor) -> BoxFuture<'a, Result<BoxStream<'static, Result<Bytes, String>>, String>> {
         Box::pin(async move {
-            let resp = self.blob(d, false, false).await?;
-            let host = self.remote().ep.host.clone();
+            let (resp, r) = self.blob(d, false, false).await?;
+            let host = r.ep.host.clone();
             Ok(resp.bytes_stream().map_err(move |e| format!("registry {host}: download failed: {e}")).boxed())
         })
     }
@@ -582,6 +666,9 @@ mod tests {
             ("localhost/a/b", "localhost/a/b:latest"),
             ("ghcr.io/x/y@sha256:0000000000000000000000000000000000000000000000000000000000000000", "ghcr.io/x/y@sha256:0000000000000000000000000000000000000000000000000000000000000000"),
             ("127.0.0.1:5000/busybox", "127.0.0.1:5000/busybox:latest"),
+            ("docker.io/nginx", "docker.io/library/nginx:latest"),
+            ("index.docker.io/nginx:1", "docker.io/library/nginx:1"),
+            ("docker.io/user/app", "docker.io/user/app:latest"),
         ];
         for (input, want) in cases {
             assert_eq!(Reference::parse(input).unwrap().full_name(), want, "{input}");
@@ -589,6 +676,18 @@ mod tests {
         assert!(Reference::parse("").is_err());
         assert!(Reference::parse("a b").is_err());
         assert!(Reference::parse("x@sha256:short").is_err());
+        for bad in [
+            "../x/y",
+            "busybox@sha256:../../0000000000000000000000000000000000000000000000000000000000",
+            "busybox:a?b",
+            "Busybox",
+            "r.io/a//b",
+            "r.io:x/a",
+            "busybox:",
+            "x@sha256:000000000000000000000000000000000000000000000000000000000000000G",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 
     fn settings(dir: &Path) -> Settings {
