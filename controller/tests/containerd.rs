@@ -634,3 +634,33 @@ async fn old_per_id_logs_of_containers_that_are_gone_are_collected() {
     left.sort();
     assert_eq!(left, ["default.kept.1.log"]);
 }
+
+/// Wrapper scripts go only when no containerd container names them and
+/// they are older than the grace for a create about to use one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_wrappers_are_collected_only_when_no_container_names_them() {
+    use steward_controller::containerd::handlers;
+    let t = TestContainerd::start("wrappers").await;
+    let image = t.busybox().await;
+    let id = unique("wrapped");
+    let mut spec = sh("sleep 100");
+    spec.runtime_class_name = Some("dbg".into());
+    t.rt.create(&id, &spec, &image, labels("wrapped")).await.unwrap();
+    t.rt.start(&id).await.unwrap();
+    let dir = t.dir.path().join("runtimes");
+    let used = handlers::wrappers(&dir);
+    assert_eq!(used.len(), 1, "{used:?}");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let age = |p: &std::path::Path| std::fs::File::options().append(true).open(p).unwrap().set_modified(hour_ago).unwrap();
+    let stale = dir.join("a".repeat(64));
+    let young = dir.join("b".repeat(64));
+    std::fs::write(&stale, "#!/bin/sh\n").unwrap();
+    std::fs::write(&young, "#!/bin/sh\n").unwrap();
+    age(&stale);
+    age(&used[0]);
+    assert_eq!(t.rt.collect_runtime_wrappers().await.unwrap(), 1);
+    assert!(!stale.exists(), "an old wrapper nobody names goes");
+    assert!(used[0].exists(), "the one a container names stays, however old");
+    assert!(young.exists(), "a young one stays (a create may be about to name it)");
+    t.cleanup().await;
+}

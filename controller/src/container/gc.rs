@@ -96,6 +96,11 @@ impl<R: Runtime> Collector<R> {
             self.handle(c, &live, &mut report).await;
         }
         self.collect_logs(&all, &live, &mut report).await;
+        match self.runtime.collect_runtime_wrappers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(wrappers = n, "removed runtime wrapper scripts no container refers to"),
+            Err(e) => tracing::warn!(error = %e, "could not collect runtime wrapper scripts"),
+        }
         if !report.unclaimed.is_empty() {
             tracing::warn!(
                 containers = ?report.unclaimed,

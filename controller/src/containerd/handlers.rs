@@ -118,12 +118,20 @@ fn wrapper_script(name: &str, runtime: &Path, h: &steward_config::Handler) -> St
     format!("#!/bin/sh\n# steward runtime handler {name}: written once, named by its content's SHA-256, never changed.\n{line}")
 }
 
+/// A wrapper younger than this is never collected: a create may be about
+/// to name it (its mtime is refreshed whenever a create reuses it).
+pub const WRAPPER_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Writes `script` as `dir/<sha256 hex>` unless it is there; its path.
 fn write_wrapper(dir: &Path, script: &str) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let digest = hex::encode(Sha256::digest(script.as_bytes()));
     let path = dir.join(&digest);
     if std::fs::read(&path).is_ok_and(|b| b == script.as_bytes()) {
+        // Reused by a new container: fresh again for the collector.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         return Ok(path);
     }
     std::fs::create_dir_all(dir)?;

@@ -373,6 +373,16 @@ impl ContainerdRuntime {
     }
 
     /// Containers matching one containerd filter (comma = AND).
+    /// Every container of the namespace, whoever made it.
+    async fn list_all_containers(&self) -> Result<Vec<Container>, RuntimeError> {
+        let mut c = ContainersClient::new(self.ctx.channel.clone());
+        let r = c
+            .list(self.ctx.req(ListContainersRequest { filters: Vec::new() }))
+            .await
+            .map_err(|s| from_status("list containers", "", &s))?;
+        Ok(r.into_inner().containers)
+    }
+
     async fn list_filtered(&self, filter: String) -> Result<Vec<Container>, RuntimeError> {
         let mut c = ContainersClient::new(self.ctx.channel.clone());
         let r = c
@@ -866,6 +876,35 @@ impl ContainerdRuntime {
 impl Runtime for ContainerdRuntime {
     fn handler_definition(&self, name: &str) -> Option<Option<String>> {
         Some(self.live.load().handlers.definition_digest(name))
+    }
+
+    fn collect_runtime_wrappers(&self) -> BoxFuture<'_, Result<usize, RuntimeError>> {
+        Box::pin(async move {
+            let dir = self.live.load().handlers.dir.clone();
+            let candidates = handlers::wrappers(&dir);
+            if candidates.is_empty() {
+                return Ok(0);
+            }
+            // Every container of the namespace, steward's or not: any may
+            // name a wrapper in its runtime options.
+            let in_use: std::collections::HashSet<PathBuf> = self
+                .list_all_containers()
+                .await?
+                .iter()
+                .filter_map(|c| c.runtime.as_ref()?.options.as_ref())
+                .filter(|o| o.type_url == RUNC_OPTIONS_TYPE_URL)
+                .filter_map(|o| RuncOptions::decode(o.value.as_slice()).ok())
+                .map(|o| PathBuf::from(o.binary_name))
+                .collect();
+            let mut removed = 0;
+            for w in candidates {
+                let old = std::fs::metadata(&w).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > handlers::WRAPPER_MIN_AGE);
+                if old && !in_use.contains(&w) && std::fs::remove_file(&w).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ActualContainer>, RuntimeError>> {

@@ -121,6 +121,12 @@ pub async fn connect(socket: &Path, log_root: &Path, namespace: &str) -> Contain
     let mut cfg = ContainerdConfig::new(socket, log_root);
     cfg.namespace = namespace.to_string();
     cfg.log_driver_exe = PathBuf::from(env!("CARGO_BIN_EXE_steward-log-driver"));
+    // Runtime handlers: the defaults, and one with arguments (a wrapper)
+    // under the test's own directory.
+    let mut runtimes = steward_config::Runtimes::default();
+    runtimes.handlers.insert("dbg".into(), steward_config::Handler { runtime: "runc".into(), args: vec!["--debug".into()], ..Default::default() });
+    let dir = log_root.parent().unwrap_or(log_root).join("runtimes");
+    cfg.handlers = steward_controller::containerd::handlers::Handlers::new(&runtimes, dir);
     ContainerdRuntime::connect(cfg).await.expect("connect to containerd")
 }
 
