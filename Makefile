@@ -10,12 +10,13 @@ APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 .PHONY: run registry test deps deps-e2e build release schema fmt lint clean bench-store deps-bench bench-reconcile soak
 
 # Debian packages: gcc (SQLite, bundled by sqlx), protoc (containerd's gRPC
-# API), containerd and runc (what steward drives), and for the e2e suite a
+# API), containerd, runc and crun (what steward drives: runc by default,
+# crun as a runtime handler), and for the e2e suite a
 # local registry, skopeo to push to it, busybox for the test image,
 # sqlite3 (the fault suite checks the store file's integrity with it), and
 # strace (the durability tests trace fsyncs).
-DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc docker-registry skopeo busybox-static sqlite3
-DEB_PROBES   := cc curl strace protoc containerd runc docker-registry skopeo /bin/busybox sqlite3
+DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc crun docker-registry skopeo busybox-static sqlite3
+DEB_PROBES   := cc curl strace protoc containerd runc crun docker-registry skopeo /bin/busybox sqlite3
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }

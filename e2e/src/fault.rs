@@ -494,10 +494,23 @@ pub struct ExternalContainerd {
     pub socket: PathBuf,
     config: PathBuf,
     pub proc: Proc,
+    /// Runs in a private mount namespace without `/sys/fs/cgroup/unified`
+    /// (crun 1.8.1 refuses the hybrid cgroup layout otherwise).
+    hide_unified: bool,
 }
 
 impl ExternalContainerd {
     pub fn start(dir: &Path) -> ExternalContainerd {
+        Self::start_with(dir, false)
+    }
+
+    /// [`Self::start`] in a private mount namespace where the hybrid
+    /// layout's `/sys/fs/cgroup/unified` is unmounted, so crun runs.
+    pub fn start_for_crun(dir: &Path) -> ExternalContainerd {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, hide_unified: bool) -> ExternalContainerd {
         std::fs::create_dir_all(dir).expect("create the containerd dir");
         let d = dir.display();
         let config = dir.join("config.toml");
@@ -512,12 +525,20 @@ impl ExternalContainerd {
         )
         .expect("write the containerd config");
         let socket = dir.join("containerd.sock");
-        let proc = Self::spawn(&config, &socket);
-        ExternalContainerd { dir: dir.to_path_buf(), socket, config, proc }
+        let proc = Self::spawn(&config, &socket, hide_unified);
+        ExternalContainerd { dir: dir.to_path_buf(), socket, config, proc, hide_unified }
     }
 
-    fn spawn(config: &Path, socket: &Path) -> Proc {
-        let proc = Proc::spawn(Command::new("containerd").arg("--config").arg(config));
+    fn spawn(config: &Path, socket: &Path, hide_unified: bool) -> Proc {
+        let proc = if hide_unified {
+            let script = format!(
+                "if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified || exit 1; fi; exec containerd --config '{}'",
+                config.display()
+            );
+            Proc::spawn(Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]))
+        } else {
+            Proc::spawn(Command::new("containerd").arg("--config").arg(config))
+        };
         let ready = || {
             Command::new("ctr").arg("--address").arg(socket).arg("version").output().ok().filter(|o| o.status.success())
         };
@@ -531,7 +552,7 @@ impl ExternalContainerd {
     }
 
     pub fn restart(&mut self) {
-        self.proc = Self::spawn(&self.config, &self.socket);
+        self.proc = Self::spawn(&self.config, &self.socket, self.hide_unified);
     }
 }
 

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const INSTALL: &str = "apt-get install -y containerd runc docker-registry skopeo busybox-static (or: make deps-e2e)";
+pub const INSTALL: &str = "apt-get install -y containerd runc crun docker-registry skopeo busybox-static (or: make deps-e2e)";
 
 /// Fails (never skips) when a tool the suite needs is missing.
 pub fn require_tools() {
-    for tool in ["containerd", "runc", "ctr", "docker-registry", "skopeo"] {
+    for tool in ["containerd", "runc", "crun", "ctr", "docker-registry", "skopeo", "unshare", "curl"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);

@@ -48,7 +48,7 @@ fn condition<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
 }
 
 /// The runc binary (or wrapper) containerd's container record points at.
-fn binary_of(s: &Steward, id: &str) -> String {
+fn binary_of(s: &Steward, state: &Path, id: &str) -> String {
     let info: Value = serde_json::from_str(&s.ctr(&["containers", "info", id])).expect("ctr containers info json");
     let opts = info["Runtime"]["Options"].clone();
     assert_eq!(opts["type_url"], "containerd.runc.v1.Options", "{}", info["Runtime"]);
@@ -57,15 +57,15 @@ fn binary_of(s: &Steward, id: &str) -> String {
     assert!(raw.len() > 2 && raw[0] == (6 << 3 | 2) && usize::from(raw[1]) == raw.len() - 2, "{raw:?}");
     let b = String::from_utf8(raw[2..].to_vec()).expect("utf-8");
     // The shim ran exactly that (it records it in the task's bundle).
-    let ran = std::fs::read_to_string(s.data_dir.join("containerd/state/io.containerd.runtime.v2.task/steward").join(id).join("runtime"))
+    let ran = std::fs::read_to_string(state.join("io.containerd.runtime.v2.task/steward").join(id).join("runtime"))
         .unwrap_or_default();
     assert!(ran.is_empty() || ran == b, "the shim ran {ran:?}, the record says {b:?}");
     b
 }
 
 /// runc's own log for a running task (the shim passes `--log` into the bundle).
-fn runc_log(data: &Path, id: &str) -> String {
-    std::fs::read_to_string(data.join("containerd/state/io.containerd.runtime.v2.task/steward").join(id).join("log.json")).unwrap_or_default()
+fn runc_log(state: &Path, id: &str) -> String {
+    std::fs::read_to_string(state.join("io.containerd.runtime.v2.task/steward").join(id).join("log.json")).unwrap_or_default()
 }
 
 fn kill_task(s: &Steward, id: &str) {
@@ -79,26 +79,36 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
     let registry = Registry::start(dir.path());
     let image = registry.image();
     let file = dir.path().join("config.yaml");
-    std::fs::write(&file, config("    runc-debug: {runtime: runc, args: [\"--debug\"]}\n")).expect("write config");
+    std::fs::write(&file, config("    runc-debug: {runtime: runc, args: [\"--debug\"]}\n    crun: {runtime: crun}\n")).expect("write config");
     let data = dir.path().join("data");
-    let s = Steward::start_with(&data, &["--config", &file.to_string_lossy()]);
+    // containerd (and so its shims and runtimes) in a private mount
+    // namespace without /sys/fs/cgroup/unified: crun 1.8.1 refuses the
+    // hybrid cgroup layout of this machine otherwise (see known limits).
+    let ext = steward_e2e::fault::ExternalContainerd::start_for_crun(&dir.path().join("containerd"));
+    let state = ext.dir.join("state");
+    let s = Steward::start_with(&data, &["--config", &file.to_string_lossy(), "--containerd-socket", &ext.socket.to_string_lossy()]);
 
     s.apply(dir.path(), "plain", &manifest("plain", &image, None));
     s.apply(dir.path(), "dbg", &manifest("dbg", &image, Some("runc-debug")));
+    s.apply(dir.path(), "c", &manifest("c", &image, Some("crun")));
     let plain = s.wait("plain", "Running", T, |v| phase(v) == "Running");
     let dbg = s.wait("dbg", "Running", T, |v| phase(v) == "Running");
+    let c = s.wait("c", "Running under crun", T, |v| phase(v) == "Running");
+    assert_eq!(c["status"]["runtimeHandler"]["name"], "crun", "{c}");
+    assert!(binary_of(&s, &state, &container_id(&c)).ends_with("/crun"));
     assert_eq!(plain["status"]["runtimeHandler"]["name"], "runc", "{plain}");
     assert_eq!(dbg["status"]["runtimeHandler"]["name"], "runc-debug", "{dbg}");
     let (plain_id, dbg_id) = (container_id(&plain), container_id(&dbg));
     // The debug handler's wrapper: named by its content's digest, under
     // DATA/runtimes, and what containerd's record points at.
-    let wrapper = PathBuf::from(binary_of(&s, &dbg_id));
+    let wrapper = PathBuf::from(binary_of(&s, &state, &dbg_id));
     assert!(wrapper.starts_with(data.join("runtimes")), "{}", wrapper.display());
+    let _ = &ext;
     let script = std::fs::read_to_string(&wrapper).expect("the wrapper exists");
     assert!(script.contains("'--debug'"), "{script}");
-    assert!(binary_of(&s, &plain_id).ends_with("/runc"), "{}", binary_of(&s, &plain_id));
-    assert!(runc_log(&data, &dbg_id).contains("\"level\":\"debug\""), "runc ran with --debug: {}", runc_log(&data, &dbg_id));
-    assert!(!runc_log(&data, &plain_id).contains("\"level\":\"debug\""), "the plain one did not");
+    assert!(binary_of(&s, &state, &plain_id).ends_with("/runc"), "{}", binary_of(&s, &state, &plain_id));
+    assert!(runc_log(&state, &dbg_id).contains("\"level\":\"debug\""), "runc ran with --debug: {}", runc_log(&state, &dbg_id));
+    assert!(!runc_log(&state, &plain_id).contains("\"level\":\"debug\""), "the plain one did not");
 
     // An unknown handler is refused at apply, naming it.
     let bad = dir.path().join("bad.yaml");
@@ -119,7 +129,7 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
     assert_eq!(code, 200, "{body}");
     s.apply(dir.path(), "dbg2", &manifest("dbg2", &image, Some("runc-debug")));
     let dbg2 = s.wait("dbg2", "Running", T, |v| phase(v) == "Running");
-    let wrapper2 = PathBuf::from(binary_of(&s, &container_id(&dbg2)));
+    let wrapper2 = PathBuf::from(binary_of(&s, &state, &container_id(&dbg2)));
     assert_ne!(wrapper2, wrapper, "a new definition, a new wrapper");
     assert!(std::fs::read_to_string(&wrapper2).expect("new wrapper").contains("STEWARD_E2E=2"));
     assert_eq!(std::fs::read_to_string(&wrapper).expect("the old wrapper stays"), script, "a wrapper is never rewritten");
@@ -131,7 +141,7 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
             && condition(v, "RuntimeHandlerCurrent").is_some_and(|c| c["reason"] == "DefinitionChanged")
     });
     assert_eq!(container_id(&v), dbg_id, "the same container, not recreated");
-    assert_eq!(binary_of(&s, &dbg_id), wrapper.to_string_lossy());
+    assert_eq!(binary_of(&s, &state, &dbg_id), wrapper.to_string_lossy());
 
     // The handler removed: containers made with it keep running, restart
     // per policy and delete; new ones are refused at apply.
