@@ -182,3 +182,78 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+fn cli_at(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(steward_bin()).env("STEWARD_TOKEN", token).arg("--server").arg(url).args(args).output().expect("run steward")
+}
+
+/// Reloads that change a handler's arguments, rename it and remove it, while
+/// a storm of creates and deletes runs: afterwards every container's wrapper
+/// is there, every container restarts per policy (a kill) and deletes.
+#[test]
+fn reloads_during_a_storm_never_strand_a_container() {
+    require_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(dir.path());
+    let image = registry.image();
+    let file = dir.path().join("config.yaml");
+    let handler = |name: &str, gen: u32| format!("runtimes:\n  default: {name}\n  handlers:\n    runc: {{runtime: runc}}\n    {name}: {{runtime: runc, args: [\"--debug\"], env: {{GEN: \"{gen}\"}}}}\n");
+    std::fs::write(&file, handler("w", 1)).expect("write config");
+    let data = dir.path().join("data");
+    let ext = steward_e2e::fault::ExternalContainerd::start(&dir.path().join("containerd"));
+    let state = ext.dir.join("state");
+    let s = Steward::start_with(&data, &["--config", &file.to_string_lossy(), "--containerd-socket", &ext.socket.to_string_lossy()]);
+
+    // The storm: 24 creates (default handler), a delete after every third.
+    let (url, token, img, mdir) = (s.url.clone(), s.token.clone(), image.clone(), dir.path().join("storm"));
+    std::fs::create_dir_all(&mdir).expect("mkdir");
+    let storm = std::thread::spawn(move || {
+        let mut deleted = Vec::new();
+        for i in 0..24 {
+            let f = mdir.join(format!("s{i}.yaml"));
+            std::fs::write(&f, manifest(&format!("s{i:02}"), &img, None)).expect("write");
+            let out = cli_at(&url, &token, &["apply", "-f", &f.to_string_lossy()]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            if i % 3 == 2 {
+                let victim = format!("s{:02}", i - 2);
+                let out = cli_at(&url, &token, &["delete", "containers", &victim]);
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                deleted.push(victim);
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        deleted
+    });
+    // Meanwhile: arguments changed, the handler renamed, then removed.
+    for (step, text) in [("args changed", handler("w", 2)), ("renamed", handler("w2", 2)), ("removed", config(""))] {
+        std::thread::sleep(Duration::from_millis(1200));
+        std::fs::write(&file, &text).expect("write config");
+        let (code, body) = reload(&s);
+        assert_eq!(code, 200, "{step}: {body}");
+        eprintln!("handlers: reload {step}: {body}");
+    }
+    let deleted = storm.join().expect("storm thread");
+    let live: Vec<String> = (0..24).map(|i| format!("s{i:02}")).filter(|n| !deleted.contains(n)).collect();
+    let mut handlers_seen = std::collections::BTreeSet::new();
+    for name in &live {
+        let v = s.wait(name, "Running", T, |v| phase(v) == "Running");
+        handlers_seen.insert(v["status"]["runtimeHandler"]["name"].as_str().unwrap_or_default().to_string());
+        // Its wrapper (or binary) is there.
+        let b = binary_of(&s, &state, &container_id(&v));
+        assert!(Path::new(&b).is_file(), "{name}: the binary it was created with, {b}, is missing");
+    }
+    eprintln!("handlers: storm containers made with {handlers_seen:?}");
+    assert!(handlers_seen.len() >= 2, "the reloads landed during the storm: {handlers_seen:?}");
+    // Each restarts per policy with what it was made with, then deletes.
+    for name in &live {
+        let v = s.get(name).expect("object");
+        kill_task(&s, &container_id(&v));
+        let pid = v["status"]["pid"].as_u64();
+        s.wait(name, "restarted", T, |v| phase(v) == "Running" && v["status"]["pid"].as_u64() != pid);
+    }
+    let mut args = vec!["delete", "containers", "--wait", "--timeout", "120s"];
+    args.extend(live.iter().map(String::as_str));
+    s.ok(&args);
+    let left: Vec<String> = s.ctr_ids("containers").into_iter().filter(|c| c.starts_with("default.s")).collect();
+    assert!(left.is_empty(), "containers left: {left:?}");
+}
