@@ -1,6 +1,14 @@
-//! `POST /apis/steward.dev/v1alpha1/images/import`: loads an OCI image
+//! Images, a cluster-scoped read-only view of the container runtime's
+//! images (`GET /apis/steward.dev/v1alpha1/images[/{name}]`, `DELETE` of an
+//! unused one, `POST .../images/pull`), and
+//! `POST /apis/steward.dev/v1alpha1/images/import`, which loads an OCI image
 //! archive (`application/x-tar`) into the container runtime, for machines
 //! without a registry (`steward image import FILE.tar`).
+//!
+//! An Image is named `sha256-<64 hex>` after the digest of the manifest (or
+//! index) its references name; its `status` has the references
+//! (`repoTags`), the digest, the size, when a container was last made from
+//! it, and which Containers use it.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +25,142 @@ use tokio::io::AsyncWriteExt;
 use crate::metrics::Verb;
 use crate::{ApiError, AppState};
 
-/// What imports an archive: the controller's container runtime.
+/// One image of the container runtime.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageInfo {
+    pub digest: String,
+    pub repo_tags: Vec<String>,
+    pub size: u64,
+    /// RFC 3339.
+    pub created: Option<String>,
+    pub last_used: Option<String>,
+    /// `namespace/name` of the Containers using it.
+    pub used_by: Vec<String>,
+}
+
+/// Why an image was not removed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemoveError {
+    NotFound,
+    /// These Containers use it.
+    InUse(Vec<String>),
+    Failed(String),
+}
+
+/// The container runtime's images: the controller's runtime.
 pub trait ImageImporter: Send + Sync {
     /// Imports the archive at `path`; returns the image names it held.
     fn import<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<Vec<String>, String>>;
+    /// Every image.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>, String>>;
+    /// Removes the image with this digest (every name of it).
+    fn remove<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<Vec<String>, RemoveError>>;
+    /// Pulls `reference` (always asking the registry); returns its digest.
+    fn pull<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<String, String>>;
+}
+
+fn importer(app: &AppState) -> Result<std::sync::Arc<dyn ImageImporter>, ApiError> {
+    app.config
+        .images
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("this server runs no container runtime (started with --no-controller)".into()))
+}
+
+/// `sha256-<hex>` for `sha256:<hex>`.
+fn object_name(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+/// The Containers of the store whose status says they run this image
+/// (besides what the runtime says): a container being recreated counts.
+fn store_users(app: &AppState, digest: &str) -> Vec<String> {
+    let uses = |o: &steward_store::Stored| {
+        o.object.status.as_ref().and_then(|s| s.get("imageDigest")).and_then(serde_json::Value::as_str) == Some(digest)
+    };
+    app.store
+        .list(steward_schema::RESOURCE, None, None, 0, uses)
+        .items
+        .into_iter()
+        .map(|o| format!("{}/{}", o.object.metadata.namespace, o.object.metadata.name))
+        .collect()
+}
+
+fn image_json(i: &ImageInfo) -> serde_json::Value {
+    let used_by: Vec<serde_json::Value> = i
+        .used_by
+        .iter()
+        .map(|u| match u.split_once('/') {
+            Some((ns, n)) => json!({"namespace": ns, "name": n}),
+            None => json!({"name": u}),
+        })
+        .collect();
+    json!({
+        "apiVersion": "steward.dev/v1alpha1",
+        "kind": "Image",
+        "metadata": {"name": object_name(&i.digest), "creationTimestamp": i.created},
+        "status": {"digest": i.digest, "repoTags": i.repo_tags, "size": i.size, "lastUsed": i.last_used, "usedBy": used_by},
+    })
+}
+
+fn json_response(code: StatusCode, verb: &'static str, body: serde_json::Value) -> Response {
+    let mut r = (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    r.extensions_mut().insert(Verb(verb));
+    r
+}
+
+async fn all_images(app: &AppState) -> Result<Vec<ImageInfo>, ApiError> {
+    let mut images = importer(app)?.list().await.map_err(ApiError::Unavailable)?;
+    for i in &mut images {
+        for u in store_users(app, &i.digest) {
+            if !i.used_by.contains(&u) {
+                i.used_by.push(u);
+            }
+        }
+        i.used_by.sort();
+    }
+    Ok(images)
+}
+
+pub async fn list(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let items: Vec<serde_json::Value> = all_images(&app).await?.iter().map(image_json).collect();
+    let body = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "ImageList", "metadata": {}, "items": items});
+    Ok(json_response(StatusCode::OK, "list", body))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("images.steward.dev {name:?} not found"))
+}
+
+pub async fn read(State(app): State<AppState>, axum::extract::Path(name): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let img = all_images(&app).await?.into_iter().find(|i| object_name(&i.digest) == name).ok_or_else(|| not_found(&name))?;
+    Ok(json_response(StatusCode::OK, "get", image_json(&img)))
+}
+
+/// DELETE of an unused image: 409 naming the Containers while one uses it.
+pub async fn delete(State(app): State<AppState>, axum::extract::Path(name): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let img = all_images(&app).await?.into_iter().find(|i| object_name(&i.digest) == name).ok_or_else(|| not_found(&name))?;
+    let in_use = |users: &[String]| {
+        ApiError::Conflict(format!("image {name} ({}) is in use by Containers {}; delete them first", img.repo_tags.join(", "), users.join(", ")))
+    };
+    if !img.used_by.is_empty() {
+        return Err(in_use(&img.used_by));
+    }
+    match importer(&app)?.remove(&img.digest).await {
+        Ok(_) => Ok(json_response(StatusCode::OK, "delete", image_json(&img))),
+        Err(RemoveError::NotFound) => Err(not_found(&name)),
+        Err(RemoveError::InUse(u)) => Err(in_use(&u)),
+        Err(RemoveError::Failed(m)) => Err(ApiError::Unavailable(m)),
+    }
+}
+
+/// `POST .../images/pull` with `{"image": "REF"}`: pulls it now.
+pub async fn pull(State(app): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body must be {{\"image\": \"REF\"}}: {e}")))?;
+    let reference = v.get("image").and_then(serde_json::Value::as_str).filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::BadRequest("the body must be {\"image\": \"REF\"}: image is required".into()))?;
+    let digest = importer(&app)?.pull(reference).await.map_err(ApiError::Unprocessable)?;
+    let img = all_images(&app).await?.into_iter().find(|i| i.digest == digest).ok_or_else(|| not_found(&object_name(&digest)))?;
+    Ok(json_response(StatusCode::OK, "pull", image_json(&img)))
 }
 
 /// The slowest an image archive upload may arrive on average (bytes/s),

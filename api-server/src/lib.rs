@@ -29,7 +29,7 @@ use steward_store::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use images::ImageImporter;
+pub use images::{ImageImporter, ImageInfo, RemoveError};
 pub use metrics::Metrics;
 pub use reload::{ReloadError, ReloadReport, Reloader, SharedReloader};
 
@@ -148,6 +148,9 @@ pub fn router(app: AppState) -> Router {
         )
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
+        .route(&format!("{base}/images/pull"), axum::routing::post(images::pull))
+        .route(&format!("{base}/images"), get(images::list))
+        .route(&format!("{base}/images/{{name}}"), get(images::read).delete(images::delete))
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
         // Layers run last-added first: metrics, then authentication, then

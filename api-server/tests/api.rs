@@ -1240,6 +1240,15 @@ impl steward_apiserver::ImageImporter for NoImages {
     fn import<'a>(&'a self, _: &'a std::path::Path) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async { Ok(vec!["never reached".to_string()]) })
     }
+    fn list(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<steward_apiserver::ImageInfo>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn remove<'a>(&'a self, _: &'a str) -> futures_util::future::BoxFuture<'a, Result<Vec<String>, steward_apiserver::RemoveError>> {
+        Box::pin(async { Err(steward_apiserver::RemoveError::NotFound) })
+    }
+    fn pull<'a>(&'a self, _: &'a str) -> futures_util::future::BoxFuture<'a, Result<String, String>> {
+        Box::pin(async { Err("no registry".to_string()) })
+    }
 }
 
 /// An image archive upload that stalls is refused with 408 once nothing

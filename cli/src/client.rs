@@ -431,6 +431,26 @@ impl Client {
         Ok(v["images"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect())
     }
 
+    /// Every image of the server's runtime (the `ImageList`'s items).
+    pub async fn list_images(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let resp = self.send(self.http.get(format!("{}{API_ROOT}/images", self.server))).await?;
+        let v: serde_json::Value = self.json(resp).await?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Removes an Image by object name (`sha256-<hex>`).
+    pub async fn delete_image(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let resp = self.send(self.http.delete(format!("{}{API_ROOT}/images/{name}", self.server))).await?;
+        self.json(resp).await
+    }
+
+    /// Pulls `reference` now; the Image.
+    pub async fn pull_image(&self, reference: &str) -> Result<serde_json::Value, ClientError> {
+        let req = self.http.post(format!("{}{API_ROOT}/images/pull", self.server)).json(&serde_json::json!({"image": reference}));
+        let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
     /// Maps a failure while reading a response body.
     pub fn body_error(&self, e: &reqwest::Error) -> ClientError {
         transport_error(&self.server, e)

@@ -87,6 +87,7 @@ impl LiveConfig {
             live.store(Arc::new(containerd::Live {
                 registry: serve::registry_settings(&new, &self.data_dir),
                 handlers: serve::runtime_handlers(&new, &self.data_dir),
+                image_gc: new.images.gc.clone(),
             }));
         }
         self.current.store(Arc::new(new));

@@ -152,7 +152,7 @@ pub fn check_log_level(c: &steward_config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
     let hup = crate::live::catch_sighup();
     let LoadedConfig { config, path, file_digest, overrides } = loaded;
     match &path {
@@ -170,6 +170,9 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         anyhow::bail!("--compact-interval must be longer than 0");
     }
     owner_only_dir(&args.data_dir)?;
+    // One spelling of the data dir for everything recorded under it
+    // (wrapper paths in containerd, log dirs): absolute, symlinks resolved.
+    args.data_dir = std::fs::canonicalize(&args.data_dir).with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
     // One server per data dir: two would each believe their in-memory view.
     let lock_path = args.data_dir.join("steward.lock");
     let lock = {
@@ -231,6 +234,7 @@ pub async fn run(args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()> {
         cfg.namespace = args.containerd_namespace.clone();
         cfg.registry = registry_settings(&config, &args.data_dir);
         cfg.handlers = runtime_handlers(&config, &args.data_dir);
+        cfg.image_gc = config.images.gc.clone();
         tracing::info!(
             hosts = %cfg.registry.config_path.display(),
             credentials = %cfg.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
@@ -402,9 +406,44 @@ fn legacy_store_uid(data_dir: &std::path::Path) -> anyhow::Result<Option<String>
 /// Image archives uploaded to the API go into containerd.
 struct Importer(ContainerdRuntime);
 
+fn image_info(i: steward_controller::containerd::images::ImageInfo) -> steward_apiserver::ImageInfo {
+    let rfc = |t: Option<steward_schema::Time>| t.map(|t| t.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    steward_apiserver::ImageInfo {
+        digest: i.digest,
+        repo_tags: i.names,
+        size: i.size,
+        created: rfc(i.created),
+        last_used: rfc(i.last_used),
+        used_by: i.used_by,
+    }
+}
+
 impl steward_apiserver::ImageImporter for Importer {
     fn import<'a>(&'a self, path: &'a std::path::Path) -> BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async move { self.0.import_archive(path).await.map_err(|e| e.to_string()) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<steward_apiserver::ImageInfo>, String>> {
+        Box::pin(async move { Ok(self.0.images().await.map_err(|e| e.to_string())?.into_iter().map(image_info).collect()) })
+    }
+
+    fn remove<'a>(&'a self, digest: &'a str) -> BoxFuture<'a, Result<Vec<String>, steward_apiserver::RemoveError>> {
+        use steward_apiserver::RemoveError;
+        Box::pin(async move {
+            self.0.remove_image(digest).await.map_err(|e| match e {
+                Ok(users) => RemoveError::InUse(users),
+                Err(steward_controller::actual::RuntimeError::NotFound(_)) => RemoveError::NotFound,
+                Err(e) => RemoveError::Failed(e.to_string()),
+            })
+        })
+    }
+
+    fn pull<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        use steward_controller::actual::Runtime;
+        Box::pin(async move {
+            let cfg = self.0.ensure_image(reference, steward_schema::PullPolicy::Always, Box::new(|_| {})).await.map_err(|e| e.to_string())?;
+            Ok(cfg.digest)
+        })
     }
 }
 

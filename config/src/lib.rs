@@ -260,8 +260,10 @@ impl Config {
                 }
             }
             for (k, v) in &h.env {
-                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    return Err((format!("{key}.env.{k}"), "an environment variable name is non-empty, without '=' or NUL".into()));
+                let name_ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !name_ok || v.contains('\0') {
+                    return Err((format!("{key}.env.{k}"), "an environment variable name is letters, digits and _ (not starting with a digit); no NUL in values".into()));
                 }
             }
         }

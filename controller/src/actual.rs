@@ -197,6 +197,14 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async { Ok(0) })
     }
 
+    /// Image garbage collection (the configured thresholds): removes
+    /// unused images, least recently used first, when the image filesystem
+    /// is fuller than the high threshold; never one a container uses or
+    /// whose digest or name is in `keep`. The names removed.
+    fn collect_images<'a>(&'a self, _keep: &'a std::collections::BTreeSet<String>) -> BoxFuture<'a, Result<Vec<String>, RuntimeError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Makes the image present (pulling per policy), reporting progress.
     fn ensure_image<'a>(
         &'a self,

@@ -119,12 +119,19 @@ pub fn build_busybox_oci_archive(dir: &Path) -> io::Result<PathBuf> {
 /// names the image `reference` (e.g. `127.0.0.1:5000/busybox:1.36`).
 /// Image config: `Cmd ["sh"]`, `Env PATH=...`, `WorkingDir /`.
 pub fn build_busybox_oci_archive_named(dir: &Path, reference: &str) -> io::Result<BuiltImage> {
+    build_busybox_oci_archive_variant(dir, reference, None)
+}
+
+/// [`build_busybox_oci_archive_named`], with a `steward.test/variant` label
+/// in the image config when `variant` is given: another image (config and
+/// manifest digests) on the same layer.
+pub fn build_busybox_oci_archive_variant(dir: &Path, reference: &str, variant: Option<&str>) -> io::Result<BuiltImage> {
     let layer = layer_tar()?;
     let diff_id = sha256(&layer);
     let layer_gz = gzip(&layer)?;
     let layer_digest = sha256(&layer_gz);
 
-    let config = serde_json::to_vec(&json!({
+    let mut config = json!({
         "architecture": host_arch(),
         "os": "linux",
         "config": {
@@ -134,7 +141,11 @@ pub fn build_busybox_oci_archive_named(dir: &Path, reference: &str) -> io::Resul
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "steward-testimage"}],
-    }))?;
+    });
+    if let Some(v) = variant {
+        config["config"]["Labels"] = json!({"steward.test/variant": v});
+    }
+    let config = serde_json::to_vec(&config)?;
     let config_digest = sha256(&config);
 
     let manifest = serde_json::to_vec(&json!({

@@ -96,6 +96,21 @@ impl<R: Runtime> Collector<R> {
             self.handle(c, &live, &mut report).await;
         }
         self.collect_logs(&all, &live, &mut report).await;
+        // Images: never one a live object names or was made from.
+        let keep: std::collections::BTreeSet<String> = cache
+            .list()
+            .iter()
+            .flat_map(|o| {
+                let digest = o.status.as_ref().and_then(|s| s.image_digest.clone());
+                let name = crate::containerd::registry::Reference::parse(&o.spec.image).ok().map(|r| r.full_name());
+                digest.into_iter().chain(name)
+            })
+            .collect();
+        match self.runtime.collect_images(&keep).await {
+            Ok(removed) if !removed.is_empty() => tracing::info!(images = ?removed, "image garbage collection removed unused images"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+        }
         match self.runtime.collect_runtime_wrappers().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(wrappers = n, "removed runtime wrapper scripts no container refers to"),

@@ -9,7 +9,7 @@ use serde_json::json;
 use steward_schema::{Condition, Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
-    limits_label, plan, spec_labels, stop_params, teardown, Plan, Step, CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR,
+    limits_label, made_from, plan, spec_labels, stop_params, teardown, Plan, Step, CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR,
     REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
 };
 use crate::actual::{
@@ -79,8 +79,31 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
         ctx.pulls.reset_backoff(&obj.spec.image);
     }
     let now = Time::now();
-    let Plan { step, mut status } = plan(obj, &actual, &now);
+    let Plan { mut step, mut status } = plan(obj, &actual, &now);
     handler_condition(&*ctx.runtime, &mut status, &now);
+    // A spec change would replace the container, but the new spec names a
+    // runtime handler the configuration no longer has: the replacement
+    // could never be made. Keep the running container, and say why.
+    if let Some(h) = obj.spec.runtime_class_name.as_deref() {
+        let replacing = actual.iter().any(|c| !made_from(c, &obj.spec));
+        if replacing && matches!(ctx.runtime.handler_definition(h), Some(None)) {
+            status = obj.status.clone().unwrap_or_default();
+            status.observed_generation = Some(obj.metadata.generation);
+            let message = format!(
+                "the spec changed, but its runtime handler {h:?} is not configured: the running container is kept until the handler is configured again or runtimeClassName names another"
+            );
+            let since = status.condition(CONDITION_RUNTIME_HANDLER).filter(|c| c.reason == "HandlerRemoved").and_then(|c| c.last_transition_time);
+            status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
+            status.conditions.push(Condition {
+                type_: CONDITION_RUNTIME_HANDLER.into(),
+                status: "False".into(),
+                reason: "HandlerRemoved".into(),
+                message,
+                last_transition_time: since.or(Some(now)),
+            });
+            step = Step::Nothing { requeue: Some(Duration::from_secs(30)) };
+        }
+    }
     tracing::debug!(?step, "planned");
     let obj = write_status(ctx, obj, status).await?;
     execute(ctx, &obj, step).await
@@ -91,7 +114,11 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
 /// removed); it keeps running and stays manageable with the one it was
 /// created with. Absent when current.
 fn handler_condition<R: Runtime + ?Sized>(rt: &R, status: &mut ContainerStatus, now: &Time) {
-    let Some(h) = status.runtime_handler.clone() else { return };
+    let Some(h) = status.runtime_handler.clone() else {
+        // No container (yet): nothing to say of its handler.
+        status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
+        return;
+    };
     let Some(configured) = rt.handler_definition(&h.name) else { return };
     let problem = match configured {
         None => Some((

@@ -101,7 +101,7 @@ fn quote(s: &str) -> String {
 fn wrapper_script(name: &str, runtime: &Path, h: &steward_config::Handler) -> String {
     let mut line = String::from("exec");
     if !h.env.is_empty() {
-        line.push_str(" /usr/bin/env");
+        line.push_str(" /usr/bin/env --");
         for (k, v) in &h.env {
             line.push(' ');
             line.push_str(&quote(&format!("{k}={v}")));
@@ -136,9 +136,13 @@ fn write_wrapper(dir: &Path, script: &str) -> std::io::Result<PathBuf> {
     }
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+    // A temp name of its own: two creates may write the same wrapper at
+    // once (the content is the same; the last rename wins, harmlessly).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{digest}.{}.{n}.tmp", std::process::id()));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o700).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&tmp)?;
         f.write_all(script.as_bytes())?;
         f.sync_all()?;
     }
@@ -187,7 +191,7 @@ mod tests {
         let dbg = resolve(&h, Some("runc-debug")).unwrap();
         let script = std::fs::read_to_string(&dbg.binary).unwrap();
         assert_eq!(dbg.binary.file_name().unwrap().to_str().unwrap(), hex::encode(Sha256::digest(script.as_bytes())));
-        assert!(script.contains("exec /usr/bin/env 'RUNC_X=a b' '") && script.ends_with("' '--debug' \"$@\"\n"), "{script}");
+        assert!(script.contains("exec /usr/bin/env -- 'RUNC_X=a b' '") && script.ends_with("' '--debug' \"$@\"\n"), "{script}");
         let q = wrapper_script("x", Path::new("/bin/r"), &steward_config::Handler { runtime: "r".into(), args: vec!["it's".into()], ..Default::default() });
         assert!(q.ends_with("exec '/bin/r' 'it'\\''s' \"$@\"\n"), "{q}");
         // The same definition: the same file, untouched.

@@ -22,6 +22,7 @@ pub mod handlers;
 pub mod hosts;
 mod events;
 pub mod image;
+pub mod images;
 pub mod logdriver;
 pub mod registry;
 pub mod spec;
@@ -98,6 +99,8 @@ pub struct ContainerdConfig {
     pub registry: registry::Settings,
     /// Runtime handlers (`spec.runtimeClassName`).
     pub handlers: handlers::Handlers,
+    /// Image garbage collection thresholds.
+    pub image_gc: steward_config::ImageGc,
 }
 
 impl ContainerdConfig {
@@ -111,6 +114,7 @@ impl ContainerdConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             registry: registry::Settings { config_path: PathBuf::from("/etc/steward/certs.d"), auth_file: auth::auth_file(None) },
             handlers: handlers::Handlers::new(&steward_config::Runtimes::default(), PathBuf::from("/var/lib/steward/runtimes")),
+            image_gc: steward_config::ImageGc::default(),
         }
     }
 }
@@ -183,6 +187,11 @@ pub struct ContainerdRuntime {
     /// create uses the value it started with; a container keeps the
     /// handler it was created with.
     live: Arc<arc_swap::ArcSwap<Live>>,
+    /// When containers were last made from each image.
+    last_used: Arc<images::LastUsed>,
+    /// Creates hold it (read) from choosing a wrapper until their container
+    /// names it; the wrapper collector holds it (write) while it decides.
+    wrappers: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// The part of the configuration the container runtime reads live.
@@ -190,6 +199,7 @@ pub struct ContainerdRuntime {
 pub struct Live {
     pub registry: registry::Settings,
     pub handlers: handlers::Handlers,
+    pub image_gc: steward_config::ImageGc,
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -215,7 +225,13 @@ impl ContainerdRuntime {
                 lease: None,
                 timeout: cfg.call_timeout,
             },
-            live: Arc::new(arc_swap::ArcSwap::from_pointee(Live { registry: cfg.registry.clone(), handlers: cfg.handlers.clone() })),
+            live: Arc::new(arc_swap::ArcSwap::from_pointee(Live {
+                registry: cfg.registry.clone(),
+                handlers: cfg.handlers.clone(),
+                image_gc: cfg.image_gc.clone(),
+            })),
+            last_used: Arc::new(images::LastUsed::default()),
+            wrappers: Arc::new(tokio::sync::RwLock::new(())),
             cfg: Arc::new(cfg),
             registries: Arc::new(registry::Clients::default()),
         };
@@ -490,7 +506,9 @@ impl ContainerdRuntime {
         }
         labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
         labels.insert(LABEL_IMAGE_DIGEST.into(), image.digest.clone());
+        self.last_used.touch(&image.digest);
         // The handler as configured now; the container keeps it for life.
+        let _wrapper_in_use = self.wrappers.read().await;
         let handler = handlers::resolve(&self.live.load().handlers, spec.runtime_class_name.as_deref()).map_err(RuntimeError::Create)?;
         labels.insert(LABEL_RUNTIME_HANDLER.into(), handler.name.clone());
         labels.insert(LABEL_RUNTIME_DEFINITION.into(), handler.definition.clone());
@@ -878,8 +896,16 @@ impl Runtime for ContainerdRuntime {
         Some(self.live.load().handlers.definition_digest(name))
     }
 
+    fn collect_images<'a>(&'a self, keep: &'a std::collections::BTreeSet<String>) -> BoxFuture<'a, Result<Vec<String>, RuntimeError>> {
+        Box::pin(async move {
+            let gc = self.live.load().image_gc.clone();
+            self.collect_images_above(gc.high_threshold_percent, gc.low_threshold_percent, keep).await
+        })
+    }
+
     fn collect_runtime_wrappers(&self) -> BoxFuture<'_, Result<usize, RuntimeError>> {
         Box::pin(async move {
+            let _no_create_in_between = self.wrappers.write().await;
             let dir = self.live.load().handlers.dir.clone();
             let candidates = handlers::wrappers(&dir);
             if candidates.is_empty() {
@@ -887,19 +913,22 @@ impl Runtime for ContainerdRuntime {
             }
             // Every container of the namespace, steward's or not: any may
             // name a wrapper in its runtime options.
-            let in_use: std::collections::HashSet<PathBuf> = self
+            // By file name (the content's digest), however the data dir
+            // was spelled when a container was made.
+            let in_use: std::collections::HashSet<std::ffi::OsString> = self
                 .list_all_containers()
                 .await?
                 .iter()
                 .filter_map(|c| c.runtime.as_ref()?.options.as_ref())
                 .filter(|o| o.type_url == RUNC_OPTIONS_TYPE_URL)
                 .filter_map(|o| RuncOptions::decode(o.value.as_slice()).ok())
-                .map(|o| PathBuf::from(o.binary_name))
+                .filter_map(|o| PathBuf::from(o.binary_name).file_name().map(|f| f.to_os_string()))
                 .collect();
             let mut removed = 0;
             for w in candidates {
                 let old = std::fs::metadata(&w).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > handlers::WRAPPER_MIN_AGE);
-                if old && !in_use.contains(&w) && std::fs::remove_file(&w).is_ok() {
+                let named = w.file_name().is_some_and(|f| in_use.contains(f));
+                if old && !named && std::fs::remove_file(&w).is_ok() {
                     removed += 1;
                 }
             }
