@@ -17,6 +17,8 @@
 //! (g) recovery: kill -9 of steward with the n running; half of them are
 //!     deleted while it is down; time from the restart until converged.
 //! (h) delete 20 whose PID 1 ignores SIGTERM, 10 s grace, one command.
+//! (i) 50 containers from a cold cache of 5 images (pulls shared) vs
+//! `ctr images pull` of the 5 one after another.
 //! (f) podman: `podman run -d` of the 50, then `podman rm -f -t 0`.
 //!
 //! Run with the release steward: `STEWARD_BIN=target/release/steward`.
@@ -598,6 +600,51 @@ fn main() {
     let stubborn_delete = t.elapsed();
     println!("(h) steward delete x{k} ignoring SIGTERM, 10 s grace, --wait: {}", secs(stubborn_delete));
 
+    // (i) a cold cache: 5 distinct images (busybox variants: another config
+    // on the same layer) new to containerd; `ctr images pull` of the 5 one
+    // after another, then steward bringing up 50 containers of them (10 per
+    // image) until all are Running, its pulls shared.
+    let cold: Vec<String> = (0..5)
+        .map(|v| {
+            let reference = format!("{}/cold:v{v}", registry.addr);
+            let d = dir.path().join(format!("cold-{v}"));
+            let img = steward_testimage::build_busybox_oci_archive_variant(&d, &reference, Some(&format!("cold-{v}-{tag}"))).expect("build image");
+            must("skopeo copy", run_limited(
+                Command::new("skopeo")
+                    .args(["copy", "--quiet", "--dest-tls-verify=false"])
+                    .arg(format!("oci-archive:{}", img.archive.display()))
+                    .arg(format!("docker://{reference}")),
+                Duration::from_secs(60),
+            ));
+            reference
+        })
+        .collect();
+    let t = Instant::now();
+    for r in &cold {
+        must("ctr images pull", ctr.run(&["images", "pull", "--plain-http", r]));
+    }
+    let ctr_cold_pull = t.elapsed();
+    println!("(i) ctr images pull of 5 images, one after another: {}", secs(ctr_cold_pull));
+    let m = 50usize;
+    let cdir = dir.path().join("cold");
+    std::fs::create_dir_all(&cdir).expect("mkdir");
+    let cold_names: Vec<String> = (0..m).map(|i| format!("cold-{i:02}")).collect();
+    for (i, name) in cold_names.iter().enumerate() {
+        std::fs::write(cdir.join(format!("{name}.yaml")), manifest(name, &cold[i % cold.len()])).expect("write manifest");
+    }
+    let t = Instant::now();
+    must("steward apply", run_limited(
+        Command::new(&bin).env("STEWARD_TOKEN", &steward.token).arg("--server").arg(&steward.url).args(["apply", "-f"]).arg(&cdir),
+        Duration::from_secs(60),
+    ));
+    wait_for("the cold-cache containers Running", Duration::from_secs(180), || (running_names(&steward.url, &steward.token) == m).then_some(()));
+    let steward_cold = t.elapsed();
+    println!("(i) steward: {m} containers of 5 uncached images until all Running: {}", secs(steward_cold));
+    let mut args = vec!["--server".to_string(), steward.url.clone(), "delete".into(), "containers".into()];
+    args.extend(cold_names.iter().cloned());
+    args.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
+    must("steward delete --wait", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(130)));
+
     // (f) podman, when installed.
     let mut podman: Option<(Duration, Duration)> = None;
     let has_podman = std::env::var_os("PATH")
@@ -686,6 +733,15 @@ fn main() {
             ratio: "—".into(),
             target: "≈ one grace (≤ 12 s)".into(),
             met: met(stubborn_delete.as_secs_f64() <= 12.0),
+        },
+        Row {
+            measure: "50 containers from a cold cache of 5 images until Running (i) vs `ctr images pull` of the 5".into(),
+            steward: secs(steward_cold),
+            ctr: secs(ctr_cold_pull),
+            podman: "—".into(),
+            ratio: format!("{:.2}x", steward_cold.as_secs_f64() / ctr_cold_pull.as_secs_f64()),
+            target: "— (compared)".into(),
+            met: "—".into(),
         },
         Row {
             measure: format!("steward idle CPU, {n} running, {:.0} s (d)", wall),
