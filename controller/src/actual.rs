@@ -37,6 +37,8 @@ pub const LABEL_STOP_REQUESTED: &str = "steward.dev/stop-requested-at";
 /// its definition then (see `containerd::handlers`).
 pub const LABEL_RUNTIME_HANDLER: &str = "steward.dev/runtime-handler";
 pub const LABEL_RUNTIME_DEFINITION: &str = "steward.dev/runtime-definition";
+/// `sha256:<hex>` of the wrapper script, when the handler has one.
+pub const LABEL_RUNTIME_WRAPPER: &str = "steward.dev/runtime-wrapper";
 pub const MANAGED_BY: &str = "steward";
 /// The uid of the store whose object the container belongs to: several
 /// stewards may share one containerd namespace, and each collects only its

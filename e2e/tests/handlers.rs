@@ -105,6 +105,9 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
     assert!(wrapper.starts_with(data.join("runtimes")), "{}", wrapper.display());
     let _ = &ext;
     let script = std::fs::read_to_string(&wrapper).expect("the wrapper exists");
+    let wrapper_digest = format!("sha256:{}", wrapper.file_name().and_then(|f| f.to_str()).unwrap_or_default());
+    assert_eq!(dbg["status"]["runtimeHandler"]["wrapper"], wrapper_digest.as_str(), "status names the wrapper it runs: {dbg}");
+    assert!(plain["status"]["runtimeHandler"]["wrapper"].is_null(), "no wrapper for a plain handler: {plain}");
     assert!(script.contains("'--debug'"), "{script}");
     assert!(binary_of(&s, &state, &plain_id).ends_with("/runc"), "{}", binary_of(&s, &state, &plain_id));
     assert!(runc_log(&state, &dbg_id).contains("\"level\":\"debug\""), "runc ran with --debug: {}", runc_log(&state, &dbg_id));

@@ -193,6 +193,10 @@ pub struct RuntimeHandlerStatus {
     pub name: String,
     /// `sha256:...` of the handler's definition (runtime, args, env).
     pub definition: String,
+    /// `sha256:...` of the wrapper script it runs through (a handler with
+    /// arguments or environment), named so under `DATA/runtimes/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapper: Option<String>,
 }
 
 /// Exactly one of `waiting`, `running`, `terminated`.

@@ -15,7 +15,7 @@ use steward_schema::{RuntimeHandlerStatus,
 };
 
 use crate::actual::{
-    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_SPEC_HASH,
+    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_RUNTIME_WRAPPER, LABEL_SPEC_HASH,
     LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE, LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
 };
 
@@ -468,8 +468,11 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let same_container = prior.container_id.as_deref() == Some(container_ref.as_str());
     status.container_id = Some(container_ref);
     let handler = current.label(LABEL_RUNTIME_HANDLER);
-    status.runtime_handler = (!handler.is_empty())
-        .then(|| RuntimeHandlerStatus { name: handler.to_string(), definition: current.label(LABEL_RUNTIME_DEFINITION).to_string() });
+    status.runtime_handler = (!handler.is_empty()).then(|| RuntimeHandlerStatus {
+        name: handler.to_string(),
+        definition: current.label(LABEL_RUNTIME_DEFINITION).to_string(),
+        wrapper: Some(current.label(LABEL_RUNTIME_WRAPPER).to_string()).filter(|w| !w.is_empty()),
+    });
     if current.image_digest.is_some() {
         status.image_digest = current.image_digest.clone();
     }

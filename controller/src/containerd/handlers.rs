@@ -50,6 +50,8 @@ pub struct Resolved {
     pub binary: PathBuf,
     /// The handler definition's digest (see [`Handlers::definition_digest`]).
     pub definition: String,
+    /// `sha256:<hex>` of the wrapper script, if the handler needs one.
+    pub wrapper: Option<String>,
 }
 
 /// `requested` (or the default handler) resolved: its binary found, its
@@ -72,11 +74,12 @@ pub fn resolve(h: &Handlers, requested: Option<&str>) -> Result<Resolved, String
     })?;
     let definition = definition_digest(def);
     if def.args.is_empty() && def.env.is_empty() {
-        return Ok(Resolved { name: name.to_string(), binary: runtime, definition });
+        return Ok(Resolved { name: name.to_string(), binary: runtime, definition, wrapper: None });
     }
     let script = wrapper_script(name, &runtime, def);
     let binary = write_wrapper(&h.dir, &script).map_err(|e| format!("runtime handler {name:?}: writing its wrapper in {}: {e}", h.dir.display()))?;
-    Ok(Resolved { name: name.to_string(), binary, definition })
+    let wrapper = binary.file_name().and_then(|f| f.to_str()).map(|f| format!("sha256:{f}"));
+    Ok(Resolved { name: name.to_string(), binary, definition, wrapper })
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -58,7 +58,7 @@ use tracing::Instrument;
 
 use crate::actual::{
     ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_NAMESPACE, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_STOP_REQUESTED, LABEL_UID,
+    LABEL_NAME, LABEL_NAMESPACE, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_RUNTIME_WRAPPER, LABEL_STOP_REQUESTED, LABEL_UID,
     MANAGED_BY,
 };
 use prost::Message;
@@ -512,6 +512,9 @@ impl ContainerdRuntime {
         let handler = handlers::resolve(&self.live.load().handlers, spec.runtime_class_name.as_deref()).map_err(RuntimeError::Create)?;
         labels.insert(LABEL_RUNTIME_HANDLER.into(), handler.name.clone());
         labels.insert(LABEL_RUNTIME_DEFINITION.into(), handler.definition.clone());
+        if let Some(w) = &handler.wrapper {
+            labels.insert(LABEL_RUNTIME_WRAPPER.into(), w.clone());
+        }
         let runtime_options = RuncOptions { binary_name: handler.binary.to_string_lossy().into_owned() };
         let hostname = spec::hostname_for(labels.get(LABEL_NAME).map(String::as_str), id);
         let host = spec::HostLimits::current();
