@@ -84,9 +84,14 @@ impl LiveConfig {
         let restart_required: Vec<String> = new.restart_only_changes(&self.started).into_iter().map(String::from).collect();
         // Live parts first, then the whole: each is one swap.
         if let Some(live) = &self.runtime {
+            let handlers = serve::runtime_handlers(&new, &self.data_dir);
+            let missing = handlers.missing_runtimes();
+            if !missing.is_empty() {
+                tracing::warn!(handlers = ?missing, "runtime handlers whose runtime binary is not installed: containers naming them fail to create");
+            }
             live.store(Arc::new(containerd::Live {
                 registry: serve::registry_settings(&new, &self.data_dir),
-                handlers: serve::runtime_handlers(&new, &self.data_dir),
+                handlers,
                 image_gc: new.images.gc.clone(),
             }));
         }

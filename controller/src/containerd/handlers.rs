@@ -26,6 +26,12 @@ pub struct Handlers {
 }
 
 impl Handlers {
+    /// The handlers whose runtime binary cannot be found now (a reload
+    /// names them in its reply; a create with one fails saying so).
+    pub fn missing_runtimes(&self) -> Vec<String> {
+        self.handlers.iter().filter(|(_, h)| find_binary(&h.runtime).is_none()).map(|(n, h)| format!("{n} ({})", h.runtime)).collect()
+    }
+
     pub fn new(runtimes: &steward_config::Runtimes, dir: PathBuf) -> Self {
         Handlers { default: runtimes.default.clone(), handlers: runtimes.handlers.clone(), dir }
     }
@@ -92,8 +98,14 @@ fn find_binary(runtime: &str) -> Option<PathBuf> {
     if runtime.starts_with('/') {
         return is_executable(Path::new(runtime)).then(|| PathBuf::from(runtime));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(runtime)).find(|p| is_executable(p))
+    // steward's PATH, then the usual system directories (a service's PATH
+    // may lack /usr/sbin, where Debian puts runc); never a relative entry.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(runtime))
+        .find(|p| is_executable(p))
 }
 
 /// `'...'` for sh: nothing inside single quotes is special but `'`.
