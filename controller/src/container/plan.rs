@@ -425,12 +425,21 @@ fn restart_after(status: &mut ContainerStatus, prior: &ContainerStatus, t: State
     step
 }
 
+/// Set while containerd reports a task it cannot describe; its transition
+/// time is when that began.
+pub const CONDITION_TASK_UNKNOWN: &str = "TaskStatusUnknown";
+/// How long a task may stay unknown before it is deleted and restarted per
+/// policy.
+pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Plans the next step for a live (not deleting) object.
 pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let spec = &obj.spec;
     let prior = obj.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = Some(obj.metadata.generation);
+    // Set again below while the task stays unknown.
+    status.conditions.retain(|c| c.type_ != CONDITION_TASK_UNKNOWN);
     let policy = spec.restart_policy.unwrap_or(RestartPolicy::Always);
     let current = actual.iter().find(|c| made_from(c, spec));
 
@@ -570,14 +579,45 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
                 return Plan { step: Step::Nothing { requeue: Some(RECHECK) }, status };
             }
             TaskStatus::Unknown => {
-                // containerd cannot say (a shim not answering): claim nothing
-                // (as the kubelet's ContainerStatusUnknown), keep the phase,
-                // and look again.
+                // containerd cannot say (a shim not answering, or one left
+                // without its task by a containerd killed mid-create):
+                // claim nothing (as the kubelet's ContainerStatusUnknown),
+                // keep the phase, and look again. Still so after
+                // UNKNOWN_GRACE: the task is deleted (refused while a live
+                // process holds it) and its end taken as an unknown exit,
+                // which the restart policy decides on.
+                let unknown_since = prior.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time).unwrap_or(*now);
+                if since(&unknown_since, now) >= UNKNOWN_GRACE {
+                    let t = StateTerminated {
+                        exit_code: UNKNOWN_EXIT_CODE,
+                        signal: None,
+                        reason: REASON_STATUS_UNKNOWN.into(),
+                        message: format!(
+                            "containerd could not describe the task for {}s (its shim is gone, hung or empty); the task was deleted",
+                            UNKNOWN_GRACE.as_secs()
+                        ),
+                        started_at: prior.state.as_ref().and_then(|s| s.running.as_ref()).and_then(|r| r.started_at),
+                        finished_at: Some(*now),
+                    };
+                    if !restarts(policy, t.exit_code) {
+                        terminal(&mut status, t, now);
+                        return Plan { step: Step::DeleteTask { id }, status };
+                    }
+                    let step = restart_after(&mut status, &prior, t, Step::DeleteTask { id }, now);
+                    return Plan { step, status };
+                }
                 status.state = Some(waiting(REASON_STATUS_UNKNOWN, format!("containerd reports task {id} in an unknown state")));
                 if status.phase.is_none() {
                     status.phase = Some(Phase::Pending);
                 }
                 set_ready(&mut status, false, REASON_STATUS_UNKNOWN, now);
+                status.conditions.push(Condition {
+                    type_: CONDITION_TASK_UNKNOWN.into(),
+                    status: "True".into(),
+                    reason: REASON_STATUS_UNKNOWN.into(),
+                    message: format!("containerd cannot describe task {id}"),
+                    last_transition_time: Some(unknown_since),
+                });
                 return Plan { step: Step::Nothing { requeue: Some(RECHECK) }, status };
             }
             _ => {
@@ -1045,6 +1085,43 @@ mod tests {
         let fresh = obj(RestartPolicy::Always);
         let p = plan(&fresh, &[actual(&fresh, task(0, TaskStatus::Unknown))], &t(0));
         assert_eq!((p.status.phase, reason(&p), p.status.pid), (Some(Phase::Pending), REASON_STATUS_UNKNOWN, None));
+    }
+
+    #[test]
+    fn a_task_unknown_past_the_grace_is_deleted_and_ends_per_policy() {
+        for policy in [RestartPolicy::Always, RestartPolicy::Never] {
+            let o = obj(policy);
+            let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
+            let unknown = actual(&o, task(0, TaskStatus::Unknown));
+            // Seen unknown at 10 s: waits, remembering since when.
+            let first = plan(&o, &[unknown.clone()], &t(10));
+            assert_eq!(first.step, Step::Nothing { requeue: Some(RECHECK) });
+            let since = first.status.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time);
+            assert_eq!(since, Some(t(10)));
+            let o = with_status(&o, first.status);
+            // 29 s later: still waiting, the same since.
+            let p = plan(&o, &[unknown.clone()], &t(39));
+            assert_eq!(p.step, Step::Nothing { requeue: Some(RECHECK) }, "{policy:?}");
+            assert_eq!(p.status.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time), Some(t(10)));
+            // 30 s: deleted; Always restarts it (counted), Never ends Failed.
+            let p = plan(&o, &[unknown.clone()], &t(40));
+            assert!(matches!(&p.step, Step::DeleteTask { .. } | Step::Nothing { .. }), "{policy:?}: {:?}", p.step);
+            match policy {
+                RestartPolicy::Never => {
+                    assert_eq!(p.step, Step::DeleteTask { id: unknown.id.clone() });
+                    assert_eq!(p.status.phase, Some(Phase::Failed));
+                    assert_eq!(p.status.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.reason.as_str()), Some(REASON_STATUS_UNKNOWN));
+                }
+                _ => {
+                    assert_eq!(p.status.restart_count, 1, "{p:?}");
+                    assert_eq!(last_terminated(&p).reason, REASON_STATUS_UNKNOWN);
+                }
+            }
+            assert!(p.status.condition(CONDITION_TASK_UNKNOWN).is_none());
+            // Back to known: the condition goes.
+            let ok = plan(&o, &[actual(&o, running(42))], &t(41));
+            assert!(ok.status.condition(CONDITION_TASK_UNKNOWN).is_none());
+        }
     }
 
     #[test]
