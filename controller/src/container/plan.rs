@@ -1094,17 +1094,17 @@ mod tests {
             let o = with_status(&o, plan(&o, &[actual(&o, running(42))], &t(0)).status);
             let unknown = actual(&o, task(0, TaskStatus::Unknown));
             // Seen unknown at 10 s: waits, remembering since when.
-            let first = plan(&o, &[unknown.clone()], &t(10));
+            let first = plan(&o, std::slice::from_ref(&unknown), &t(10));
             assert_eq!(first.step, Step::Nothing { requeue: Some(RECHECK) });
             let since = first.status.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time);
             assert_eq!(since, Some(t(10)));
             let o = with_status(&o, first.status);
             // 29 s later: still waiting, the same since.
-            let p = plan(&o, &[unknown.clone()], &t(39));
+            let p = plan(&o, std::slice::from_ref(&unknown), &t(39));
             assert_eq!(p.step, Step::Nothing { requeue: Some(RECHECK) }, "{policy:?}");
             assert_eq!(p.status.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time), Some(t(10)));
             // 30 s: deleted; Always restarts it (counted), Never ends Failed.
-            let p = plan(&o, &[unknown.clone()], &t(40));
+            let p = plan(&o, std::slice::from_ref(&unknown), &t(40));
             assert!(matches!(&p.step, Step::DeleteTask { .. } | Step::Nothing { .. }), "{policy:?}: {:?}", p.step);
             match policy {
                 RestartPolicy::Never => {
