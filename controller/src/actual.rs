@@ -192,6 +192,11 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// The configured default runtime handler, if this runtime knows one.
+    fn default_handler(&self) -> Option<String> {
+        None
+    }
+
     /// Removes runtime wrapper scripts no containerd container of the
     /// namespace refers to (and older than a few minutes, so a create
     /// about to refer to one keeps it); how many went.

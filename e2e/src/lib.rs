@@ -460,6 +460,20 @@ impl Steward {
         c
     }
 
+    /// `METHOD URL_PATH` against the API with the token (curl), no body:
+    /// the status code and the body.
+    pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", method, "-H"])
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}; apt-get install -y curl"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     /// `ctr` against this steward's containerd.
     pub fn ctr(&self, args: &[&str]) -> String {
         let o = self.ctr_command(args).output().unwrap_or_else(|e| panic!("ctr: {e}; {INSTALL}"));

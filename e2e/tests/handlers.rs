@@ -24,15 +24,7 @@ fn manifest(name: &str, image: &str, handler: Option<&str>) -> String {
 }
 
 fn reload(s: &Steward) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-H"])
-        .arg(format!("Authorization: Bearer {}", s.token))
-        .arg(format!("{}/-/reload", s.url))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    s.request("POST", "/-/reload")
 }
 
 fn config(handlers: &str) -> String {

@@ -28,15 +28,8 @@ fn push_variant(reg: &Registry, dir: &std::path::Path, repo: &str, variant: &str
 }
 
 fn api(s: &Steward, method: &str, path: &str) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", method, "-H"])
-        .arg(format!("Authorization: Bearer {}", s.token))
-        .arg(format!("{}/apis/steward.dev/v1alpha1{path}", s.url))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::String(body.to_string())))
+    let (code, body) = s.request(method, &format!("/apis/steward.dev/v1alpha1{path}"));
+    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
 fn manifest(name: &str, image: &str) -> String {
@@ -100,13 +93,8 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
     // Garbage collection: thresholds the filesystem is past (1 % / 0 %),
     // reloaded live: `c` (unused) goes within a few sweeps, `a` stays.
     std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 1, lowThresholdPercent: 0}\n").expect("write");
-    let out = Command::new("curl")
-        .args(["-s", "-X", "POST", "-H"])
-        .arg(format!("Authorization: Bearer {}", s.token))
-        .arg(format!("{}/-/reload", s.url))
-        .output()
-        .expect("curl");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"digest\""), "{}", String::from_utf8_lossy(&out.stdout));
+    let (code, body) = s.request("POST", "/-/reload");
+    assert_eq!(code, 200, "{body}");
     wait_for("image garbage collection to remove the unused image", T, || (!s.ok(&["image", "ls"]).contains(c.as_str())).then_some(()));
     let ls = s.ok(&["image", "ls"]);
     assert!(ls.contains(a.as_str()), "the image a Container uses stays:\n{ls}");
@@ -114,7 +102,7 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
     // `prune` removes what no Container uses once the Container is gone.
     s.ok(&["delete", "containers", "user", "--wait", "--timeout", "60s"]);
     std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 99, lowThresholdPercent: 98}\n").expect("write");
-    let _ = Command::new("curl").args(["-s", "-X", "POST", "-H"]).arg(format!("Authorization: Bearer {}", s.token)).arg(format!("{}/-/reload", s.url)).output();
+    assert_eq!(s.request("POST", "/-/reload").0, 200);
     let out = s.ok(&["image", "prune"]);
     assert!(out.contains("image(s) removed"), "{out}");
     assert!(!s.ok(&["image", "ls"]).contains(a.as_str()), "pruned");

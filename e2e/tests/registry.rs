@@ -87,14 +87,8 @@ fn tls_registry_with_a_ca_credentials_and_a_docker_io_mirror() {
     let auth2 = dir.path().join("docker2/config.json");
     write(&auth2, &format!(r#"{{"auths": {{"https://{host}": {{"auth": "{}"}}}}}}"#, basic(&reg.user, &reg.password)));
     write(&config, &format!("registry:\n  configPath: {}\n  authFile: {}\n", certs.display(), auth2.display()));
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-H"])
-        .arg(format!("Authorization: Bearer {}", s.token))
-        .arg(format!("{}/-/reload", s.url))
-        .output()
-        .expect("curl");
-    let reply = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(reply.ends_with("\n200") && reply.contains("\"digest\":\"sha256:"), "reload: {reply}");
+    let (code, reply) = s.request("POST", "/-/reload");
+    assert!(code == 200 && reply.contains("\"digest\":\"sha256:"), "reload: {code} {reply}");
     s.apply(dir.path(), "ok", &manifest("ok", &format!("{host}/busybox:ok")));
     let v = s.wait("ok", "Running", T, |v| phase(v) == "Running");
     assert!(v["status"]["imageDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{v}");

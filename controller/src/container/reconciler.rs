@@ -80,7 +80,7 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
     }
     let now = Time::now();
     let Plan { mut step, mut status } = plan(obj, &actual, &now);
-    handler_condition(&*ctx.runtime, &mut status, &now);
+    handler_condition(&*ctx.runtime, obj.spec.runtime_class_name.as_deref(), &mut status, &now);
     // A spec change would replace the container, but the new spec names a
     // runtime handler the configuration no longer has: the replacement
     // could never be made. Keep the running container, and say why.
@@ -113,7 +113,7 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
 /// definition the configuration no longer has (changed, or the handler
 /// removed); it keeps running and stays manageable with the one it was
 /// created with. Absent when current.
-fn handler_condition<R: Runtime + ?Sized>(rt: &R, status: &mut ContainerStatus, now: &Time) {
+fn handler_condition<R: Runtime + ?Sized>(rt: &R, named: Option<&str>, status: &mut ContainerStatus, now: &Time) {
     let Some(h) = status.runtime_handler.clone() else {
         // No container (yet): nothing to say of its handler.
         status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
@@ -132,7 +132,14 @@ fn handler_condition<R: Runtime + ?Sized>(rt: &R, status: &mut ContainerStatus, 
                 h.name
             ),
         )),
-        Some(_) => None,
+        // The container took the default; the default is another now.
+        Some(_) => match (named, rt.default_handler()) {
+            (None, Some(d)) if d != h.name => Some((
+                "DefaultChanged",
+                format!("runtimes.default is now {d:?}; this container was made with {:?} and keeps it until it is recreated", h.name),
+            )),
+            _ => None,
+        },
     };
     let prev = status.condition(CONDITION_RUNTIME_HANDLER).cloned();
     status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);

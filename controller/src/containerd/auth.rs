@@ -235,7 +235,10 @@ async fn run_helper(name: &str, server: &str, path: Option<&std::ffi::OsStr>) ->
         if stdout.contains("credentials not found") {
             return Ok(None);
         }
-        let said: String = format!("{} {}", stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()).chars().take(200).collect();
+        // Only its stderr's first line: a broken helper's stdout may hold
+        // the very secret (this message reaches the Container's status).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said: String = stderr.lines().next().unwrap_or_default().chars().take(200).collect();
         return Err(format!("{program} failed ({}): {}", out.status, said.trim()));
     }
     let reply: HelperReply = serde_json::from_str(stdout.trim()).map_err(|e| format!("{program}: unreadable answer: {e}"))?;

@@ -899,6 +899,10 @@ impl Runtime for ContainerdRuntime {
         Some(self.live.load().handlers.definition_digest(name))
     }
 
+    fn default_handler(&self) -> Option<String> {
+        Some(self.live.load().handlers.default.clone())
+    }
+
     fn collect_images<'a>(&'a self, keep: &'a std::collections::BTreeSet<String>) -> BoxFuture<'a, Result<Vec<String>, RuntimeError>> {
         Box::pin(async move {
             let gc = self.live.load().image_gc.clone();

@@ -430,7 +430,27 @@ impl Registry {
                 r.http.get(realm).query(&q)
             }
         };
-        let resp = req.timeout(self.small_timeout).send().await.map_err(|e| self.transport_error(r, e))?;
+        let mut resp = req.timeout(self.small_timeout).send().await.map_err(|e| self.transport_error(r, e))?;
+        // Token services that do not take the OAuth2 POST (GCR, some
+        // Artifactory and ACR setups) answer it with 400/401/404/405: ask
+        // again the Docker way, a GET with the credentials, as containerd.
+        if let Some(c) = lookup.credentials.as_ref().filter(|c| c.identity_token) {
+            if matches!(resp.status().as_u16(), 400 | 401 | 404 | 405) {
+                let mut q: Vec<(&str, &str)> = vec![("scope", scope.as_str())];
+                if !service.is_empty() {
+                    q.push(("service", service.as_str()));
+                }
+                resp = r
+                    .http
+                    .get(realm)
+                    .query(&q)
+                    .header(AUTHORIZATION, c.basic())
+                    .timeout(self.small_timeout)
+                    .send()
+                    .await
+                    .map_err(|e| self.transport_error(r, e))?;
+            }
+        }
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(self.refused(r, lookup));
@@ -783,6 +803,15 @@ mod tests {
                 let ok = auth == good && line.contains("scope=repository%3Ateam%2Fapp%3Apull") && line.contains("service=reg");
                 return if ok { ("200 OK".into(), vec![], r#"{"token":"T0K"}"#.into()) } else { ("401 Unauthorized".into(), vec![], String::new()) };
             }
+            // A token service without the OAuth2 POST: the GET with the
+            // identity token as Basic password must follow.
+            if line.starts_with("POST /token2") {
+                return ("405 Method Not Allowed".into(), vec![], String::new());
+            }
+            if line.starts_with("GET /token2?") {
+                let ok = auth == format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "<token>:refresh-me"));
+                return if ok { ("200 OK".into(), vec![], r#"{"token":"T0K"}"#.into()) } else { ("401 Unauthorized".into(), vec![], String::new()) };
+            }
             if line.starts_with("POST /token") {
                 return ("200 OK".into(), vec![], r#"{"access_token":"T0K"}"#.into());
             }
@@ -792,7 +821,8 @@ mod tests {
             if auth == "Bearer T0K" {
                 return ("200 OK".into(), vec!["Content-Type: application/vnd.oci.image.manifest.v1+json".into()], manifest.into());
             }
-            let challenge = format!(r#"WWW-Authenticate: Bearer realm="http://{}/token",service="reg",scope="repository:team/app:pull""#, r2.lock().unwrap());
+            let realm = if line.contains("/v2/team/app2/") { "token2" } else { "token" };
+            let challenge = format!(r#"WWW-Authenticate: Bearer realm="http://{}/{realm}",service="reg",scope="repository:team/app:pull""#, r2.lock().unwrap());
             ("401 Unauthorized".into(), vec![challenge], String::new())
         })
         .await;
@@ -814,6 +844,8 @@ mod tests {
 
         conf(r#"{"identitytoken": "refresh-me"}"#);
         Registry::connect(&clients, &set, reference()).unwrap().fetch_top().await.expect("pulled with an identity token");
+        let app2 = Reference::parse(&format!("{addr}/team/app2:1")).unwrap();
+        Registry::connect(&clients, &set, app2).unwrap().fetch_top().await.expect("the refresh-token POST refused, the GET taken");
 
         let limited = Reference::parse(&format!("{addr}/team/limited:1")).unwrap();
         let e = Registry::connect(&clients, &set, limited).unwrap().fetch_top().await.unwrap_err();
