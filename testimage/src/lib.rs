@@ -67,7 +67,7 @@ fn busybox_missing(e: io::Error) -> io::Error {
 }
 
 /// The uncompressed layer tar.
-fn layer_tar() -> io::Result<Vec<u8>> {
+fn layer_tar(variant: Option<&str>) -> io::Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX).map_err(busybox_missing)?;
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32| -> io::Result<()> {
@@ -100,6 +100,10 @@ fn layer_tar() -> io::Result<Vec<u8>> {
     }
     file(&mut b, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/home:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")?;
     file(&mut b, "etc/group", 0o644, b"root:x:0:\nwww:x:33:\nstaff:x:50:www\nnogroup:x:65534:\n")?;
+    if let Some(v) = variant {
+        // A layer of its own: nothing is shared with another variant.
+        file(&mut b, "etc/steward-variant", 0o644, v.as_bytes())?;
+    }
     b.into_inner()
 }
 
@@ -123,10 +127,10 @@ pub fn build_busybox_oci_archive_named(dir: &Path, reference: &str) -> io::Resul
 }
 
 /// [`build_busybox_oci_archive_named`], with a `steward.test/variant` label
-/// in the image config when `variant` is given: another image (config and
-/// manifest digests) on the same layer.
+/// in the image config and an `/etc/steward-variant` file in the layer when
+/// `variant` is given: another image sharing no blob with the others.
 pub fn build_busybox_oci_archive_variant(dir: &Path, reference: &str, variant: Option<&str>) -> io::Result<BuiltImage> {
-    let layer = layer_tar()?;
+    let layer = layer_tar(variant)?;
     let diff_id = sha256(&layer);
     let layer_gz = gzip(&layer)?;
     let layer_digest = sha256(&layer_gz);
