@@ -95,12 +95,9 @@ pub struct ContainerdConfig {
     pub log_driver_exe: PathBuf,
     /// The deadline of every containerd call ([`DEFAULT_CALL_TIMEOUT`]).
     pub call_timeout: Duration,
-    /// Registry hosts (TLS, mirrors) and credentials.
-    pub registry: registry::Settings,
-    /// Runtime handlers (`spec.runtimeClassName`).
-    pub handlers: handlers::Handlers,
-    /// Image garbage collection thresholds.
-    pub image_gc: steward_config::ImageGc,
+    /// What a configuration reload may change (registries, runtime
+    /// handlers, image garbage collection): its value at start.
+    pub live: Live,
 }
 
 impl ContainerdConfig {
@@ -112,9 +109,7 @@ impl ContainerdConfig {
             logs: LogDriverConfig::new(log_root),
             log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
             call_timeout: DEFAULT_CALL_TIMEOUT,
-            registry: registry::Settings { config_path: PathBuf::from("/etc/steward/certs.d"), auth_file: auth::auth_file(None) },
-            handlers: handlers::Handlers::new(&steward_config::Runtimes::default(), PathBuf::from("/var/lib/steward/runtimes")),
-            image_gc: steward_config::ImageGc::default(),
+            live: Live::new(&steward_config::Config::default(), Path::new("/var/lib/steward")),
         }
     }
 }
@@ -202,6 +197,22 @@ pub struct Live {
     pub image_gc: steward_config::ImageGc,
 }
 
+impl Live {
+    /// `config`'s live part, resolved against the data dir: registry hosts
+    /// under `DATA/certs.d` and Docker's credentials file unless the
+    /// configuration names others, wrappers under `DATA/runtimes`.
+    pub fn new(config: &steward_config::Config, data_dir: &Path) -> Live {
+        Live {
+            registry: registry::Settings {
+                config_path: config.registry.config_path.clone().unwrap_or_else(|| data_dir.join("certs.d")),
+                auth_file: auth::auth_file(config.registry.auth_file.as_deref()),
+            },
+            handlers: handlers::Handlers::new(&config.runtimes, data_dir.join("runtimes")),
+            image_gc: config.images.gc.clone(),
+        }
+    }
+}
+
 fn valid_namespace(ns: &str) -> bool {
     !ns.is_empty()
         && ns.len() <= 76
@@ -225,11 +236,7 @@ impl ContainerdRuntime {
                 lease: None,
                 timeout: cfg.call_timeout,
             },
-            live: Arc::new(arc_swap::ArcSwap::from_pointee(Live {
-                registry: cfg.registry.clone(),
-                handlers: cfg.handlers.clone(),
-                image_gc: cfg.image_gc.clone(),
-            })),
+            live: Arc::new(arc_swap::ArcSwap::from_pointee(cfg.live.clone())),
             last_used: Arc::new(images::LastUsed::default()),
             wrappers: Arc::new(tokio::sync::RwLock::new(())),
             cfg: Arc::new(cfg),
@@ -1022,8 +1029,10 @@ impl Runtime for ContainerdRuntime {
                 if signal == 9 && self.get_task(id).await?.is_some_and(|t| t.status == TaskStatus::Paused) {
                     match t.resume(self.ctx.req(ResumeTaskRequest { container_id: id.to_string() })).await {
                         Ok(_) => tracing::info!(container = id, "resumed the paused task so that SIGKILL takes effect"),
-                        Err(s) if s.code() == Code::NotFound => {}
-                        Err(s) => return Err(from_status("resume", id, &s)),
+                        // Gone or no longer paused meanwhile: the signal is
+                        // delivered; a still frozen task is killed (and
+                        // thawed) again on the next pass.
+                        Err(s) => tracing::debug!(container = id, error = %s.message(), "resume after SIGKILL"),
                     }
                 }
                 Ok(())
