@@ -71,18 +71,16 @@ fn object_name(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
-/// The Containers of the store whose status says they run this image
+/// The Containers of the store by the image their status says they run
 /// (besides what the runtime says): a container being recreated counts.
-fn store_users(app: &AppState, digest: &str) -> Vec<String> {
-    let uses = |o: &steward_store::Stored| {
-        o.object.status.as_ref().and_then(|s| s.get("imageDigest")).and_then(serde_json::Value::as_str) == Some(digest)
-    };
-    app.store
-        .list(steward_schema::RESOURCE, None, None, 0, uses)
-        .items
-        .into_iter()
-        .map(|o| format!("{}/{}", o.object.metadata.namespace, o.object.metadata.name))
-        .collect()
+fn store_users(app: &AppState) -> std::collections::HashMap<String, Vec<String>> {
+    let mut users: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for o in app.store.list(steward_schema::RESOURCE, None, None, 0, |_| true).items {
+        if let Some(d) = o.object.status.as_ref().and_then(|s| s.get("imageDigest")).and_then(serde_json::Value::as_str) {
+            users.entry(d.to_string()).or_default().push(format!("{}/{}", o.object.metadata.namespace, o.object.metadata.name));
+        }
+    }
+    users
 }
 
 fn image_json(i: &ImageInfo) -> serde_json::Value {
@@ -110,8 +108,9 @@ fn json_response(code: StatusCode, verb: &'static str, body: serde_json::Value) 
 
 async fn all_images(app: &AppState) -> Result<Vec<ImageInfo>, ApiError> {
     let mut images = importer(app)?.list().await.map_err(ApiError::Unavailable)?;
+    let mut by_store = store_users(app);
     for i in &mut images {
-        for u in store_users(app, &i.digest) {
+        for u in by_store.remove(&i.digest).unwrap_or_default() {
             if !i.used_by.contains(&u) {
                 i.used_by.push(u);
             }

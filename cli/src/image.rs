@@ -38,32 +38,10 @@ pub enum ImageCommand {
     },
 }
 
-/// `docker.io/library/busybox:1.36` for `busybox:1.36`, as the server
-/// names images (Docker's normalisation).
+/// `docker.io/library/busybox:1.36` for `busybox:1.36`: the name the
+/// server gives the image (the controller's reference parser).
 fn normalise(r: &str) -> String {
-    let r = r.trim();
-    let (rest, digest) = r.split_once('@').map(|(a, d)| (a, Some(d))).unwrap_or((r, None));
-    let last = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let (name, tag) = match rest[last..].rfind(':') {
-        Some(i) => (&rest[..last + i], Some(&rest[last + i + 1..])),
-        None => (rest, None),
-    };
-    let (reg, path) = match name.split_once('/') {
-        Some((f, p)) if f.contains('.') || f.contains(':') || f == "localhost" => (f.to_string(), p.to_string()),
-        _ => ("docker.io".to_string(), name.to_string()),
-    };
-    let reg = if reg == "index.docker.io" { "docker.io".to_string() } else { reg };
-    let path = if reg == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path };
-    let mut out = format!("{reg}/{path}");
-    match (tag, digest) {
-        (Some(t), _) => out.push_str(&format!(":{t}")),
-        (None, None) => out.push_str(":latest"),
-        _ => {}
-    }
-    if let Some(d) = digest {
-        out.push_str(&format!("@{d}"));
-    }
-    out
+    steward_controller::containerd::registry::Reference::parse(r).map(|r| r.full_name()).unwrap_or_else(|_| r.trim().to_string())
 }
 
 fn size(b: u64) -> String {

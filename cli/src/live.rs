@@ -23,9 +23,7 @@ pub struct LiveConfig {
     /// What the flags override, applied to every new file.
     concurrency: Option<usize>,
     event_retention: Option<std::time::Duration>,
-    /// The configuration in force (with the flags' overrides).
-    current: ArcSwap<steward_config::Config>,
-    /// The one the process started with: restart-only keys are compared
+    /// The configuration the process started with: restart-only keys are compared
     /// with it, so a change stays reported until a restart applies it.
     started: Arc<steward_config::Config>,
     /// What the container runtime reads live (registries, handlers), if
@@ -38,18 +36,20 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
+    /// `started` is the configuration in force, flags applied; `path` the
+    /// file it came from.
     pub fn new(
         args: &ServeArgs,
-        loaded: &serve::LoadedConfig,
+        path: Option<PathBuf>,
+        started: &steward_config::Config,
         runtime: Option<Arc<ArcSwap<containerd::Live>>>,
     ) -> Self {
         LiveConfig {
-            path: loaded.path.clone(),
+            path,
             data_dir: args.data_dir.clone(),
             concurrency: args.concurrency,
             event_retention: args.event_retention,
-            current: ArcSwap::from_pointee(loaded.config.clone()),
-            started: Arc::new(loaded.config.clone()),
+            started: Arc::new(started.clone()),
             runtime,
             lock: tokio::sync::Mutex::new(()),
             ok: AtomicU64::new(0),
@@ -74,28 +74,18 @@ impl LiveConfig {
             })?;
         let digest = file.digest();
         let mut new = file;
-        if let Some(n) = self.concurrency {
-            new.controller.concurrency = n;
-        }
-        if let Some(d) = self.event_retention {
-            new.store.compaction_window = d;
-        }
+        serve::apply_flags(&mut new, self.concurrency, self.event_retention);
         serve::check_log_level(&new).map_err(|e| ReloadError::Invalid(e.to_string()))?;
         let restart_required: Vec<String> = new.restart_only_changes(&self.started).into_iter().map(String::from).collect();
-        // Live parts first, then the whole: each is one swap.
+        // What the runtime reads live, swapped whole.
         if let Some(live) = &self.runtime {
-            let handlers = serve::runtime_handlers(&new, &self.data_dir);
-            let missing = handlers.missing_runtimes();
+            let next = containerd::Live::new(&new, &self.data_dir);
+            let missing = next.handlers.missing_runtimes();
             if !missing.is_empty() {
                 tracing::warn!(handlers = ?missing, "runtime handlers whose runtime binary is not installed: containers naming them fail to create");
             }
-            live.store(Arc::new(containerd::Live {
-                registry: serve::registry_settings(&new, &self.data_dir),
-                handlers,
-                image_gc: new.images.gc.clone(),
-            }));
+            live.store(Arc::new(next));
         }
-        self.current.store(Arc::new(new));
         Ok(ReloadReport { digest, restart_required })
     }
 }

@@ -112,37 +112,30 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<LoadedConfig> {
         None => steward_config::Config::default(),
     };
     let file_digest = config.digest();
-    let mut overrides = Vec::new();
-    if let Some(n) = args.concurrency {
-        if n == 0 || n > 256 {
-            anyhow::bail!("--concurrency {n}: must be between 1 and 256");
-        }
-        config.controller.concurrency = n;
-        overrides.push("--concurrency");
+    if let Some(n) = args.concurrency.filter(|n| *n == 0 || *n > 256) {
+        anyhow::bail!("--concurrency {n}: must be between 1 and 256");
     }
-    if let Some(d) = args.event_retention {
-        if d.is_zero() {
-            anyhow::bail!("--event-retention must be longer than 0");
-        }
-        config.store.compaction_window = d;
-        overrides.push("--event-retention");
+    if args.event_retention.is_some_and(|d| d.is_zero()) {
+        anyhow::bail!("--event-retention must be longer than 0");
     }
+    let overrides = apply_flags(&mut config, args.concurrency, args.event_retention);
     check_log_level(&config).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
     Ok(LoadedConfig { config, path, file_digest, overrides })
 }
 
-/// The registry section resolved: `DATA/certs.d` and Docker's default
-/// credentials file unless the configuration names others.
-pub fn registry_settings(config: &steward_config::Config, data_dir: &std::path::Path) -> steward_controller::containerd::registry::Settings {
-    steward_controller::containerd::registry::Settings {
-        config_path: config.registry.config_path.clone().unwrap_or_else(|| data_dir.join("certs.d")),
-        auth_file: steward_controller::containerd::auth::auth_file(config.registry.auth_file.as_deref()),
+/// The flags that override the file (checked already), applied to
+/// `config`, at start and at every reload; the ones that did.
+pub fn apply_flags(config: &mut steward_config::Config, concurrency: Option<usize>, event_retention: Option<Duration>) -> Vec<&'static str> {
+    let mut overrides = Vec::new();
+    if let Some(n) = concurrency {
+        config.controller.concurrency = n;
+        overrides.push("--concurrency");
     }
-}
-
-/// The runtime handlers of `config`, their wrappers under `DATA/runtimes`.
-pub fn runtime_handlers(config: &steward_config::Config, data_dir: &std::path::Path) -> steward_controller::containerd::handlers::Handlers {
-    steward_controller::containerd::handlers::Handlers::new(&config.runtimes, data_dir.join("runtimes"))
+    if let Some(d) = event_retention {
+        config.store.compaction_window = d;
+        overrides.push("--event-retention");
+    }
+    overrides
 }
 
 /// What the config crate cannot check itself: `log.level` must be a
@@ -232,12 +225,10 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         let log_root = args.data_dir.join("logs");
         let mut cfg = ContainerdConfig::new(&socket, &log_root);
         cfg.namespace = args.containerd_namespace.clone();
-        cfg.registry = registry_settings(&config, &args.data_dir);
-        cfg.handlers = runtime_handlers(&config, &args.data_dir);
-        cfg.image_gc = config.images.gc.clone();
+        cfg.live = steward_controller::containerd::Live::new(&config, &args.data_dir);
         tracing::info!(
-            hosts = %cfg.registry.config_path.display(),
-            credentials = %cfg.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+            hosts = %cfg.live.registry.config_path.display(),
+            credentials = %cfg.live.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
             "registry configuration"
         );
         let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
@@ -262,11 +253,7 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     }
 
     // The configuration in force, reloaded by SIGHUP and POST /-/reload.
-    let live = Arc::new(crate::live::LiveConfig::new(
-        &args,
-        &LoadedConfig { config: config.clone(), path: path.clone(), file_digest: file_digest.clone(), overrides: overrides.clone() },
-        runtime.as_ref().map(|rt| rt.live()),
-    ));
+    let live = Arc::new(crate::live::LiveConfig::new(&args, path.clone(), &config, runtime.as_ref().map(|rt| rt.live())));
     api.reloader = Some(live.clone());
     crate::live::reload_on_sighup(live, hup);
 

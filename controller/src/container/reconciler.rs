@@ -92,15 +92,7 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
             let message = format!(
                 "the spec changed, but its runtime handler {h:?} is not configured: the running container is kept until the handler is configured again or runtimeClassName names another"
             );
-            let since = status.condition(CONDITION_RUNTIME_HANDLER).filter(|c| c.reason == "HandlerRemoved").and_then(|c| c.last_transition_time);
-            status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
-            status.conditions.push(Condition {
-                type_: CONDITION_RUNTIME_HANDLER.into(),
-                status: "False".into(),
-                reason: "HandlerRemoved".into(),
-                message,
-                last_transition_time: since.or(Some(now)),
-            });
+            set_handler_condition(&mut status, Some(("HandlerRemoved", message)), &now);
             step = Step::Nothing { requeue: Some(Duration::from_secs(30)) };
         }
     }
@@ -116,7 +108,7 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
 fn handler_condition<R: Runtime + ?Sized>(rt: &R, named: Option<&str>, status: &mut ContainerStatus, now: &Time) {
     let Some(h) = status.runtime_handler.clone() else {
         // No container (yet): nothing to say of its handler.
-        status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
+        set_handler_condition(status, None, now);
         return;
     };
     let Some(configured) = rt.handler_definition(&h.name) else { return };
@@ -141,6 +133,12 @@ fn handler_condition<R: Runtime + ?Sized>(rt: &R, named: Option<&str>, status: &
             _ => None,
         },
     };
+    set_handler_condition(status, problem, now);
+}
+
+/// `RuntimeHandlerCurrent=False` with `problem` (reason, message), keeping
+/// its transition time while the reason stays; none: the condition goes.
+fn set_handler_condition(status: &mut ContainerStatus, problem: Option<(&str, String)>, now: &Time) {
     let prev = status.condition(CONDITION_RUNTIME_HANDLER).cloned();
     status.conditions.retain(|c| c.type_ != CONDITION_RUNTIME_HANDLER);
     if let Some((reason, message)) = problem {

@@ -57,25 +57,8 @@ fn to_time(t: &Option<prost_types::Timestamp>) -> Option<Time> {
 impl ContainerdRuntime {
     /// Every image of the namespace, by target digest, sorted by name.
     pub async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
-        let mut c = ImagesClient::new(self.ctx.channel.clone());
-        let records = c
-            .list(self.ctx.req(ListImagesRequest { filters: Vec::new() }))
-            .await
-            .map_err(|s| from_status("list images", "", &s))?
-            .into_inner()
-            .images;
-        // Which objects' containers use which image.
-        let mut users: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for ctr in self.list_all_containers().await? {
-            let labels = &ctr.labels;
-            if let Some(d) = labels.get(crate::containerd::LABEL_IMAGE_DIGEST) {
-                let who = match (labels.get(LABEL_NAMESPACE), labels.get(LABEL_NAME)) {
-                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
-                    _ => format!("container {}", ctr.id),
-                };
-                users.entry(d.clone()).or_default().insert(who);
-            }
-        }
+        let records = self.image_records(None).await?;
+        let users = self.image_users().await?;
         let mut by_digest: BTreeMap<String, ImageInfo> = BTreeMap::new();
         for r in records {
             let Some(target) = r.target.clone() else { continue };
@@ -117,27 +100,54 @@ impl ContainerdRuntime {
         Ok(out)
     }
 
+    /// The image records (every one, or those whose target is `digest`).
+    async fn image_records(&self, digest: Option<&str>) -> Result<Vec<containerd_client::services::v1::Image>, RuntimeError> {
+        let mut c = ImagesClient::new(self.ctx.channel.clone());
+        let filters = digest.map(|d| vec![format!("target.digest=={d}")]).unwrap_or_default();
+        Ok(c.list(self.ctx.req(ListImagesRequest { filters }))
+            .await
+            .map_err(|s| from_status("list images", "", &s))?
+            .into_inner()
+            .images)
+    }
+
+    /// Which objects' containers use which image (by target digest).
+    async fn image_users(&self) -> Result<HashMap<String, BTreeSet<String>>, RuntimeError> {
+        let mut users: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for ctr in self.list_all_containers().await? {
+            let labels = &ctr.labels;
+            if let Some(d) = labels.get(crate::containerd::LABEL_IMAGE_DIGEST) {
+                let who = match (labels.get(LABEL_NAMESPACE), labels.get(LABEL_NAME)) {
+                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                    _ => format!("container {}", ctr.id),
+                };
+                users.entry(d.clone()).or_default().insert(who);
+            }
+        }
+        Ok(users)
+    }
+
     /// Removes every name of the image with target `digest` (its content
     /// goes with containerd's garbage collection). Refused while a
     /// container uses it: `Err(Ok(users))`.
     pub async fn remove_image(&self, digest: &str) -> Result<Vec<String>, Result<Vec<String>, RuntimeError>> {
-        let all = self.images().await.map_err(Err)?;
-        let Some(img) = all.into_iter().find(|i| i.digest == digest) else {
+        let names: Vec<String> = self.image_records(Some(digest)).await.map_err(Err)?.into_iter().map(|r| r.name).collect();
+        if names.is_empty() {
             return Err(Err(RuntimeError::NotFound(format!("image {digest}"))));
-        };
-        if !img.used_by.is_empty() {
-            return Err(Ok(img.used_by));
+        }
+        if let Some(users) = self.image_users().await.map_err(Err)?.remove(digest) {
+            return Err(Ok(users.into_iter().collect()));
         }
         let mut c = ImagesClient::new(self.ctx.channel.clone());
-        for name in &img.names {
+        for name in &names {
             match c.delete(self.ctx.req(DeleteImageRequest { name: name.clone(), sync: true, ..Default::default() })).await {
                 Ok(_) => {}
                 Err(s) if s.code() == containerd_client::tonic::Code::NotFound => {}
                 Err(s) => return Err(Err(from_status("delete image", name, &s))),
             }
         }
-        tracing::info!(digest, names = ?img.names, "image removed");
-        Ok(img.names)
+        tracing::info!(digest, ?names, "image removed");
+        Ok(names)
     }
 
     /// The directory holding containerd's content store (its image

@@ -126,7 +126,7 @@ pub async fn connect(socket: &Path, log_root: &Path, namespace: &str) -> Contain
     let mut runtimes = steward_config::Runtimes::default();
     runtimes.handlers.insert("dbg".into(), steward_config::Handler { runtime: "runc".into(), args: vec!["--debug".into()], ..Default::default() });
     let dir = log_root.parent().unwrap_or(log_root).join("runtimes");
-    cfg.handlers = steward_controller::containerd::handlers::Handlers::new(&runtimes, dir);
+    cfg.live.handlers = steward_controller::containerd::handlers::Handlers::new(&runtimes, dir);
     ContainerdRuntime::connect(cfg).await.expect("connect to containerd")
 }
 
