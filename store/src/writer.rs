@@ -179,6 +179,7 @@ async fn commit_batch(conn: &mut SqliteConnection, shared: &Shared, batch: Vec<R
     }
     if !events.is_empty() {
         if let Err(e) = persist(conn, &events).await {
+            end_transaction(conn).await;
             // Nothing acknowledged after an error. If the log shows the
             // batch did not land, the store goes on; if it may have landed
             // (a failed fsync can leave rows visible but not durable), the
@@ -300,7 +301,23 @@ async fn take_snapshot(conn: &mut SqliteConnection, shared: &Shared, dirty: &mut
             *snapshot_rv = revision;
         }
         // The event log still has everything; try again next time.
-        Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot failed");
+            end_transaction(conn).await;
+        }
+    }
+}
+
+/// After a failed write: no transaction may stay open on the connection.
+/// SQLite leaves one open after some errors (SQLITE_FULL in a statement of
+/// an explicit transaction, whose automatic rollback is only of the
+/// statement), and every later single-statement append would then land in
+/// it, reported done but never committed nor synced: acknowledged writes
+/// lost on a crash (found with a full disk and kill -9).
+async fn end_transaction(conn: &mut SqliteConnection) {
+    // "no transaction is active" is the good case.
+    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok() {
+        tracing::warn!("rolled back a transaction a failed write left open");
     }
 }
 
