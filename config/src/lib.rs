@@ -190,12 +190,23 @@ impl Default for Store {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|err| ConfigError::Read { file: file.clone(), err })?;
-        if meta.len() > MAX_FILE_BYTES {
+        let read_err = |err| ConfigError::Read { file: file.clone(), err };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        // Not a device, FIFO or directory: reading one could block for
+        // ever or never end.
+        if !meta.is_file() {
+            return Err(read_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+        }
+        // Bounded whatever the size said (it may grow meanwhile).
+        let mut bytes = Vec::new();
+        std::fs::File::open(path).map_err(read_err)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
             return Err(ConfigError::TooLarge { file });
         }
-        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { file: file.clone(), err })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")))?;
         Config::parse(&text, &file)
     }
 
@@ -413,6 +424,20 @@ store: {compactionWindow: 1h}
             assert!(e.to_string().contains(msg), "{text}: {e}");
             assert!(e.to_string().starts_with("c.yaml: "), "{e}");
         }
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let d = std::env::temp_dir().join(format!("steward-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for p in [Path::new("/dev/zero"), d.as_path()] {
+            let e = Config::load(p).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+        let big = d.join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(matches!(Config::load(&big), Err(ConfigError::TooLarge { .. })));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

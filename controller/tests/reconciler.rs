@@ -389,13 +389,20 @@ async fn bad_input_ends_in_a_waiting_reason_and_others_keep_running() {
     h.apply("nope", json!({"image": "127.0.0.1:5000/missing:1"})).await;
     h.apply("badcmd", json!({"image": "busybox", "command": ["nonexistent"]})).await;
     h.apply("fine", json!({"image": "busybox"})).await;
+    h.apply("badref", json!({"image": "127.0.0.1:5000/../busybox:1"})).await;
+    let o = h.wait_for("badref", "InvalidImageName", |o| waiting(o) == "InvalidImageName").await.unwrap();
+    assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("bad repository"), "{o}");
+    // It stays so, without a status write per retry.
+    let rv = o["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.get("badref").await.unwrap()["metadata"]["resourceVersion"], rv, "status flaps");
     let o = h.wait_for("nope", "ImagePullBackOff", |o| waiting(o) == "ImagePullBackOff").await.unwrap();
     assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("manifest unknown"));
     let o = h.wait_for("badcmd", "CreateContainerError", |o| waiting(o) == "CreateContainerError").await.unwrap();
     assert!(o["status"]["state"]["waiting"]["message"].as_str().unwrap().contains("nonexistent"));
     h.wait_for("fine", "Running", |o| phase(o) == "Running").await;
     // Deleting the failed ones leaves nothing behind.
-    for n in ["nope", "badcmd"] {
+    for n in ["nope", "badcmd", "badref"] {
         h.http.delete(format!("{}{BASE}/{n}", h.url)).send().await.unwrap();
         h.wait_for(n, "deleted", |o| o.is_none()).await;
     }

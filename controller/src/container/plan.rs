@@ -28,6 +28,8 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 pub const REASON_CREATING: &str = "ContainerCreating";
 pub const REASON_PULLING: &str = "ImagePulling";
 pub const REASON_ERR_PULL: &str = "ErrImagePull";
+/// `spec.image` is not a valid image reference (the kubelet's name).
+pub const REASON_INVALID_IMAGE_NAME: &str = "InvalidImageName";
 pub const REASON_PULL_BACKOFF: &str = "ImagePullBackOff";
 pub const REASON_CRASH_LOOP: &str = "CrashLoopBackOff";
 pub const REASON_CREATE_ERROR: &str = "CreateContainerError";
@@ -458,7 +460,7 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let Some(current) = current else {
         // Nothing yet: create. Keep a pull/create error on display while
         // retrying, so a user sees why it is not running.
-        if !matches!(waiting_reason(&prior), REASON_ERR_PULL | REASON_PULL_BACKOFF | REASON_CREATE_ERROR | REASON_PULLING) {
+        if !matches!(waiting_reason(&prior), REASON_ERR_PULL | REASON_PULL_BACKOFF | REASON_CREATE_ERROR | REASON_PULLING | REASON_INVALID_IMAGE_NAME) {
             status.state = Some(waiting(REASON_CREATING, String::new()));
         }
         status.phase = Some(Phase::Pending);

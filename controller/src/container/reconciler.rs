@@ -214,6 +214,12 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
     match step {
         Step::Nothing { requeue } => Ok(requeue.map_or(Action::AwaitChange, Action::Requeue)),
         Step::Create { id } => {
+            // A name no registry could serve: say so in status (the
+            // kubelet's InvalidImageName), not only in steward's log.
+            if let Err(e) = crate::containerd::registry::Reference::parse(&obj.spec.image) {
+                set_waiting(ctx, obj, super::plan::REASON_INVALID_IMAGE_NAME, e.clone()).await?;
+                return Err(RuntimeError::ImagePull(e).into());
+            }
             let image = match image_for(ctx, obj).await {
                 Ok(Image::Ready(i)) => i,
                 // Being pulled, or a failed pull backing off: this slot is
