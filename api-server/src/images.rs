@@ -136,13 +136,22 @@ pub async fn read(State(app): State<AppState>, axum::extract::Path(name): axum::
 }
 
 /// DELETE of an unused image: 409 naming the Containers while one uses it.
-pub async fn delete(State(app): State<AppState>, axum::extract::Path(name): axum::extract::Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(
+    State(app): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let dry_run = crate::query::Params::parse(q.as_deref())?.dry_run;
     let img = all_images(&app).await?.into_iter().find(|i| object_name(&i.digest) == name).ok_or_else(|| not_found(&name))?;
     let in_use = |users: &[String]| {
         ApiError::Conflict(format!("image {name} ({}) is in use by Containers {}; delete them first", img.repo_tags.join(", "), users.join(", ")))
     };
     if !img.used_by.is_empty() {
         return Err(in_use(&img.used_by));
+    }
+    // dryRun=All: every check made, nothing removed.
+    if dry_run {
+        return Ok(json_response(StatusCode::OK, "delete", image_json(&img)));
     }
     match importer(&app)?.remove(&img.digest).await {
         Ok(_) => Ok(json_response(StatusCode::OK, "delete", image_json(&img))),
@@ -153,7 +162,10 @@ pub async fn delete(State(app): State<AppState>, axum::extract::Path(name): axum
 }
 
 /// `POST .../images/pull` with `{"image": "REF"}`: pulls it now.
-pub async fn pull(State(app): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn pull(State(app): State<AppState>, axum::extract::RawQuery(q): axum::extract::RawQuery, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    if crate::query::Params::parse(q.as_deref())?.dry_run {
+        return Err(ApiError::BadRequest("dryRun is not supported for an image pull (it would have to fetch the image)".into()));
+    }
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("the body must be {{\"image\": \"REF\"}}: {e}")))?;
     let reference = v.get("image").and_then(serde_json::Value::as_str).filter(|r| !r.trim().is_empty())
         .ok_or_else(|| ApiError::BadRequest("the body must be {\"image\": \"REF\"}: image is required".into()))?;

@@ -127,11 +127,17 @@ pub struct Images {
 pub struct ImageGc {
     pub high_threshold_percent: u8,
     pub low_threshold_percent: u8,
+    /// An image used (or pulled) more recently than this is never
+    /// collected (the kubelet's imageMinimumGCAge): a Container between
+    /// its pull and its container, here or in another steward on the same
+    /// containerd, is not robbed of it.
+    #[serde(with = "duration::serde_str")]
+    pub minimum_age: Duration,
 }
 
 impl Default for ImageGc {
     fn default() -> Self {
-        ImageGc { high_threshold_percent: 85, low_threshold_percent: 80 }
+        ImageGc { high_threshold_percent: 85, low_threshold_percent: 80, minimum_age: Duration::from_secs(120) }
     }
 }
 

@@ -83,6 +83,14 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
     assert!(st["message"].as_str().is_some_and(|m| m.contains("default/user")), "{st}");
     let out = s.cli(&["image", "rm", &a]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    // dryRun: checked, not removed; a pull cannot be dry.
+    let digest_b = s.ok(&["image", "ls"]).lines().find(|l| l.contains(b.as_str())).and_then(|l| l.split_whitespace().nth(1)).unwrap_or_default().to_string();
+    let (_, list) = api(&s, "GET", "/images");
+    let name_b = list["items"].as_array().into_iter().flatten().find(|i| i["status"]["digest"].as_str().is_some_and(|d| d.starts_with(&digest_b))).map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_string()).expect("b listed");
+    let (code, _) = api(&s, "DELETE", &format!("/images/{name_b}?dryRun=All"));
+    assert_eq!(code, 200);
+    assert!(s.ok(&["image", "ls"]).contains(b.as_str()), "a dry-run delete removed it");
+    assert_eq!(api(&s, "POST", "/images/pull?dryRun=All").0, 400);
     // An unused one goes, by reference.
     let out = s.ok(&["image", "rm", &b]);
     assert!(out.contains("removed"), "{out}");
@@ -92,7 +100,7 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
 
     // Garbage collection: thresholds the filesystem is past (1 % / 0 %),
     // reloaded live: `c` (unused) goes within a few sweeps, `a` stays.
-    std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 1, lowThresholdPercent: 0}\n").expect("write");
+    std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 1, lowThresholdPercent: 0, minimumAge: 0s}\n").expect("write");
     let (code, body) = s.request("POST", "/-/reload");
     assert_eq!(code, 200, "{body}");
     wait_for("image garbage collection to remove the unused image", T, || (!s.ok(&["image", "ls"]).contains(c.as_str())).then_some(()));

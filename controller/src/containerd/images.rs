@@ -172,7 +172,11 @@ impl ContainerdRuntime {
     /// least recently used first, until it is below `low`. `keep` are
     /// digests and names live objects refer to (besides what containers
     /// use). Returns the removed images' names.
-    pub async fn collect_images_above(&self, high: u8, low: u8, keep: &BTreeSet<String>) -> Result<Vec<String>, RuntimeError> {
+    pub async fn collect_images_above(&self, gc: &steward_config::ImageGc, keep: &BTreeSet<String>) -> Result<Vec<String>, RuntimeError> {
+        let (high, low) = (gc.high_threshold_percent, gc.low_threshold_percent);
+        let young = |i: &ImageInfo| {
+            i.last_used.or(i.created).is_none_or(|t| (Time::now().0 - t.0).to_std().unwrap_or_default() < gc.minimum_age)
+        };
         let root = self.content_root().await?;
         let usage = || fs_usage_percent(&root);
         let Some(used) = usage() else { return Ok(Vec::new()) };
@@ -183,7 +187,7 @@ impl ContainerdRuntime {
             .images()
             .await?
             .into_iter()
-            .filter(|i| i.used_by.is_empty() && !keep.contains(&i.digest) && !i.names.iter().any(|n| keep.contains(n)))
+            .filter(|i| i.used_by.is_empty() && !young(i) && !keep.contains(&i.digest) && !i.names.iter().any(|n| keep.contains(n)))
             .collect();
         candidates.sort_by_key(|i| i.last_used.map(|t| t.0));
         tracing::info!(used_percent = used, high, low, candidates = candidates.len(), "image filesystem above the high threshold");

@@ -913,7 +913,7 @@ impl Runtime for ContainerdRuntime {
     fn collect_images<'a>(&'a self, keep: &'a std::collections::BTreeSet<String>) -> BoxFuture<'a, Result<Vec<String>, RuntimeError>> {
         Box::pin(async move {
             let gc = self.live.load().image_gc.clone();
-            self.collect_images_above(gc.high_threshold_percent, gc.low_threshold_percent, keep).await
+            self.collect_images_above(&gc, keep).await
         })
     }
 
