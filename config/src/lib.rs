@@ -223,6 +223,10 @@ impl Config {
         if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             return Ok(Config::default());
         }
+        // The linear pre-scan request bodies get (nesting, node count):
+        // serde_yaml is quadratic in nesting depth.
+        steward_schema::manifest::check_yaml_shape(text)
+            .map_err(|message| ConfigError::Parse { file: file.to_string(), key: ".".into(), message })?;
         let de = serde_yaml::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -423,6 +427,7 @@ store: {compactionWindow: 1h}
             ("store: {compactionWindow: 18446744073709551615}\n", "store.compactionWindow", "between 1s and 720h"),
             ("registry: {authFile: docker/config.json}\n", "registry.authFile", "must be an absolute path"),
             ("- a\n- b\n", ".", "invalid type"),
+            (&format!("runtimes: {{handlers: {{x: {{runtime: runc, args: {}a{}}}}}}}\n", "[".repeat(200), "]".repeat(200)), ".", "nests more than"),
         ];
         for (text, key, msg) in cases {
             let e = Config::parse(text, "c.yaml").expect_err(text);
