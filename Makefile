@@ -11,12 +11,13 @@ APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 
 # Debian packages: gcc (SQLite, bundled by sqlx), protoc (containerd's gRPC
 # API), containerd, runc and crun (what steward drives: runc by default,
-# crun as a runtime handler), and for the e2e suite a
+# crun as a runtime handler), the CNI plugins, iptables and iproute2
+# (bridge networks: the plugins run iptables), and for the e2e suite a
 # local registry, skopeo to push to it, busybox for the test image,
 # sqlite3 (the fault suite checks the store file's integrity with it), and
 # strace (the durability tests trace fsyncs).
-DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc crun docker-registry skopeo busybox-static sqlite3
-DEB_PROBES   := cc curl strace protoc containerd runc crun docker-registry skopeo /bin/busybox sqlite3
+DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc crun docker-registry skopeo busybox-static sqlite3 containernetworking-plugins iptables iproute2
+DEB_PROBES   := cc curl strace protoc containerd runc crun docker-registry skopeo /bin/busybox sqlite3 /usr/lib/cni/bridge iptables ip
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -142,9 +142,57 @@ fn admit(app: &AppState, c: &mut Container, ns: &str, url_name: Option<&str>) ->
             )));
         }
     }
+    // An update that leaves the network out keeps the stored one: objects
+    // stored when `none` was the default stay on it (the default for new
+    // objects is `bridge`).
+    if c.spec.network.is_none() {
+        if let Some(cur) = app.store.get(&key(&c.metadata.namespace, &c.metadata.name)) {
+            c.spec.network = cur
+                .object
+                .spec
+                .get("network")
+                .and_then(Value::as_str)
+                .map(String::from);
+        }
+    }
     c.apply_defaults();
-    validate_container(c).map_err(|errors| ApiError::Invalid { name: c.metadata.name.clone(), errors })?;
-    check_runtime_class(app, c)
+    validate_container(c).map_err(|errors| ApiError::Invalid {
+        name: c.metadata.name.clone(),
+        errors,
+    })?;
+    check_runtime_class(app, c)?;
+    check_network(app, c)
+}
+
+/// A Container naming a network this server does not have is refused
+/// (one that is stored with it already stays manageable).
+fn check_network(app: &AppState, c: &Container) -> Result<(), ApiError> {
+    let (Some(net), Some(known)) = (&c.spec.network, &app.config.networks) else {
+        return Ok(());
+    };
+    if net == steward_schema::NETWORK_NONE || net == steward_schema::NETWORK_HOST {
+        return Ok(());
+    }
+    let current = app.store.get(&key(&c.metadata.namespace, &c.metadata.name));
+    let unchanged = current.is_some_and(|cur| {
+        cur.object.spec.get("network").and_then(Value::as_str) == Some(net.as_str())
+    });
+    let known = known();
+    if unchanged || known.iter().any(|n| n == net) {
+        return Ok(());
+    }
+    let mut errors = steward_schema::validate::FieldErrors::default();
+    errors.invalid(
+        "spec.network",
+        format!(
+            "{net:?} is not a network of this server (none, host, {})",
+            known.join(", ")
+        ),
+    );
+    Err(ApiError::Invalid {
+        name: c.metadata.name.clone(),
+        errors,
+    })
 }
 
 /// A Container naming a runtime handler the configuration does not define

@@ -51,6 +51,9 @@ pub struct Config {
     /// The runtime handlers a Container may name now (`None`: not
     /// checked, e.g. without a container runtime).
     pub runtime_handlers: Option<Arc<dyn Fn() -> Vec<String> + Send + Sync>>,
+    /// The networks a Container may name besides `none` and `host`
+    /// (`None`: not checked).
+    pub networks: Option<Arc<dyn Fn() -> Vec<String> + Send + Sync>>,
     /// Where uploaded archives wait while they are imported.
     pub upload_dir: Option<std::path::PathBuf>,
     /// Largest image archive accepted.
@@ -89,6 +92,7 @@ impl Default for Config {
             images: None,
             reloader: None,
             runtime_handlers: None,
+            networks: None,
             upload_dir: None,
             max_image_bytes: 4 << 30,
             token: None,

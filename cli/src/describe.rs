@@ -137,7 +137,19 @@ pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
     if let Some(g) = s.termination_grace_period_seconds {
         let _ = writeln!(o, "  Grace Period:       {g}s");
     }
-    let _ = writeln!(o, "  Network:            {}", or_none(s.network.map(|n| format!("{n:?}").to_lowercase()).as_deref()));
+    let _ = writeln!(o, "  Network:            {}", or_none(s.network.as_deref()));
+    if !s.ports.is_empty() {
+        let _ = writeln!(o, "  Ports:");
+        for p in &s.ports {
+            let proto = p.protocol.map_or("TCP", |p| p.as_str());
+            let name = p.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+            let published = match p.host_port {
+                Some(hp) => format!(" published on {}:{hp}", p.host_ip.as_deref().unwrap_or("0.0.0.0")),
+                None => String::new(),
+            };
+            let _ = writeln!(o, "    {}/{proto}{name}{published}", p.container_port);
+        }
+    }
     if let Some(l) = s.resources.as_ref().and_then(|r| r.limits.as_ref()) {
         let _ = writeln!(o, "  Limits:");
         if let Some(v) = &l.memory {
@@ -189,6 +201,7 @@ pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
             let _ = writeln!(o, "Container ID: {}", or_none(st.container_id.as_deref()));
             let _ = writeln!(o, "Image Digest: {}", or_none(st.image_digest.as_deref()));
             let _ = writeln!(o, "PID:          {}", st.pid.map_or_else(|| "<none>".into(), |p| p.to_string()));
+            let _ = writeln!(o, "IP:           {}", st.ip.as_deref().unwrap_or("<none>"));
             let observed = st.observed_generation.map_or_else(|| "<none>".into(), |g| g.to_string());
             let _ = writeln!(o, "Observed Generation: {observed}");
             if st.conditions.is_empty() {

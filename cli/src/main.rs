@@ -12,6 +12,7 @@ mod image;
 mod live;
 mod logs;
 mod manifests;
+mod network;
 mod resource;
 mod serve;
 mod table;
@@ -66,6 +67,9 @@ enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Maintain container networks without a server.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// containerd's shim runs this as the containers' log driver
     /// (`binary://` log URI); not for people.
     #[command(hide = true)]
@@ -73,6 +77,14 @@ enum Command {
         /// Log root, with optional `?max-size=BYTES&max-files=N`.
         arg: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCommand {
+    /// Tear down what is left of the network attachments of containers
+    /// containerd no longer has (steward stopped; a running steward does
+    /// this itself).
+    Prune(network::PruneArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +159,9 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         emit(&format!("{}: valid, digest {}\n", path.display(), c.digest()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Network(NetworkCommand::Prune(args)) = cli.command {
+        return network::prune(args).await;
+    }
     if let Some(ns) = &cli.namespace {
         // It becomes part of every URL.
         steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
@@ -164,7 +179,7 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
-        Command::Config(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
+        Command::Config(_) | Command::Network(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

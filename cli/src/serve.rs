@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
+use steward_controller::actual::StoreUid;
+use steward_controller::container::plan::fnv_hex;
 use steward_controller::containerd::supervisor::Supervisor;
 use steward_controller::containerd::{ContainerdConfig, ContainerdRuntime};
-use steward_controller::actual::StoreUid;
 use steward_controller::manager::{self, ManagerConfig};
 use tokio::net::TcpListener;
 
@@ -88,6 +89,8 @@ pub struct ServeArgs {
 
 /// How often containerd is probed for `/readyz`.
 const READINESS_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often leaked network attachments are looked for without an event.
+const NETWORK_GC_EVERY: Duration = Duration::from_secs(60);
 
 /// The configuration `serve` runs with: `--config`, else the default file
 /// when it exists, else the built-in defaults; flags then override it.
@@ -231,7 +234,17 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
             credentials = %cfg.live.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
             "registry configuration"
         );
-        let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
+        let nets = open_networks(&config, &args.data_dir, path.as_deref())?;
+        for d in nets.defs().values() {
+            tracing::info!(network = %d.name, bridge = %d.bridge, subnet = %d.subnet_string(), "network");
+        }
+        let names: Vec<String> = nets.defs().keys().cloned().collect();
+        api.networks = Some(Arc::new(move || names.clone()));
+        cfg.networks = Some(Arc::new(nets));
+        let rt = ContainerdRuntime::connect(cfg)
+            .await
+            .context("connecting to containerd")?;
+        rt.spawn_network_gc(NETWORK_GC_EVERY);
         // /readyz answers 503 while containerd does not answer.
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
         api.not_ready = Some(ready_rx);
@@ -309,6 +322,19 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
 /// symlink) that nobody else can read or write, holding a token that can
 /// travel in a header; a new one is written whole (temp file, fsync,
 /// rename), so a crash never leaves a short or empty token behind.
+/// The bridge networks of the steward of `data_dir`: their namespaces
+/// under a run directory of this data dir's own (`/run/steward/<hash>`),
+/// their bridges locked host-wide.
+pub fn open_networks(
+    config: &steward_config::Config,
+    data_dir: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<steward_controller::network::Networks> {
+    let run_dir = PathBuf::from("/run/steward").join(&fnv_hex(data_dir.to_string_lossy().as_bytes())[..12]);
+    steward_controller::network::Networks::open(config, data_dir, &run_dir, steward_controller::network::cni::default_plugin_dir())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into())))
+}
+
 fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

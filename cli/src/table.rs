@@ -1,5 +1,5 @@
 //! The table `get` prints: NAME STATUS RESTARTS AGE (+ IMAGE CONTAINER-ID
-//! PID with `-o wide`, NAMESPACE first with `-A`), aligned like kubectl's
+//! PID IP with `-o wide`, NAMESPACE first with `-A`), aligned like kubectl's
 //! tabwriter: each column as wide as its widest cell plus three spaces.
 
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ impl Columns {
         }
         h.extend(["NAME", "STATUS", "RESTARTS", "AGE"]);
         if self.wide {
-            h.extend(["IMAGE", "CONTAINER-ID", "PID"]);
+            h.extend(["IMAGE", "CONTAINER-ID", "PID", "IP"]);
         }
         h.into_iter().map(String::from).collect()
     }
@@ -41,6 +41,7 @@ impl Columns {
             r.push(or_none(&c.spec.image));
             r.push(or_none(status.and_then(|s| s.container_id.as_deref()).unwrap_or_default()));
             r.push(status.and_then(|s| s.pid).map_or_else(|| "<none>".into(), |p| p.to_string()));
+            r.push(or_none(status.and_then(|s| s.ip.as_deref()).unwrap_or_default()));
         }
         r
     }
@@ -229,6 +230,7 @@ mod tests {
             restart_count: 2,
             container_id: Some("containerd://x".into()),
             pid: Some(42),
+            ip: Some("10.88.0.2".into()),
             ..Default::default()
         });
         let mut b = container("database");
@@ -253,9 +255,9 @@ mod tests {
         let out = TableWriter::default().render(&[cols.header(), cols.row(&a, now), cols.row(&b, now)]);
         assert_eq!(
             out,
-            "NAMESPACE   NAME       STATUS    RESTARTS   AGE   IMAGE          CONTAINER-ID     PID\n\
-             default     web        Running   2          90s   busybox:1.36   containerd://x   42\n\
-             prod        database   Pending   0          5s    busybox:1.36   <none>           <none>\n"
+            "NAMESPACE   NAME       STATUS    RESTARTS   AGE   IMAGE          CONTAINER-ID     PID      IP\n\
+             default     web        Running   2          90s   busybox:1.36   containerd://x   42       10.88.0.2\n\
+             prod        database   Pending   0          5s    busybox:1.36   <none>           <none>   <none>\n"
         );
     }
 }

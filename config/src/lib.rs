@@ -61,6 +61,85 @@ pub struct Config {
     pub controller: Controller,
     pub log: Log,
     pub store: Store,
+    /// Container networks by name (`spec.network`), besides `none` and
+    /// `host`. `bridge`, the default network, is always there (on Linux
+    /// bridge `steward0` unless configured otherwise); see
+    /// [`Config::networks`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, Network>,
+}
+
+/// The name of the default network (`spec.network: bridge`).
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The Linux bridge of the default network unless configured otherwise.
+pub const DEFAULT_BRIDGE: &str = "steward0";
+
+/// A bridge network: containers attached to Linux bridge `bridge` with
+/// addresses from `subnet` (host-local IPAM), NAT to the outside, ports
+/// published through `portmap`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    /// The Linux bridge (at most 15 characters). Default: `steward0` for
+    /// `bridge`, `stw-<name>` (cut to 15) for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// IPv4 CIDR, prefix /8 to /28. Default (for `bridge` only): the first
+    /// of 10.88.0.0/16, 10.89.0.0/16, ... that no host route overlaps,
+    /// chosen once and kept in the data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+impl Network {
+    /// The Linux bridge of network `name`.
+    pub fn bridge_name(&self, name: &str) -> String {
+        match &self.bridge {
+            Some(b) => b.clone(),
+            None if name == DEFAULT_NETWORK => DEFAULT_BRIDGE.into(),
+            None => format!("stw-{name}").chars().take(15).collect(),
+        }
+    }
+}
+
+/// An IPv4 CIDR: `(network address, prefix length)`.
+pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: not a CIDR (e.g. 10.88.0.0/16)"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("{s:?}: {len:?} is not a prefix length"))?;
+    if !(8..=28).contains(&len) {
+        return Err(format!("{s:?}: the prefix length must be between 8 and 28"));
+    }
+    let mask = u32::MAX << (32 - u32::from(len));
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!(
+            "{s:?}: host bits are set (the network is {}/{len})",
+            std::net::Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    Ok((addr, len))
+}
+
+/// Whether two CIDRs share an address.
+pub fn cidrs_overlap(a: (std::net::Ipv4Addr, u8), b: (std::net::Ipv4Addr, u8)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = u32::MAX << (32 - u32::from(len));
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+fn is_interface_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && s != "."
+        && s != ".."
 }
 
 /// How images are pulled.
@@ -302,23 +381,99 @@ impl Config {
             ));
         }
         if self.controller.concurrency == 0 || self.controller.concurrency > 256 {
-            return Err(("controller.concurrency".into(), format!("{} is not between 1 and 256", self.controller.concurrency)));
+            return Err((
+                "controller.concurrency".into(),
+                format!("{} is not between 1 and 256", self.controller.concurrency),
+            ));
         }
-        if self.controller.resync_period < Duration::from_secs(1) || self.controller.resync_period > Duration::from_secs(24 * 3600) {
-            return Err(("controller.resyncPeriod".into(), "must be between 1s and 24h".into()));
+        if self.controller.resync_period < Duration::from_secs(1)
+            || self.controller.resync_period > Duration::from_secs(24 * 3600)
+        {
+            return Err((
+                "controller.resyncPeriod".into(),
+                "must be between 1s and 24h".into(),
+            ));
         }
-        for (key, p) in [("registry.configPath", &self.registry.config_path), ("registry.authFile", &self.registry.auth_file)] {
+        for (key, p) in [
+            ("registry.configPath", &self.registry.config_path),
+            ("registry.authFile", &self.registry.auth_file),
+        ] {
             if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
-                return Err((key.into(), format!("{}: must be an absolute path (a service's working directory is /)", p.display())));
+                return Err((
+                    key.into(),
+                    format!(
+                        "{}: must be an absolute path (a service's working directory is /)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        let mut bridges: BTreeMap<String, &str> = BTreeMap::new();
+        let mut subnets: Vec<(&str, (std::net::Ipv4Addr, u8))> = Vec::new();
+        for (name, n) in &self.networks {
+            let key = format!("networks.{name}");
+            if !is_handler_name(name) || name == "none" || name == "host" {
+                return Err((key, "a network name is a DNS label (at most 63 lowercase letters, digits and '-'), and not none or host".into()));
+            }
+            let bridge = n.bridge_name(name);
+            if !is_interface_name(&bridge) {
+                return Err((
+                    format!("{key}.bridge"),
+                    format!(
+                        "{bridge:?}: an interface name is 1 to 15 letters, digits, '-', '_' or '.'"
+                    ),
+                ));
+            }
+            if let Some(other) = bridges.insert(bridge.clone(), name) {
+                return Err((
+                    format!("{key}.bridge"),
+                    format!("bridge {bridge} is networks.{other}'s too"),
+                ));
+            }
+            match &n.subnet {
+                Some(s) => {
+                    let cidr = parse_cidr(s).map_err(|m| (format!("{key}.subnet"), m))?;
+                    if let Some((other, _)) = subnets.iter().find(|(_, c)| cidrs_overlap(*c, cidr))
+                    {
+                        return Err((
+                            format!("{key}.subnet"),
+                            format!("{s} overlaps networks.{other}.subnet"),
+                        ));
+                    }
+                    subnets.push((name, cidr));
+                }
+                None if name != DEFAULT_NETWORK => {
+                    return Err((
+                        format!("{key}.subnet"),
+                        "required (an IPv4 CIDR, e.g. 10.89.0.0/24); only bridge has a default"
+                            .into(),
+                    ));
+                }
+                None => {}
             }
         }
         if self.log.level.trim().is_empty() {
-            return Err(("log.level".into(), "must not be empty (e.g. info, debug, steward_controller=debug,info)".into()));
+            return Err((
+                "log.level".into(),
+                "must not be empty (e.g. info, debug, steward_controller=debug,info)".into(),
+            ));
         }
-        if self.store.compaction_window < Duration::from_secs(1) || self.store.compaction_window > Duration::from_secs(30 * 24 * 3600) {
-            return Err(("store.compactionWindow".into(), "must be between 1s and 720h (30 days)".into()));
+        if self.store.compaction_window < Duration::from_secs(1)
+            || self.store.compaction_window > Duration::from_secs(30 * 24 * 3600)
+        {
+            return Err((
+                "store.compactionWindow".into(),
+                "must be between 1s and 720h (30 days)".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// Every network, `bridge` (the default) included.
+    pub fn networks(&self) -> BTreeMap<String, Network> {
+        let mut n = self.networks.clone();
+        n.entry(DEFAULT_NETWORK.to_string()).or_default();
+        n
     }
 
     /// `sha256:<hex>` of the configuration's canonical JSON: two files that
@@ -339,6 +494,9 @@ impl Config {
         }
         if self.log != old.log {
             out.push("log");
+        }
+        if self.networks() != old.networks() {
+            out.push("networks");
         }
         if self.store != old.store {
             out.push("store.compactionWindow");

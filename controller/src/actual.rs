@@ -39,6 +39,10 @@ pub const LABEL_RUNTIME_HANDLER: &str = "steward.dev/runtime-handler";
 pub const LABEL_RUNTIME_DEFINITION: &str = "steward.dev/runtime-definition";
 /// `sha256:<hex>` of the wrapper script, when the handler has one.
 pub const LABEL_RUNTIME_WRAPPER: &str = "steward.dev/runtime-wrapper";
+/// The network a container was attached to at create (bridge networks
+/// only), and its published ports (`portmap`'s JSON).
+pub const LABEL_NETWORK: &str = "steward.dev/network";
+pub const LABEL_PORTS: &str = "steward.dev/ports";
 pub const MANAGED_BY: &str = "steward";
 /// The uid of the store whose object the container belongs to: several
 /// stewards may share one containerd namespace, and each collects only its
@@ -113,6 +117,8 @@ pub struct ActualContainer {
     /// running task runs on a deleted upper dir, and no task can start.
     /// Only [`Runtime::find`] looks; elsewhere false.
     pub rootfs_missing: bool,
+    /// Its address on its bridge network, while attached.
+    pub ip: Option<String>,
 }
 
 impl ActualContainer {
@@ -164,6 +170,10 @@ pub enum RuntimeError {
     Create(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// A published host port is taken (`PortConflict`): waits, and is
+    /// woken when the port is free.
+    #[error("{0}")]
+    PortConflict(String),
     /// containerd is unreachable or failed; retry with backoff.
     #[error("container runtime: {0}")]
     Unavailable(String),
@@ -190,6 +200,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// this runtime cannot tell.
     fn handler_definition(&self, _name: &str) -> Option<Option<String>> {
         None
+    }
+
+    /// Runs `command` in container `id`'s running task (an exec probe):
+    /// its exit code, or an error once `timeout` has passed (the process
+    /// is killed then).
+    fn exec_probe<'a>(&'a self, _id: &'a str, _command: Vec<String>, _timeout: std::time::Duration) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(async { Err(RuntimeError::Unavailable("this runtime runs no exec probes".into())) })
     }
 
     /// The configured default runtime handler, if this runtime knows one.

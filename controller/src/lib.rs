@@ -13,4 +13,5 @@ pub mod client;
 pub mod container;
 pub mod containerd;
 pub mod manager;
+pub mod network;
 pub mod runtime;

@@ -13,6 +13,7 @@ use crate::actual::{Runtime, StoreUid, LABEL_NAME, LABEL_NAMESPACE};
 use crate::runtime::ObjectRef;
 use crate::client::Api;
 use crate::container::gc::Collector;
+use crate::container::probes::{ExecProber, Prober};
 use crate::container::pulls::Pulls;
 use crate::container::reconciler::{object_of, reconcile, Context};
 use crate::runtime::controller::{Config, Controller};
@@ -36,6 +37,16 @@ impl ManagerConfig {
     }
 }
 
+/// Exec probes through the container runtime.
+struct RuntimeExec<R>(Arc<R>);
+
+impl<R: Runtime> ExecProber for RuntimeExec<R> {
+    fn exec_probe(&self, id: &str, command: Vec<String>, timeout: Duration) -> futures_util::future::BoxFuture<'static, Result<i32, String>> {
+        let (rt, id) = (self.0.clone(), id.to_string());
+        Box::pin(async move { rt.exec_probe(&id, command, timeout).await.map_err(|e| e.to_string()) })
+    }
+}
+
 /// Runs until `shutdown` resolves; reconciles in flight finish first.
 /// Containers are never stopped because steward stops.
 pub async fn run<R: Runtime>(
@@ -49,7 +60,10 @@ pub async fn run<R: Runtime>(
     // Pulls run outside the reconcile slots; their waiters are woken when
     // they end.
     let (pulls, pulled) = Pulls::new(runtime.clone());
-    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls });
+    // Probes run on timers of their own; a changed outcome wakes the object.
+    let (prober, probed) = Prober::new(Arc::new(RuntimeExec(runtime.clone())));
+    let probed = futures_util::stream::unfold(probed, |mut rx| async move { rx.recv().await.map(|k| (k, rx)) });
+    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls, prober });
     let collector = Collector { runtime: runtime.clone(), api: api.clone(), store_uid: config.store_uid.clone() };
     let mut created = runtime.created();
     // Runtime events name containers; most ids say whose they are, hashed
@@ -66,7 +80,7 @@ pub async fn run<R: Runtime>(
             Some(ObjectRef::new(c.label(LABEL_NAMESPACE), c.label(LABEL_NAME)))
         }
     });
-    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events).trigger(pulled);
+    let ctl = Controller::new(Arc::new(api), config.controller).trigger(events).trigger(pulled).trigger(probed);
     let cache = ctl.cache();
     let gc = tokio::spawn(async move {
         cache.wait_ready().await;

@@ -233,7 +233,7 @@ async fn host_network_shares_the_host_stack() {
     let image = t.busybox().await;
     let id = unique("hostnet");
     let mut spec = sh("ip -o link | wc -l; cat /etc/resolv.conf >/dev/null && echo resolv-ok; touch /etc/hosts 2>/dev/null || echo hosts-ro");
-    spec.network = Some(steward_schema::NetworkMode::Host);
+    spec.network = Some("host".into());
     t.rt.create(&id, &spec, &image, labels("hostnet")).await.expect("create");
     t.rt.start(&id).await.expect("start");
     let stopped = t.wait_stopped(&id, Duration::from_secs(10)).await;

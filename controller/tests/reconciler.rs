@@ -138,6 +138,7 @@ impl Runtime for Fake {
             image_digest: Some(image.digest.clone()),
             created_at: Some(steward_schema::Time::now()),
             rootfs_missing: false,
+            ip: None,
         });
         ok(())
     }
@@ -264,7 +265,8 @@ impl Harness {
         let fake = Fake::new();
         let api: Api<Container> = Api::all(&url);
         let (pulls, pulled) = Pulls::new(fake.clone());
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: StoreUid::new(STORE).unwrap(), pulls });
+        let (prober, _probed) = steward_controller::container::probes::Prober::new(Arc::new(ExitZero));
+        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: StoreUid::new(STORE).unwrap(), pulls, prober });
         let cfg = Config {
             error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
             concurrency: 2,
@@ -442,6 +444,7 @@ fn stray(id: &str, labels: &[(&str, &str)], running: bool) -> ActualContainer {
         image_digest: None,
         created_at: None,
         rootfs_missing: false,
+        ip: None,
     }
 }
 
@@ -786,4 +789,13 @@ async fn a_removed_rootfs_is_prepared_again_without_touching_the_task() {
     // The repair asked for the image by its digest, not the tag.
     let pulls = h.fake.pulls.lock().unwrap().clone();
     assert!(pulls.keys().any(|i| i.contains("@sha256:")), "{pulls:?}");
+}
+
+/// Exec probes that always pass (these tests have none).
+struct ExitZero;
+
+impl steward_controller::container::probes::ExecProber for ExitZero {
+    fn exec_probe(&self, _id: &str, _cmd: Vec<String>, _t: Duration) -> futures_util::future::BoxFuture<'static, Result<i32, String>> {
+        Box::pin(async { Ok(0) })
+    }
 }

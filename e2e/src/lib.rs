@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const INSTALL: &str = "apt-get install -y containerd runc crun docker-registry skopeo busybox-static (or: make deps-e2e)";
+pub const INSTALL: &str = "apt-get install -y containerd runc crun docker-registry skopeo busybox-static containernetworking-plugins iptables iproute2 (or: make deps-e2e)";
 
 /// Fails (never skips) when a tool the suite needs is missing.
 pub fn require_tools() {
@@ -27,6 +27,14 @@ pub fn require_tools() {
         assert!(found, "e2e needs `{tool}` on PATH: {INSTALL}");
     }
     assert!(Path::new("/bin/busybox").is_file(), "e2e needs /bin/busybox: {INSTALL}");
+    // Containers are on a bridge network unless they say otherwise.
+    for plugin in ["bridge", "host-local", "portmap", "firewall", "loopback"] {
+        assert!(Path::new("/usr/lib/cni").join(plugin).is_file(), "e2e needs the CNI plugin /usr/lib/cni/{plugin}: {INSTALL}");
+    }
+    for tool in ["iptables", "iptables-save", "ip"] {
+        let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(tool).is_file());
+        assert!(found, "e2e needs `{tool}`: {INSTALL}");
+    }
 }
 
 /// The `steward` binary of this workspace (built by `make test` before the
@@ -223,6 +231,61 @@ impl TlsRegistry {
     }
 }
 
+/// A bridge network of the host for one test steward: stewards running at
+/// once each need their own bridge and subnet (a second one on the same
+/// bridge refuses to start). Slot `i` (taken with a lock file, so parallel
+/// test processes never share one) is bridge `stwe<i>`, subnet
+/// `10.231.<i>.0/24`. The bridge is deleted when the slot is dropped.
+pub struct NetSlot {
+    pub index: u32,
+    _lock: std::fs::File,
+}
+
+impl NetSlot {
+    pub fn take() -> NetSlot {
+        let dir = Path::new("/tmp/steward-e2e-net");
+        std::fs::create_dir_all(dir).expect("create /tmp/steward-e2e-net");
+        for index in 0..250 {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{index}.lock")))
+                .expect("open a network slot lock");
+            if f.try_lock().is_ok() {
+                return NetSlot { index, _lock: f };
+            }
+        }
+        panic!("all 250 e2e network slots are taken");
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("stwe{}", self.index)
+    }
+
+    pub fn subnet(&self) -> String {
+        format!("10.231.{}.0/24", self.index)
+    }
+
+    /// The `networks` section of a steward configuration for this slot.
+    pub fn yaml(&self) -> String {
+        format!(
+            "networks:\n  bridge:\n    bridge: {}\n    subnet: {}\n",
+            self.bridge(),
+            self.subnet()
+        )
+    }
+}
+
+impl Drop for NetSlot {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// `steward serve` with its own supervised containerd (the `make run` path),
 /// or with the extra `serve` arguments given to [`Steward::start_with`]
 /// (e.g. `--containerd-socket`, `--no-controller`).
@@ -241,6 +304,8 @@ pub struct Steward {
     pub listen: String,
     /// The binary `restart` runs (this workspace's, or an older one).
     pub bin: PathBuf,
+    /// Its bridge network (dropped after the process: the bridge goes last).
+    pub net: NetSlot,
 }
 
 /// The commit of main before versioned spec hashes: the upgrade test runs
@@ -308,9 +373,42 @@ impl Steward {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("containerd/containerd.sock"));
-        let (url, proc) = Self::spawn(bin, data_dir, &listen, &args);
-        let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        Steward { url, token, data_dir: data_dir.to_path_buf(), proc, socket, args, listen, bin: bin.to_path_buf() }
+        let net = NetSlot::take();
+        // The test's configuration file gets this steward's network, unless
+        // it sets networks itself (without one, see `spawn`).
+        if let Some(file) = args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| args.get(i + 1))
+        {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if !text.lines().any(|l| l.starts_with("networks:")) {
+                std::fs::write(file, format!("{text}\n{}", net.yaml()))
+                    .expect("add the network to the test's config");
+            }
+        }
+        let (url, proc) = Self::spawn(bin, data_dir, &listen, &args, &net);
+        let token = std::fs::read_to_string(data_dir.join("token"))
+            .expect("serve creates DATA/token")
+            .trim()
+            .to_string();
+        Steward {
+            url,
+            token,
+            data_dir: data_dir.to_path_buf(),
+            proc,
+            socket,
+            args,
+            listen,
+            bin: bin.to_path_buf(),
+            net,
+        }
+    }
+
+    /// `text` (a configuration) with this steward's network added, for a
+    /// test that rewrites its configuration file to reload it.
+    pub fn with_net(&self, text: &str) -> String {
+        format!("{text}\n{}", self.net.yaml())
     }
 
     /// The containerd socket this steward uses.
@@ -339,7 +437,13 @@ impl Steward {
     /// Starts steward again (same data dir, port and arguments); the
     /// previous process must be gone.
     pub fn restart(&mut self) {
-        let (url, proc) = Self::spawn(&self.bin, &self.data_dir, &self.listen, &self.args);
+        let (url, proc) = Self::spawn(
+            &self.bin,
+            &self.data_dir,
+            &self.listen,
+            &self.args,
+            &self.net,
+        );
         self.url = url;
         self.proc = proc;
     }
@@ -375,9 +479,25 @@ impl Steward {
         self.proc.child.id() as i32
     }
 
-    fn spawn(bin: &Path, data_dir: &Path, listen: &str, args: &[String]) -> (String, Proc) {
+    fn spawn(
+        bin: &Path,
+        data_dir: &Path,
+        listen: &str,
+        args: &[String],
+        net: &NetSlot,
+    ) -> (String, Proc) {
         let mut cmd = Command::new(bin);
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", listen]).args(args);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", listen])
+            .args(args);
+        // This workspace's steward without a configuration of the test's
+        // gets one of only its network (an older steward knows no
+        // configuration file, nor networks).
+        if bin == steward_bin() && !args.iter().any(|a| a == "--config") {
+            cmd.args(Self::net_config_args(data_dir, args, net));
+        }
         let mut proc = Proc::spawn(&mut cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -392,6 +512,16 @@ impl Steward {
         };
         std::thread::spawn(move || while rx.recv().is_ok() {});
         (url, proc)
+    }
+
+    /// `--config FILE`: the test's, or one of only `net`.
+    fn net_config_args(data_dir: &Path, args: &[String], net: &NetSlot) -> Vec<String> {
+        if let Some(file) = args.iter().position(|a| a == "--config").and_then(|i| args.get(i + 1)) {
+            return vec!["--config".into(), file.clone()];
+        }
+        let file = PathBuf::from(format!("{}.network.yaml", data_dir.display()));
+        std::fs::write(&file, net.yaml()).expect("write the network config");
+        vec!["--config".into(), file.display().to_string()]
     }
 
     /// Runs the CLI against this server.
@@ -529,6 +659,19 @@ impl Drop for Steward {
         for id in ctr(&["containers", "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()) {
             ctr(&["tasks", "delete", "--force", id]);
             ctr(&["containers", "rm", id]);
+        }
+        // Their network attachments (iptables rules, leases, namespaces)
+        // would outlive the test: tear them down as steward would.
+        let mut prune = Command::new(steward_bin());
+        prune.args(["network", "prune", "--data-dir"]).arg(&self.data_dir);
+        prune.args(Self::net_config_args(&self.data_dir, &self.args, &self.net));
+        if let Some(sock) = self.args.iter().position(|a| a == "--containerd-socket").and_then(|i| self.args.get(i + 1)) {
+            prune.args(["--containerd-socket", sock]);
+        }
+        match prune.output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("cleanup: steward network prune: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => eprintln!("cleanup: steward network prune: {e}"),
         }
         let dir = self.data_dir.to_string_lossy().into_owned();
         for pid in pids_mentioning(&dir) {

@@ -16,10 +16,13 @@ use steward_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 
+/// `network: none`: the crun test's containerd runs in a mount namespace of
+/// its own, where steward's network namespaces are not seen (networks have
+/// their own tests, e2e/tests/network.rs).
 fn manifest(name: &str, image: &str, handler: Option<&str>) -> String {
     let rc = handler.map(|h| format!("  runtimeClassName: {h}\n")).unwrap_or_default();
     format!(
-        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n{rc}"
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n  network: none\n{rc}"
     )
 }
 
@@ -119,7 +122,7 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
 
     // The handler redefined: the running container keeps its wrapper and
     // says it runs an older definition; a new one gets the new wrapper.
-    std::fs::write(&file, config("    runc-debug: {runtime: runc, args: [\"--debug\"], env: {STEWARD_E2E: \"2\"}}\n")).expect("write");
+    std::fs::write(&file, s.with_net(&config("    runc-debug: {runtime: runc, args: [\"--debug\"], env: {STEWARD_E2E: \"2\"}}\n"))).expect("write");
     let (code, body) = reload(&s);
     assert_eq!(code, 200, "{body}");
     s.apply(dir.path(), "dbg2", &manifest("dbg2", &image, Some("runc-debug")));
@@ -140,7 +143,7 @@ fn runtime_handlers_and_reload_never_strand_a_container() {
 
     // The handler removed: containers made with it keep running, restart
     // per policy and delete; new ones are refused at apply.
-    std::fs::write(&file, config("")).expect("write");
+    std::fs::write(&file, s.with_net(&config(""))).expect("write");
     let (code, body) = reload(&s);
     assert_eq!(code, 200, "{body}");
     let v = s.wait("dbg", "flagged: handler removed", T, |v| {
@@ -222,7 +225,7 @@ fn reloads_during_a_storm_never_strand_a_container() {
     // Meanwhile: arguments changed, the handler renamed, then removed.
     for (step, text) in [("args changed", handler("w", 2)), ("renamed", handler("w2", 2)), ("removed", config(""))] {
         std::thread::sleep(Duration::from_millis(1200));
-        std::fs::write(&file, &text).expect("write config");
+        std::fs::write(&file, s.with_net(&text)).expect("write config");
         let (code, body) = reload(&s);
         assert_eq!(code, 200, "{step}: {body}");
         eprintln!("handlers: reload {step}: {body}");

@@ -100,7 +100,7 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
 
     // Garbage collection: thresholds the filesystem is past (1 % / 0 %),
     // reloaded live: `c` (unused) goes within a few sweeps, `a` stays.
-    std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 1, lowThresholdPercent: 0, minimumAge: 0s}\n").expect("write");
+    std::fs::write(&file, s.with_net("images:\n  gc: {highThresholdPercent: 1, lowThresholdPercent: 0, minimumAge: 0s}\n")).expect("write");
     let (code, body) = s.request("POST", "/-/reload");
     assert_eq!(code, 200, "{body}");
     wait_for("image garbage collection to remove the unused image", T, || (!s.ok(&["image", "ls"]).contains(c.as_str())).then_some(()));
@@ -109,7 +109,7 @@ fn images_are_listed_removed_when_unused_and_collected_past_the_threshold() {
     assert!(s.ctr(&["images", "ls", "-q"]).lines().any(|l| l.trim() == a), "containerd still has {a}");
     // `prune` removes what no Container uses once the Container is gone.
     s.ok(&["delete", "containers", "user", "--wait", "--timeout", "60s"]);
-    std::fs::write(&file, "images:\n  gc: {highThresholdPercent: 99, lowThresholdPercent: 98}\n").expect("write");
+    std::fs::write(&file, s.with_net("images:\n  gc: {highThresholdPercent: 99, lowThresholdPercent: 98}\n")).expect("write");
     assert_eq!(s.request("POST", "/-/reload").0, 200);
     let out = s.ok(&["image", "prune"]);
     assert!(out.contains("image(s) removed"), "{out}");

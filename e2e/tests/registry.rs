@@ -86,7 +86,7 @@ fn tls_registry_with_a_ca_credentials_and_a_docker_io_mirror() {
     //    configuration points at (no restart): it runs.
     let auth2 = dir.path().join("docker2/config.json");
     write(&auth2, &format!(r#"{{"auths": {{"https://{host}": {{"auth": "{}"}}}}}}"#, basic(&reg.user, &reg.password)));
-    write(&config, &format!("registry:\n  configPath: {}\n  authFile: {}\n", certs.display(), auth2.display()));
+    write(&config, &s.with_net(&format!("registry:\n  configPath: {}\n  authFile: {}\n", certs.display(), auth2.display())));
     let (code, reply) = s.request("POST", "/-/reload");
     assert!(code == 200 && reply.contains("\"digest\":\"sha256:"), "reload: {code} {reply}");
     s.apply(dir.path(), "ok", &manifest("ok", &format!("{host}/busybox:ok")));

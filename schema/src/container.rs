@@ -62,8 +62,25 @@ pub struct ContainerSpec {
     pub resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// `none` (only loopback), `host` (the host's network), `bridge` (the
+    /// default network: an address of its own, NAT outside, published
+    /// ports, names), or another network of steward's configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkMode>,
+    pub network: Option<String>,
+    /// Ports the container listens on; those with a `hostPort` are
+    /// published on the host (bridge networks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// Kubernetes' probes: a startup probe holds the others until it
+    /// succeeds; readiness decides the `Ready` condition; a failed
+    /// liveness (or startup) probe restarts the container per policy.
+    /// Changing them restarts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
     /// The runtime handler (`runtimes.handlers.NAME` in steward's
     /// configuration) that runs the container; none means
     /// `runtimes.default`. Kubernetes' name for it.
@@ -85,13 +102,150 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// A health check, in the kubelet's shape: exactly one of `exec`,
+/// `httpGet`, `tcpSocket`, and its timing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    /// Seconds after the container starts before the first probe (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    /// Seconds a probe may take (1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    /// Successes in a row that make a failed probe pass (1; 1 for
+    /// liveness and startup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+    /// Failures in a row that make it fail (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecAction {
+    /// Run in the container (no shell); exit 0 is a success.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetAction {
+    /// `/` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub port: PortRef,
+    /// `HTTP` (default) or `HTTPS` (certificates are not checked, as the
+    /// kubelet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<Scheme>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSocketAction {
+    pub port: PortRef,
+}
+
+/// A port by number, or by the name of one of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl Default for PortRef {
+    fn default() -> Self {
+        PortRef::Number(0)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// Own network namespace with only `lo`.
-    None,
-    /// The host's network namespace.
-    Host,
+pub enum Scheme {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+impl ContainerSpec {
+    /// The number `port` stands for: itself, or the `containerPort` of the
+    /// port of that name.
+    pub fn resolve_port(&self, port: &PortRef) -> Option<u16> {
+        match port {
+            PortRef::Number(n) => u16::try_from(*n).ok().filter(|n| *n > 0),
+            PortRef::Name(name) => self
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+        }
+    }
+}
+
+/// `spec.network`: a network namespace of its own with only `lo`.
+pub const NETWORK_NONE: &str = "none";
+/// `spec.network`: the host's network namespace.
+pub const NETWORK_HOST: &str = "host";
+/// `spec.network`: the default bridge network (also the default).
+pub const NETWORK_BRIDGE: &str = "bridge";
+
+/// One port of a container (Kubernetes' `ContainerPort`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// An IANA service name (at most 15 lowercase letters, digits and
+    /// '-'), for probes to refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub container_port: i32,
+    /// Published on the host at this port (and `hostIP`, default all
+    /// addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -181,6 +335,13 @@ pub struct ContainerStatus {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The container's address on its network (bridge networks), while it
+    /// is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Every address it has there (IPv4 only today: `[ip]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
     /// The runtime handler the container was created with, and the digest
     /// of that handler's definition then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,7 +433,24 @@ impl Container {
         s.restart_policy.get_or_insert(RestartPolicy::Always);
         s.stop_signal.get_or_insert_with(|| "SIGTERM".into());
         s.termination_grace_period_seconds.get_or_insert(10);
-        s.network.get_or_insert(NetworkMode::None);
+        // New objects get the bridge network, as `docker run`; an update
+        // that leaves it out keeps what is stored (the API server fills
+        // it in before this), so no stored object changes network.
+        s.network.get_or_insert_with(|| NETWORK_BRIDGE.into());
+        for p in &mut s.ports {
+            p.protocol.get_or_insert(Protocol::Tcp);
+        }
+        for p in [&mut s.startup_probe, &mut s.readiness_probe, &mut s.liveness_probe].into_iter().flatten() {
+            p.initial_delay_seconds.get_or_insert(0);
+            p.period_seconds.get_or_insert(10);
+            p.timeout_seconds.get_or_insert(1);
+            p.success_threshold.get_or_insert(1);
+            p.failure_threshold.get_or_insert(3);
+            if let Some(h) = &mut p.http_get {
+                h.path.get_or_insert_with(|| "/".into());
+                h.scheme.get_or_insert(Scheme::Http);
+            }
+        }
     }
 
     /// The JSON Schema of the kind, as checked into `manifests/schema/`.

@@ -225,6 +225,20 @@ pub fn validate_container(c: &Container) -> Result<(), FieldErrors> {
             errs.invalid("spec.runtimeClassName", format!("{rc:?}: a runtime handler name {m}"));
         }
     }
+    if let Some(n) = &s.network {
+        if let Err(m) = dns1123_label(n) {
+            errs.invalid(
+                "spec.network",
+                format!("{n:?}: none, host, bridge or a configured network's name, which {m}"),
+            );
+        }
+    }
+    validate_ports(s, &mut errs);
+    for (field, probe) in [("spec.startupProbe", &s.startup_probe), ("spec.readinessProbe", &s.readiness_probe), ("spec.livenessProbe", &s.liveness_probe)] {
+        if let Some(p) = probe {
+            validate_probe(s, field, p, &mut errs);
+        }
+    }
     if let Some(g) = s.termination_grace_period_seconds {
         if g < 0 {
             errs.invalid("spec.terminationGracePeriodSeconds", "must be >= 0");
@@ -295,6 +309,147 @@ fn validate_state(s: &ContainerState, path: &str, errs: &mut FieldErrors) {
 }
 
 /// Validates a status written through the status subresource.
+/// An IANA service name, as Kubernetes' port names.
+fn iana_svc_name(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 15 {
+        return Err("must be 1 to 15 characters".into());
+    }
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    {
+        return Err("must be lowercase letters, digits and '-'".into());
+    }
+    if !b.iter().any(|c| c.is_ascii_lowercase()) {
+        return Err("must contain a letter".into());
+    }
+    if b[0] == b'-' || b[b.len() - 1] == b'-' || s.contains("--") {
+        return Err("must not start or end with '-' nor contain '--'".into());
+    }
+    Ok(())
+}
+
+fn validate_probe(s: &crate::ContainerSpec, f: &str, p: &crate::Probe, errs: &mut FieldErrors) {
+    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()].iter().filter(|h| **h).count();
+    if handlers != 1 {
+        errs.invalid(f, "must have exactly one of exec, httpGet, tcpSocket");
+    }
+    let mut port = |field: String, r: &crate::PortRef| match r {
+        crate::PortRef::Number(n) if !(1..=65535).contains(n) => errs.invalid(field, format!("{n} must be between 1 and 65535")),
+        crate::PortRef::Name(n) if s.resolve_port(r).is_none() => {
+            errs.invalid(field, format!("{n:?} is not the name of one of spec.ports"))
+        }
+        _ => {}
+    };
+    if let Some(h) = &p.http_get {
+        port(format!("{f}.httpGet.port"), &h.port);
+    }
+    if let Some(t) = &p.tcp_socket {
+        port(format!("{f}.tcpSocket.port"), &t.port);
+    }
+    if let Some(e) = &p.exec {
+        if e.command.is_empty() || e.command[0].is_empty() {
+            errs.invalid(format!("{f}.exec.command"), "must name a command");
+        }
+    }
+    if let Some(h) = &p.http_get {
+        if let Some(path) = &h.path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+                errs.invalid(format!("{f}.httpGet.path"), format!("{path:?} must be an absolute path without spaces"));
+            }
+        }
+        for (i, hd) in h.http_headers.iter().enumerate() {
+            let token = !hd.name.is_empty() && hd.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                errs.invalid(format!("{f}.httpGet.httpHeaders[{i}].name"), format!("{:?} is not an HTTP header name", hd.name));
+            }
+            if hd.value.chars().any(|c| c.is_control() && c != '\t') {
+                errs.invalid(format!("{f}.httpGet.httpHeaders[{i}].value"), "must not contain control characters");
+            }
+        }
+    }
+    if (p.http_get.is_some() || p.tcp_socket.is_some()) && s.network.as_deref() == Some(crate::NETWORK_NONE) {
+        errs.invalid(f, "with network: none the container has no address to probe: use exec, or a bridge network");
+    }
+    let nums = [
+        ("initialDelaySeconds", p.initial_delay_seconds, 0),
+        ("periodSeconds", p.period_seconds, 1),
+        ("timeoutSeconds", p.timeout_seconds, 1),
+        ("successThreshold", p.success_threshold, 1),
+        ("failureThreshold", p.failure_threshold, 1),
+    ];
+    for (name, v, min) in nums {
+        if let Some(v) = v {
+            if v < min || v > 86400 {
+                errs.invalid(format!("{f}.{name}"), format!("{v} must be between {min} and 86400"));
+            }
+        }
+    }
+    if f != "spec.readinessProbe" && p.success_threshold.is_some_and(|v| v != 1) {
+        errs.invalid(format!("{f}.successThreshold"), "must be 1 for liveness and startup probes");
+    }
+}
+
+fn validate_ports(s: &crate::ContainerSpec, errs: &mut FieldErrors) {
+    let network = s.network.as_deref().unwrap_or(crate::NETWORK_BRIDGE);
+    let mut names = std::collections::BTreeSet::new();
+    let mut published = std::collections::BTreeSet::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        if !(1..=65535).contains(&p.container_port) {
+            errs.invalid(
+                format!("{f}.containerPort"),
+                format!("{} must be between 1 and 65535", p.container_port),
+            );
+        }
+        if let Some(name) = &p.name {
+            if let Err(m) = iana_svc_name(name) {
+                errs.invalid(format!("{f}.name"), format!("{name:?}: a port name {m}"));
+            } else if !names.insert(name.clone()) {
+                errs.duplicate(format!("{f}.name"), format!("{name:?} is set twice"));
+            }
+        }
+        if let Some(ip) = &p.host_ip {
+            if ip.parse::<std::net::Ipv4Addr>().is_err() {
+                errs.invalid(
+                    format!("{f}.hostIP"),
+                    format!("{ip:?} is not an IPv4 address"),
+                );
+            } else if p.host_port.is_none() {
+                errs.invalid(format!("{f}.hostIP"), "only with hostPort");
+            }
+        }
+        let Some(hp) = p.host_port else { continue };
+        if !(1..=65535).contains(&hp) {
+            errs.invalid(
+                format!("{f}.hostPort"),
+                format!("{hp} must be between 1 and 65535"),
+            );
+            continue;
+        }
+        match network {
+            crate::NETWORK_NONE => errs.invalid(
+                format!("{f}.hostPort"),
+                "a container with network: none has no network to publish from; use bridge",
+            ),
+            crate::NETWORK_HOST if hp != p.container_port => errs.invalid(
+                format!("{f}.hostPort"),
+                format!("with network: host the container listens on the host itself: hostPort must equal containerPort ({})", p.container_port),
+            ),
+            _ => {}
+        }
+        let proto = p.protocol.unwrap_or(crate::Protocol::Tcp);
+        let ip = p.host_ip.clone().unwrap_or_default();
+        if !published.insert((hp, proto.as_str(), ip)) {
+            errs.duplicate(
+                format!("{f}.hostPort"),
+                format!("{hp}/{} is published twice", proto.as_str()),
+            );
+        }
+    }
+}
+
 pub fn validate_status(s: &ContainerStatus) -> Result<(), FieldErrors> {
     let mut errs = FieldErrors::default();
     if let Some(st) = &s.state {

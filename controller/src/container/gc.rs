@@ -266,7 +266,12 @@ impl<R: Runtime> Collector<R> {
                 }
                 Step::Nothing { requeue } => return Ok(Some(requeue.unwrap_or(KILL_RECHECK).max(KILL_RECHECK))),
                 // Never planned by teardown; nothing to do for an orphan.
-                Step::Create { .. } | Step::Start { .. } | Step::Relabel { .. } | Step::Resize { .. } | Step::RepairRootfs { .. } => {
+                Step::Create { .. }
+                | Step::Start { .. }
+                | Step::Relabel { .. }
+                | Step::Resize { .. }
+                | Step::RepairRootfs { .. }
+                | Step::Signal { .. } => {
                     return Ok(Some(KILL_RECHECK))
                 }
             }

@@ -4,5 +4,6 @@
 
 pub mod gc;
 pub mod plan;
+pub mod probes;
 pub mod pulls;
 pub mod reconciler;

@@ -7,16 +7,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use steward_schema::validate::is_runtime_id;
 use steward_schema::quantity::Quantity;
-use steward_schema::{RuntimeHandlerStatus, 
-    Condition, Container, ContainerSpec, ContainerState, ContainerStatus, MountType, NetworkMode, Phase,
-    RestartPolicy, StateRunning, StateTerminated, StateWaiting, Time,
+use steward_schema::validate::is_runtime_id;
+use steward_schema::{
+    Condition, Container, ContainerSpec, ContainerState, ContainerStatus, MountType, Phase,
+    RestartPolicy, RuntimeHandlerStatus, StateRunning, StateTerminated, StateWaiting, Time,
 };
 
+use super::probes::{Outcome, ProbeView};
 use crate::actual::{
-    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_RUNTIME_WRAPPER, LABEL_SPEC_HASH,
-    LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE, LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
+    ActualContainer, TaskStatus, LABEL_LIMITS, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER,
+    LABEL_RUNTIME_WRAPPER, LABEL_SPEC_HASH, LABEL_SPEC_HASH_VERSION, LABEL_STOP_GRACE,
+    LABEL_STOP_REQUESTED, LABEL_STOP_SIGNAL,
 };
 
 /// The kubelet's restart backoff: 10 s doubling to 5 min...
@@ -33,6 +35,8 @@ pub const REASON_INVALID_IMAGE_NAME: &str = "InvalidImageName";
 pub const REASON_PULL_BACKOFF: &str = "ImagePullBackOff";
 pub const REASON_CRASH_LOOP: &str = "CrashLoopBackOff";
 pub const REASON_CREATE_ERROR: &str = "CreateContainerError";
+/// A published host port is another container's (or process's).
+pub const REASON_PORT_CONFLICT: &str = "PortConflict";
 /// The kubelet's word for a container whose state cannot be known: a task
 /// that vanished without an observed exit, or one containerd cannot report.
 pub const REASON_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
@@ -61,6 +65,10 @@ pub enum Step {
     Stop { id: String, signal: u32, grace: Duration },
     /// The grace period is over: SIGKILL every process.
     Kill { id: String },
+    /// Send the stop signal to a container that stays wanted (a failed
+    /// liveness probe: it restarts per policy); look again after `grace`.
+    /// When it was sent is in the `Unhealthy` condition.
+    Signal { id: String, signal: u32, grace: Duration },
     /// Delete a stopped task (its exit is in status already).
     DeleteTask { id: String },
     /// Delete container and snapshot (no task left).
@@ -129,10 +137,12 @@ fn spec_shape(spec: &ContainerSpec) -> serde_json::Value {
             serde_json::json!([kind, m.source, m.target, m.read_only, m.size_limit.as_ref().map(canonical_quantity)])
         })
         .collect();
-    let network = match spec.network {
-        None | Some(NetworkMode::None) => "none",
-        Some(NetworkMode::Host) => "host",
-    };
+    // Unset means `none` here: only objects stored before networks were
+    // defaulted lack it, and they ran without one.
+    let network = spec
+        .network
+        .as_deref()
+        .unwrap_or(steward_schema::NETWORK_NONE);
     let mut shape = serde_json::json!([
         format!("steward.dev/spec-shape/v{SPEC_HASH_VERSION}"),
         spec.image,
@@ -148,6 +158,22 @@ fn spec_shape(spec: &ContainerSpec) -> serde_json::Value {
     // container made before it existed) stay what they were.
     if let (Some(rc), Some(a)) = (&spec.runtime_class_name, shape.as_array_mut()) {
         a.push(serde_json::json!(["runtimeClassName", rc]));
+    }
+    if let (false, Some(a)) = (spec.ports.is_empty(), shape.as_array_mut()) {
+        let ports: Vec<serde_json::Value> = spec
+            .ports
+            .iter()
+            .map(|p| {
+                serde_json::json!([
+                    p.name,
+                    p.container_port,
+                    p.host_port,
+                    p.protocol.map(|p| p.as_str()).unwrap_or("TCP"),
+                    p.host_ip
+                ])
+            })
+            .collect();
+        a.push(serde_json::json!(["ports", ports]));
     }
     shape
 }
@@ -328,6 +354,11 @@ fn last_finished(s: &ContainerStatus) -> Option<Time> {
 
 /// Sets the Ready condition, moving lastTransitionTime only on a change.
 fn set_ready(s: &mut ContainerStatus, ready: bool, reason: &str, now: &Time) {
+    set_ready_because(s, ready, reason, "", now)
+}
+
+/// [`set_ready`] with a message.
+fn set_ready_because(s: &mut ContainerStatus, ready: bool, reason: &str, message: &str, now: &Time) {
     let value = if ready { "True" } else { "False" };
     let prev = s.conditions.iter().find(|c| c.type_ == "Ready").cloned();
     let transition = match &prev {
@@ -339,7 +370,7 @@ fn set_ready(s: &mut ContainerStatus, ready: bool, reason: &str, now: &Time) {
         type_: "Ready".into(),
         status: value.into(),
         reason: reason.into(),
-        message: String::new(),
+        message: message.into(),
         last_transition_time: transition,
     });
 }
@@ -434,39 +465,81 @@ pub const CONDITION_TASK_UNKNOWN: &str = "TaskStatusUnknown";
 /// policy.
 pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Plans the next step for a live (not deleting) object.
+/// Set while a run is being stopped after a failed liveness (or startup)
+/// probe: its message is the probe's failure and the pid stopped
+/// (`... [pid N]`), its transition time when the stop signal went.
+pub const CONDITION_UNHEALTHY: &str = "Unhealthy";
+
+/// The probe failure `cond` records for the run of `pid`, if it is that
+/// run's.
+fn unhealthy_for(cond: Option<&Condition>, pid: Option<u32>) -> Option<(String, Time)> {
+    let c = cond?;
+    let pid = pid.filter(|p| *p != 0)?;
+    let message = c.message.strip_suffix(&format!(" [pid {pid}]"))?;
+    Some((message.to_string(), c.last_transition_time?))
+}
+
+/// Plans the next step for a live (not deleting) object, without probe
+/// outcomes (a container without probes).
 pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
+    plan_with(obj, actual, &ProbeView::default(), now)
+}
+
+/// Plans the next step for a live (not deleting) object, given the
+/// outcomes of its current run's probes.
+pub fn plan_with(obj: &Container, actual: &[ActualContainer], probes: &ProbeView, now: &Time) -> Plan {
     let spec = &obj.spec;
     let prior = obj.status.clone().unwrap_or_default();
     let mut status = prior.clone();
     status.observed_generation = Some(obj.metadata.generation);
-    // Set again below while the task stays unknown.
-    status.conditions.retain(|c| c.type_ != CONDITION_TASK_UNKNOWN);
+    // Set again below while the task stays unknown, or while a stop after
+    // a failed probe is under way.
+    status.conditions.retain(|c| c.type_ != CONDITION_TASK_UNKNOWN && c.type_ != CONDITION_UNHEALTHY);
     let policy = spec.restart_policy.unwrap_or(RestartPolicy::Always);
     let current = actual.iter().find(|c| made_from(c, spec));
 
     // Containers of another spec go first (a spec change = stop, remove,
     // create; a container is never rebuilt in place), each stopped with
     // its own signal and grace.
-    if let Some(old) = actual.iter().find(|c| Some(c.id.as_str()) != current.map(|c| c.id.as_str())) {
+    if let Some(old) = actual
+        .iter()
+        .find(|c| Some(c.id.as_str()) != current.map(|c| c.id.as_str()))
+    {
         status.phase = Some(Phase::Pending);
-        status.state = Some(waiting(REASON_CREATING, format!("replacing container {} after a spec change", old.id)));
+        status.state = Some(waiting(
+            REASON_CREATING,
+            format!("replacing container {} after a spec change", old.id),
+        ));
         status.pid = None;
+        status.ip = None;
+        status.ips = Vec::new();
         set_ready(&mut status, false, REASON_CREATING, now);
         let (signal, grace) = stop_params(old, Some(spec));
-        return Plan { step: teardown(old, signal, grace, now), status };
+        return Plan {
+            step: teardown(old, signal, grace, now),
+            status,
+        };
     }
 
     let Some(current) = current else {
         // Nothing yet: create. Keep a pull/create error on display while
         // retrying, so a user sees why it is not running.
-        if !matches!(waiting_reason(&prior), REASON_ERR_PULL | REASON_PULL_BACKOFF | REASON_CREATE_ERROR | REASON_PULLING | REASON_INVALID_IMAGE_NAME) {
+        if !matches!(
+            waiting_reason(&prior),
+            REASON_ERR_PULL
+                | REASON_PULL_BACKOFF
+                | REASON_CREATE_ERROR
+                | REASON_PULLING
+                | REASON_INVALID_IMAGE_NAME
+        ) {
             status.state = Some(waiting(REASON_CREATING, String::new()));
         }
         status.phase = Some(Phase::Pending);
         status.container_id = None;
         status.runtime_handler = None;
         status.pid = None;
+        status.ip = None;
+        status.ips = Vec::new();
         // A new container (first, or for a new spec) starts its backoff
         // afresh, as the kubelet's is keyed by the container's spec.
         status.recent_restarts = 0;
@@ -478,6 +551,8 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
     let container_ref = format!("containerd://{id}");
     let same_container = prior.container_id.as_deref() == Some(container_ref.as_str());
     status.container_id = Some(container_ref);
+    status.ip = current.ip.clone();
+    status.ips = current.ip.iter().cloned().collect();
     let handler = current.label(LABEL_RUNTIME_HANDLER);
     status.runtime_handler = (!handler.is_empty()).then(|| RuntimeHandlerStatus {
         name: handler.to_string(),
@@ -546,7 +621,10 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             let step = restart_after(&mut status, &prior, t, Step::Start { id }, now);
             return Plan { step, status };
         }
-        if waiting_reason(&prior) != REASON_CREATE_ERROR {
+        if !matches!(
+            waiting_reason(&prior),
+            REASON_CREATE_ERROR | REASON_PORT_CONFLICT
+        ) {
             status.state = Some(waiting(REASON_CREATING, String::new()));
         }
         if status.phase.is_none() || status.phase == Some(Phase::Succeeded) || status.phase == Some(Phase::Failed) {
@@ -625,7 +703,46 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             _ => {
                 status.state = Some(running);
                 status.phase = Some(Phase::Running);
-                set_ready(&mut status, true, "Running", now);
+                // A failed liveness probe (or a startup probe that never
+                // passed): stop this run with its own signal and grace,
+                // then SIGKILL; its exit restarts it per policy. Recorded
+                // in status first, so a steward restart carries on.
+                let pending = unhealthy_for(prior.condition(CONDITION_UNHEALTHY), Some(task.pid));
+                let failed = match (&probes.startup, &probes.liveness) {
+                    (Outcome::Failure(m), _) if spec.startup_probe.is_some() => Some(m.clone()),
+                    (_, Outcome::Failure(m)) => Some(m.clone()),
+                    _ => None,
+                };
+                if let Some((message, since_at)) = pending.clone().or_else(|| failed.map(|m| (m, *now))) {
+                    let reason = if message.starts_with("Startup") { "StartupProbeFailed" } else { "LivenessProbeFailed" };
+                    set_ready_because(&mut status, false, reason, &message, now);
+                    status.conditions.push(Condition {
+                        type_: CONDITION_UNHEALTHY.into(),
+                        status: "True".into(),
+                        reason: reason.into(),
+                        message: format!("{message} [pid {}]", task.pid),
+                        last_transition_time: Some(since_at),
+                    });
+                    let (signal, grace) = stop_params(current, Some(spec));
+                    let step = match pending {
+                        None => Step::Signal { id, signal, grace },
+                        Some(_) if since(&since_at, now) >= grace => Step::Kill { id },
+                        Some(_) => Step::Nothing { requeue: Some(grace - since(&since_at, now)) },
+                    };
+                    return Plan { step, status };
+                }
+                let started = spec.startup_probe.is_none() || probes.startup == Outcome::Success;
+                if !started {
+                    set_ready_because(&mut status, false, "StartupProbePending", "the startup probe has not passed yet", now);
+                } else if spec.readiness_probe.is_some() {
+                    match &probes.readiness {
+                        Outcome::Success => set_ready(&mut status, true, "Running", now),
+                        Outcome::Failure(m) => set_ready_because(&mut status, false, "ReadinessProbeFailed", m, now),
+                        Outcome::Unknown => set_ready_because(&mut status, false, "ReadinessProbePending", "the readiness probe has not passed yet", now),
+                    }
+                } else {
+                    set_ready(&mut status, true, "Running", now);
+                }
                 return Plan { step: Step::Nothing { requeue: None }, status };
             }
         }
@@ -643,7 +760,11 @@ pub fn plan(obj: &Container, actual: &[ActualContainer], now: &Time) -> Plan {
             .find(|t| t.finished_at == Some(finished))
             .and_then(|t| t.started_at)
     });
-    let terminated = terminated_state(exit_code, task.oom_killed, started_at, finished);
+    let mut terminated = terminated_state(exit_code, task.oom_killed, started_at, finished);
+    // Stopped after a failed probe: say so.
+    if let Some((message, _)) = unhealthy_for(prior.condition(CONDITION_UNHEALTHY), prior.pid) {
+        terminated.message = message;
+    }
     if !restarts(policy, exit_code) {
         terminal(&mut status, terminated, now);
         return Plan { step: Step::Nothing { requeue: None }, status };
@@ -695,6 +816,7 @@ mod tests {
             image_digest: Some("sha256:abc".into()),
             created_at: None,
             rootfs_missing: false,
+            ip: None,
         }
     }
 
@@ -922,6 +1044,96 @@ mod tests {
             state: Some(ContainerState { running: Some(StateRunning { started_at: Some(t(since)) }), ..Default::default() }),
             ..Default::default()
         }
+    }
+
+    fn exec_probe() -> steward_schema::Probe {
+        steward_schema::Probe { exec: Some(steward_schema::ExecAction { command: vec!["check".into()] }), ..Default::default() }
+    }
+
+    fn ready_of(p: &Plan) -> (String, String, String) {
+        let c = p.status.condition("Ready").expect("Ready");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
+    #[test]
+    fn readiness_and_startup_outcomes_decide_ready() {
+        let mut o = obj(RestartPolicy::Always);
+        o.spec.readiness_probe = Some(exec_probe());
+        o.status = Some(was_running(&o, 42, 0));
+        let a = actual(&o, running(42));
+        let with = |view: ProbeView| plan_with(&o, std::slice::from_ref(&a), &view, &t(5));
+        let p = with(ProbeView::default());
+        assert_eq!(p.step, Step::Nothing { requeue: None });
+        assert_eq!(ready_of(&p).0, "False");
+        assert_eq!(ready_of(&p).1, "ReadinessProbePending");
+        let p = with(ProbeView { readiness: Outcome::Success, ..Default::default() });
+        assert_eq!(ready_of(&p), ("True".into(), "Running".into(), String::new()));
+        let p = with(ProbeView { readiness: Outcome::Failure("Readiness probe failed: HTTP 503".into()), ..Default::default() });
+        assert_eq!(ready_of(&p), ("False".into(), "ReadinessProbeFailed".into(), "Readiness probe failed: HTTP 503".into()));
+        // Readiness never fails a container: it runs on.
+        assert_eq!(p.step, Step::Nothing { requeue: None });
+        // A startup probe that has not passed holds Ready, whatever readiness says.
+        o.spec.startup_probe = Some(exec_probe());
+        let p = plan_with(&o, std::slice::from_ref(&a), &ProbeView { readiness: Outcome::Success, ..Default::default() }, &t(5));
+        assert_eq!(ready_of(&p).1, "StartupProbePending");
+        // No probes: running is ready, as before.
+        let mut plain = obj(RestartPolicy::Always);
+        plain.status = Some(was_running(&plain, 42, 0));
+        let p = plan(&plain, &[actual(&plain, running(42))], &t(5));
+        assert_eq!(ready_of(&p).0, "True");
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_stops_then_kills_then_restarts_counted_with_the_reason() {
+        let mut o = obj(RestartPolicy::Always);
+        o.spec.liveness_probe = Some(exec_probe());
+        o.spec.termination_grace_period_seconds = Some(5);
+        o.status = Some(was_running(&o, 42, 0));
+        let a = actual(&o, running(42));
+        let failed = ProbeView { liveness: Outcome::Failure("Liveness probe failed: command [\"check\"] exited with 1".into()), ..Default::default() };
+        // 1. The stop signal, recorded in the Unhealthy condition.
+        let p = plan_with(&o, std::slice::from_ref(&a), &failed, &t(10));
+        let Step::Signal { id, signal, grace } = &p.step else { panic!("{:?}", p.step) };
+        assert_eq!((id.as_str(), *signal, *grace), (a.id.as_str(), 15, Duration::from_secs(5)));
+        let cond = p.status.condition(CONDITION_UNHEALTHY).expect("Unhealthy").clone();
+        assert_eq!(cond.message, "Liveness probe failed: command [\"check\"] exited with 1 [pid 42]");
+        assert_eq!(cond.last_transition_time, Some(t(10)));
+        assert_eq!(ready_of(&p).0, "False");
+        // 2. Within the grace period: wait (even with the outcome lost to a
+        //    steward restart); past it: SIGKILL.
+        o.status = Some(p.status.clone());
+        let p2 = plan_with(&o, std::slice::from_ref(&a), &ProbeView::default(), &t(12));
+        assert_eq!(p2.step, Step::Nothing { requeue: Some(Duration::from_secs(3)) });
+        assert!(p2.status.condition(CONDITION_UNHEALTHY).is_some());
+        let p3 = plan_with(&o, std::slice::from_ref(&a), &ProbeView::default(), &t(15));
+        assert_eq!(p3.step, Step::Kill { id: a.id.clone() });
+        // 3. It exits: the exit names the probe, and the restart is counted.
+        o.status = Some(p3.status.clone());
+        let p4 = plan(&o, &[actual(&o, exited(137, 16))], &t(16));
+        let last = last_terminated(&p4);
+        assert_eq!((last.exit_code, last.message.as_str()), (137, "Liveness probe failed: command [\"check\"] exited with 1"));
+        assert_eq!(p4.status.restart_count, 1);
+        assert!(p4.status.condition(CONDITION_UNHEALTHY).is_none(), "consumed by the exit");
+        // 4. The next run (another pid) is not touched by the old condition.
+        let mut again = o.clone();
+        let mut st = was_running(&o, 43, 20);
+        st.conditions.push(cond);
+        again.status = Some(st);
+        let p5 = plan_with(&again, &[actual(&again, running(43))], &ProbeView::default(), &t(21));
+        assert_eq!(p5.step, Step::Nothing { requeue: None });
+        assert!(p5.status.condition(CONDITION_UNHEALTHY).is_none());
+    }
+
+    #[test]
+    fn a_startup_probe_that_fails_restarts_and_liveness_waits_for_it() {
+        let mut o = obj(RestartPolicy::Always);
+        o.spec.startup_probe = Some(exec_probe());
+        o.spec.liveness_probe = Some(exec_probe());
+        o.status = Some(was_running(&o, 42, 0));
+        let a = actual(&o, running(42));
+        let p = plan_with(&o, std::slice::from_ref(&a), &ProbeView { startup: Outcome::Failure("Startup probe failed: x".into()), ..Default::default() }, &t(3));
+        assert!(matches!(p.step, Step::Signal { .. }), "{:?}", p.step);
+        assert_eq!(p.status.condition(CONDITION_UNHEALTHY).map(|c| c.reason.as_str()), Some("StartupProbeFailed"));
     }
 
     fn last_terminated(p: &Plan) -> StateTerminated {
@@ -1175,6 +1387,9 @@ mod tests {
                 read_only: false,
                 size_limit: Some(Quantity("64Mi".into())),
             }],
+            // What every object stored before bridge networks has (new
+            // objects default to `bridge`, a container of another shape).
+            network: Some("none".into()),
             ..Default::default()
         };
         let mut c = Container { spec, ..Default::default() };
@@ -1200,8 +1415,9 @@ mod tests {
                     })
                 }),
             ),
-            // The default network spelled out or left to the default.
-            ("network default", Box::new(|s| s.network = None)),
+            // `none` spelled out, or left out (only objects stored before
+            // networks were defaulted lack it).
+            ("network unset", Box::new(|s| s.network = None)),
             // The same size in another unit.
             ("sizeLimit unit", Box::new(|s| s.mounts[0].size_limit = Some(Quantity("67108864".into())))),
         ];
@@ -1218,14 +1434,37 @@ mod tests {
             ("workingDir", Box::new(|s| s.working_dir = None)),
             ("user", Box::new(|s| s.user = Some("0".into()))),
             ("mounts", Box::new(|s| s.mounts[0].read_only = true)),
-            ("mount size", Box::new(|s| s.mounts[0].size_limit = Some(Quantity("65Mi".into())))),
-            ("runtimeClassName", Box::new(|s| s.runtime_class_name = Some("crun".into()))),
-            ("network", Box::new(|s| s.network = Some(NetworkMode::Host))),
+            (
+                "mount size",
+                Box::new(|s| s.mounts[0].size_limit = Some(Quantity("65Mi".into()))),
+            ),
+            (
+                "runtimeClassName",
+                Box::new(|s| s.runtime_class_name = Some("crun".into())),
+            ),
+            ("network", Box::new(|s| s.network = Some("host".into()))),
+            (
+                "network bridge",
+                Box::new(|s| s.network = Some("bridge".into())),
+            ),
+            (
+                "ports",
+                Box::new(|s| {
+                    s.ports = vec![steward_schema::ContainerPort {
+                        container_port: 80,
+                        host_port: Some(8080),
+                        ..Default::default()
+                    }]
+                }),
+            ),
             // Moving a value between command and args changes the process.
-            ("command/args split", Box::new(|s| {
-                s.command = vec!["sh".into(), "-c".into(), "sleep 1".into()];
-                s.args = vec![];
-            })),
+            (
+                "command/args split",
+                Box::new(|s| {
+                    s.command = vec!["sh".into(), "-c".into(), "sleep 1".into()];
+                    s.args = vec![];
+                }),
+            ),
         ];
         for (field, change) in differ {
             let mut s = base.clone();
@@ -1268,6 +1507,7 @@ mod tests {
             image_digest: Some("sha256:abc".into()),
             created_at: None,
             rootfs_missing: false,
+            ip: None,
         };
         assert!(made_from(&c, &o.spec));
         let p = plan(&o, std::slice::from_ref(&c), &t(1));

@@ -9,18 +9,20 @@ use serde_json::json;
 use steward_schema::{Condition, Container, ContainerStatus, PullPolicy, Time};
 
 use super::plan::{
-    limits_label, made_from, plan, spec_labels, stop_params, teardown, Plan, Step, CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR,
-    REASON_ERR_PULL, REASON_PULLING, REASON_PULL_BACKOFF,
+    limits_label, made_from, plan_with, spec_labels, stop_params, teardown, Plan, Step,
+    CONDITION_RESIZE_PENDING, REASON_CREATE_ERROR, REASON_ERR_PULL, REASON_PORT_CONFLICT,
+    REASON_PULLING, REASON_PULL_BACKOFF,
 };
+use super::probes::{ProbeView, Prober, Target};
+use super::pulls::{PullState, Pulls};
 use crate::actual::{
-    Runtime, RuntimeError, StoreUid, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_STORE, LABEL_UID,
-    MANAGED_BY,
+    ActualContainer, Runtime, RuntimeError, TaskStatus, StoreUid, LABEL_LIMITS, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE,
+    LABEL_STORE, LABEL_UID, MANAGED_BY,
 };
 use crate::client::Api;
 use crate::runtime::controller::Action;
 use crate::runtime::finalizer::{finalizer, FinalizerError, FinalizerEvent};
 use crate::runtime::{ObjectRef, SourceError};
-use super::pulls::{PullState, Pulls};
 
 /// Kept on every Container until its runtime objects are gone.
 pub const FINALIZER: &str = "steward.dev/containerd";
@@ -57,6 +59,8 @@ pub struct Context<R> {
     pub store_uid: StoreUid,
     /// Image pulls, shared, outside the reconcile slots.
     pub pulls: Pulls<R>,
+    /// Health probes of running containers.
+    pub prober: Arc<Prober>,
 }
 
 /// The reconcile function handed to the controller runtime.
@@ -79,7 +83,8 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
         ctx.pulls.reset_backoff(&obj.spec.image);
     }
     let now = Time::now();
-    let Plan { mut step, mut status } = plan(obj, &actual, &now);
+    let probes = probe_view(ctx, obj, &actual);
+    let Plan { mut step, mut status } = plan_with(obj, &actual, &probes, &now);
     handler_condition(&*ctx.runtime, obj.spec.runtime_class_name.as_deref(), &mut status, &now);
     // A spec change would replace the container, but the new spec names a
     // runtime handler the configuration no longer has: the replacement
@@ -153,9 +158,30 @@ fn set_handler_condition(status: &mut ContainerStatus, problem: Option<(&str, St
     }
 }
 
+/// The probe outcomes of `obj`'s running container (starting its probes
+/// if need be), or none (its probes stop) when it has no running task.
+fn probe_view<R: Runtime>(ctx: &Context<R>, obj: &Container, actual: &[ActualContainer]) -> ProbeView {
+    let m = &obj.metadata;
+    let running = actual
+        .iter()
+        .filter(|c| made_from(c, &obj.spec))
+        .find_map(|c| c.task.as_ref().filter(|t| t.status == TaskStatus::Running && t.pid != 0).map(|t| (c, t.pid)));
+    let Some((c, pid)) = running else {
+        ctx.prober.forget(&m.uid);
+        return ProbeView::default();
+    };
+    let target = match (obj.spec.network.as_deref(), c.ip.as_deref().and_then(|ip| ip.parse().ok())) {
+        (Some(steward_schema::NETWORK_HOST), _) => Target::Loopback,
+        (_, Some(ip)) => Target::Ip(ip),
+        _ => Target::Unreachable,
+    };
+    ctx.prober.view(&ObjectRef::new(&m.namespace, &m.name), &m.uid, &c.id, pid, target, &obj.spec)
+}
+
 /// Deleting: tear every container of the object down, a step per pass;
 /// `AwaitChange` (finalizer removed) once nothing is left.
 async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, ReconcileError> {
+    ctx.prober.forget(&obj.metadata.uid);
     let actual = ctx.runtime.find(&obj.metadata.uid).await?;
     let Some(c) = actual.first() else {
         // The containers are gone: their logs go last, before the
@@ -209,6 +235,10 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// How often a container refused a host port looks again without being
+/// woken (the port's owner going wakes it at once).
+const PORT_RECHECK: Duration = Duration::from_secs(10);
+
 async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> Result<Action, ReconcileError> {
     let rt = &ctx.runtime;
     match step {
@@ -253,6 +283,13 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             Err(e @ RuntimeError::Create(_)) => {
                 set_waiting(ctx, obj, REASON_CREATE_ERROR, e.to_string()).await?;
                 Err(e.into())
+            }
+            Err(RuntimeError::PortConflict(m)) => {
+                // Woken when the port is freed; the requeue is a safety net
+                // for a port held by a process outside steward.
+                tracing::info!(container = %id, "{m}");
+                set_waiting(ctx, obj, REASON_PORT_CONFLICT, m).await?;
+                Ok(Action::Requeue(PORT_RECHECK))
             }
             Err(e) => Err(e.into()),
         },
@@ -307,6 +344,12 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
         Step::Kill { id } => {
             rt.kill(&id, 9, true).await?;
             Ok(Action::Requeue(KILL_RECHECK))
+        }
+        Step::Signal { id, signal, grace } => {
+            let why = obj.status.as_ref().and_then(|s| s.condition(super::plan::CONDITION_UNHEALTHY)).map(|c| c.message.clone());
+            tracing::warn!(container = %id, signal, grace = grace.as_secs(), reason = why.as_deref().unwrap_or_default(), "unhealthy: stopping to restart");
+            rt.kill(&id, signal, false).await?;
+            Ok(Action::Requeue(grace))
         }
         Step::DeleteTask { id } => {
             rt.delete_task(&id).await?;

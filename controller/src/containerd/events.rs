@@ -44,6 +44,11 @@ pub(crate) fn stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
 /// Ids of containers created in the namespace (by anyone), across
 /// containerd restarts; no resync (creates missed during an outage are
 /// left to the garbage collector's sweep).
+/// Ids of containers deleted (by anyone).
+pub(crate) fn deleted_stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
+    subscription(rt, &["/containers/delete"], false)
+}
+
 pub(crate) fn created_stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
     subscription(rt, CREATE_TOPICS, false)
 }

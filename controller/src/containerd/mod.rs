@@ -57,18 +57,20 @@ use steward_schema::{ContainerSpec, MountType, PullPolicy, Time};
 use tracing::Instrument;
 
 use crate::actual::{
-    ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus, LABEL_MANAGED_BY,
-    LABEL_NAME, LABEL_NAMESPACE, LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_RUNTIME_WRAPPER, LABEL_STOP_REQUESTED, LABEL_UID,
-    MANAGED_BY,
+    ActualContainer, ImageConfig, LogOwner, PullProgress, Runtime, RuntimeError, Task, TaskStatus,
+    LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAMESPACE, LABEL_NETWORK, LABEL_PORTS,
+    LABEL_RUNTIME_DEFINITION, LABEL_RUNTIME_HANDLER, LABEL_RUNTIME_WRAPPER, LABEL_STOP_REQUESTED,
+    LABEL_UID, MANAGED_BY,
 };
-use prost::Message;
 use errors::{create_error, from_status};
 use logdriver::LogDriverConfig;
+use prost::Message;
 
 /// The label recording which image digest a container was created from.
 pub const LABEL_IMAGE_DIGEST: &str = "steward.dev/image-digest";
 const RUNC_V2: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 /// Leases expire on their own if steward dies holding one.
 const LEASE_TTL: chrono::Duration = chrono::Duration::hours(1);
@@ -98,6 +100,9 @@ pub struct ContainerdConfig {
     /// What a configuration reload may change (registries, runtime
     /// handlers, image garbage collection): its value at start.
     pub live: Live,
+    /// The bridge networks containers may be attached to (`None`: only
+    /// `none` and `host`).
+    pub networks: Option<Arc<crate::network::Networks>>,
 }
 
 impl ContainerdConfig {
@@ -107,9 +112,14 @@ impl ContainerdConfig {
             namespace: "steward".into(),
             snapshotter: "overlayfs".into(),
             logs: LogDriverConfig::new(log_root),
-            log_driver_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
+            log_driver_exe: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/usr/bin/steward")),
             call_timeout: DEFAULT_CALL_TIMEOUT,
-            live: Live::new(&steward_config::Config::default(), Path::new("/var/lib/steward")),
+            live: Live::new(
+                &steward_config::Config::default(),
+                Path::new("/var/lib/steward"),
+            ),
+            networks: None,
         }
     }
 }
@@ -211,6 +221,16 @@ impl Live {
             image_gc: config.images.gc.clone(),
         }
     }
+}
+
+/// A random-enough 64-bit value for exec ids (time and a counter, hashed).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default());
+    h.finish()
 }
 
 fn valid_namespace(ns: &str) -> bool {
@@ -516,17 +536,54 @@ impl ContainerdRuntime {
         self.last_used.touch(&image.digest);
         // The handler as configured now; the container keeps it for life.
         let _wrapper_in_use = self.wrappers.read().await;
-        let handler = handlers::resolve(&self.live.load().handlers, spec.runtime_class_name.as_deref()).map_err(RuntimeError::Create)?;
+        let handler = handlers::resolve(
+            &self.live.load().handlers,
+            spec.runtime_class_name.as_deref(),
+        )
+        .map_err(RuntimeError::Create)?;
         labels.insert(LABEL_RUNTIME_HANDLER.into(), handler.name.clone());
         labels.insert(LABEL_RUNTIME_DEFINITION.into(), handler.definition.clone());
         if let Some(w) = &handler.wrapper {
             labels.insert(LABEL_RUNTIME_WRAPPER.into(), w.clone());
         }
-        let runtime_options = RuncOptions { binary_name: handler.binary.to_string_lossy().into_owned() };
+        let runtime_options = RuncOptions {
+            binary_name: handler.binary.to_string_lossy().into_owned(),
+        };
         let hostname = spec::hostname_for(labels.get(LABEL_NAME).map(String::as_str), id);
+        let network = spec
+            .network
+            .as_deref()
+            .unwrap_or(steward_schema::NETWORK_NONE);
+        let nets = match network {
+            steward_schema::NETWORK_NONE | steward_schema::NETWORK_HOST => None,
+            name => match &self.cfg.networks {
+                Some(n) if n.is_bridge(name) => Some(n.clone()),
+                n => {
+                    let known: Vec<String> =
+                        n.iter().flat_map(|n| n.defs().keys().cloned()).collect();
+                    return Err(RuntimeError::Create(format!(
+                        "spec.network: {name:?} is not a network of this steward (none, host{}{})",
+                        if known.is_empty() { "" } else { ", " },
+                        known.join(", ")
+                    )));
+                }
+            },
+        };
+        if nets.is_some() {
+            labels.insert(LABEL_NETWORK.into(), network.to_string());
+            let ports = crate::network::port_mappings(spec);
+            labels.insert(
+                LABEL_PORTS.into(),
+                serde_json::to_string(&ports).unwrap_or_else(|_| "[]".into()),
+            );
+        }
+        let netns = nets.as_ref().map(|n| n.netns_path(id));
+        let net_files = nets.as_ref().map(|n| n.files_dir(id));
         let host = spec::HostLimits::current();
         self.with_lease(|ctx| async move {
-            let mounts = self.ensure_snapshot(&ctx, id, &image.top_layer_chain_id, &labels).await?;
+            let mounts = self
+                .ensure_snapshot(&ctx, id, &image.top_layer_chain_id, &labels)
+                .await?;
             let user_str = spec::effective_user(spec, image);
             let user = if user_str.split(':').all(|p| p.parse::<u32>().is_ok()) {
                 spec::resolve_user(user_str, None, None)
@@ -535,24 +592,49 @@ impl ContainerdRuntime {
                 spec::resolve_user(user_str, passwd.as_deref(), group.as_deref())
             }
             .map_err(|e| RuntimeError::Create(e.0))?;
-            let inputs = spec::SpecInputs { id, namespace: &ctx.namespace, hostname: &hostname, spec, image, user, host };
+            let bridge = match (&netns, &net_files) {
+                (Some(netns), Some(files)) => Some(spec::BridgeNet { netns, files }),
+                _ => None,
+            };
+            let inputs = spec::SpecInputs {
+                id,
+                namespace: &ctx.namespace,
+                hostname: &hostname,
+                spec,
+                image,
+                user,
+                host,
+                bridge,
+            };
             let oci = spec::build(&inputs).map_err(|e| RuntimeError::Create(e.0))?;
-            let spec_bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Create(e.to_string()))?;
+            let spec_bytes =
+                serde_json::to_vec(&oci).map_err(|e| RuntimeError::Create(e.to_string()))?;
             let container = Container {
                 id: id.to_string(),
                 labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 image: String::new(),
                 runtime: Some(ContainerRuntimeInfo {
                     name: RUNC_V2.into(),
-                    options: Some(prost_types::Any { type_url: RUNC_OPTIONS_TYPE_URL.into(), value: runtime_options.encode_to_vec() }),
+                    options: Some(prost_types::Any {
+                        type_url: RUNC_OPTIONS_TYPE_URL.into(),
+                        value: runtime_options.encode_to_vec(),
+                    }),
                 }),
-                spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec_bytes }),
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE_URL.into(),
+                    value: spec_bytes,
+                }),
                 snapshotter: ctx.snapshotter.clone(),
                 snapshot_key: id.to_string(),
                 ..Default::default()
             };
             let mut c = ContainersClient::new(ctx.channel.clone());
-            match c.create(ctx.req(CreateContainerRequest { container: Some(container) })).await {
+            match c
+                .create(ctx.req(CreateContainerRequest {
+                    container: Some(container),
+                }))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(s) if s.code() == Code::AlreadyExists => Ok(()),
                 Err(s) => Err(from_status("create container", id, &s)),
@@ -578,6 +660,7 @@ impl ContainerdRuntime {
         let Some(container) = self.get_container(id).await? else {
             return Err(RuntimeError::NotFound(format!("container {id}")));
         };
+        self.attach_network(id, &container.labels).await?;
         let rootfs = self.snapshot_mounts(id).await?;
         let log_dir = self.cfg.logs.root.join(&self.ctx.namespace);
         std::fs::create_dir_all(&log_dir)
@@ -628,6 +711,157 @@ impl ContainerdRuntime {
         self.start_task(id).await
     }
 
+    /// Runs `command` in container `id`'s task with the container's own
+    /// process settings (user, environment, working dir, capabilities),
+    /// no stdio, and waits at most `timeout` for its exit code; a process
+    /// still running then is killed. The exec is deleted on every path.
+    async fn exec_probe_inner(&self, id: &str, command: Vec<String>, timeout: Duration) -> Result<i32, RuntimeError> {
+        use containerd_client::services::v1::{DeleteProcessRequest, ExecProcessRequest, WaitRequest};
+        let Some(container) = self.get_container(id).await? else {
+            return Err(RuntimeError::NotFound(format!("container {id}")));
+        };
+        let spec: serde_json::Value = container
+            .spec
+            .as_ref()
+            .and_then(|s| serde_json::from_slice(&s.value).ok())
+            .ok_or_else(|| RuntimeError::Create(format!("container {id} has no readable OCI spec")))?;
+        let mut process = spec.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(command);
+        process["terminal"] = serde_json::json!(false);
+        let process = serde_json::to_vec(&process).map_err(|e| RuntimeError::Create(e.to_string()))?;
+        let exec_id = format!("probe-{:016x}", rand_u64());
+        let mut t = TasksClient::new(self.ctx.channel.clone());
+        let req = ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.clone(),
+            spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.into(), value: process }),
+            ..Default::default()
+        };
+        t.exec(self.ctx.req(req)).await.map_err(|s| from_status("exec probe", id, &s))?;
+        let run = async {
+            if let Err(s) = t.clone().start(self.ctx.req(StartRequest { container_id: id.to_string(), exec_id: exec_id.clone() })).await {
+                return Ok(Err(s));
+            }
+            let mut w = t.clone();
+            let waited = w.wait(self.ctx.req_within(WaitRequest { container_id: id.to_string(), exec_id: exec_id.clone() }, timeout + Duration::from_secs(5)));
+            tokio::time::timeout(timeout, waited).await.map(|r| r.map(|r| r.into_inner().exit_status))
+        };
+        let result = match run.await {
+            Ok(Ok(code)) => Ok(code as i32),
+            Ok(Err(s)) => Err(RuntimeError::Unavailable(format!("command {command:?}: {}", s.message()))),
+            Err(_) => {
+                let _ = t.kill(self.ctx.req(KillRequest { container_id: id.to_string(), exec_id: exec_id.clone(), signal: 9, all: false })).await;
+                Err(RuntimeError::Unavailable(format!("command {command:?} did not finish within {}s", timeout.as_secs())))
+            }
+        };
+        // Deleting an exec still running fails: wait a moment for the kill.
+        for _ in 0..20 {
+            match t.delete_process(self.ctx.req(DeleteProcessRequest { container_id: id.to_string(), exec_id: exec_id.clone() })).await {
+                Err(s) if s.code() == Code::FailedPrecondition => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => break,
+            }
+        }
+        result
+    }
+
+    /// Attaches container `id` to the bridge network its labels name (none:
+    /// nothing to do), or finds it attached.
+    async fn attach_network(
+        &self,
+        id: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let Some(network) = labels.get(LABEL_NETWORK) else {
+            return Ok(());
+        };
+        let Some(nets) = &self.cfg.networks else {
+            return Err(RuntimeError::Create(format!(
+                "container {id} is on network {network:?}, and this steward has no bridge networks"
+            )));
+        };
+        let ports: Vec<crate::network::PortMapping> = match labels.get(LABEL_PORTS) {
+            Some(p) => serde_json::from_str(p).map_err(|e| {
+                RuntimeError::Create(format!(
+                    "container {id}: unreadable {LABEL_PORTS} label: {e}"
+                ))
+            })?,
+            None => Vec::new(),
+        };
+        let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+        let hostname = spec::hostname_for(labels.get(LABEL_NAME).map(String::as_str), id);
+        let req = crate::network::AttachRequest {
+            network,
+            namespace: label(LABEL_NAMESPACE),
+            name: label(LABEL_NAME),
+            hostname: &hostname,
+            ports: &ports,
+        };
+        match nets.attach(id, &req).await {
+            Ok(_) => Ok(()),
+            Err(crate::network::NetworkError::PortConflict(m)) => {
+                Err(RuntimeError::PortConflict(m))
+            }
+            Err(e) => Err(RuntimeError::Create(format!(
+                "attach to network {network}: {e}"
+            ))),
+        }
+    }
+
+    /// Tears down what is left of the network attachments of containers
+    /// that are gone (a crash between ADD and create, a container removed
+    /// behind steward's back). The number collected.
+    pub async fn collect_networks(&self) -> Result<usize, RuntimeError> {
+        let Some(nets) = &self.cfg.networks else {
+            return Ok(0);
+        };
+        // What exists first, then the containers: an attachment made after
+        // this listing is not looked at, one made before has its container
+        // in the listing below.
+        let known = nets.known_ids();
+        if known.is_empty() {
+            return Ok(0);
+        }
+        let live: std::collections::BTreeSet<String> = self.list_ids().await?.into_iter().collect();
+        nets.collect(known, &live, |id| async move {
+            matches!(self.get_container(&id).await, Ok(None))
+        })
+        .await
+        .map_err(|e| RuntimeError::Unavailable(format!("collecting network attachments: {e}")))
+    }
+
+    /// Collects leaked network attachments at start, within a second of a
+    /// container's deletion (by anyone), and every `every`.
+    pub fn spawn_network_gc(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let nets = self.cfg.networks.clone()?;
+        let rt = self.clone();
+        Some(tokio::spawn(async move {
+            nets.start_dns().await;
+            let mut deleted = events::deleted_stream(rt.clone());
+            let mut next = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    Some(_) = futures_util::StreamExt::next(&mut deleted) => {
+                        // A burst of deletes is one pass.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                next = tokio::time::Instant::now() + every;
+                match rt.collect_networks().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        collected = n,
+                        "network attachments of gone containers collected"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "network garbage collection failed");
+                        next = tokio::time::Instant::now() + Duration::from_secs(5);
+                    }
+                }
+            }
+        }))
+    }
+
     async fn start_task(&self, id: &str) -> Result<u32, RuntimeError> {
         let mut t = TasksClient::new(self.ctx.channel.clone());
         match t.start(self.ctx.req(StartRequest { container_id: id.to_string(), exec_id: String::new() })).await {
@@ -648,6 +882,13 @@ impl ContainerdRuntime {
                 "container {id} still has a {:?} task (pid {}); stop and delete it first",
                 task.status, task.pid
             )));
+        }
+        // Its network first: a crash after leaves the container, whose
+        // removal detaches again (a no-op).
+        if let Some(nets) = &self.cfg.networks {
+            nets.detach(id).await.map_err(|e| {
+                RuntimeError::Unavailable(format!("detach {id} from its network: {e}"))
+            })?;
         }
         // The snapshot first, then the container: a crash in between leaves
         // a labelled container, which the next pass finds and removes
@@ -885,16 +1126,38 @@ impl ContainerdRuntime {
     /// The containers with their tasks; with `rootfs`, also whether each
     /// one's snapshot is still there (one more call each: only the
     /// reconciler's per-object read pays it).
-    async fn with_tasks(&self, containers: Vec<Container>, rootfs: bool) -> Result<Vec<ActualContainer>, RuntimeError> {
+    async fn with_tasks(
+        &self,
+        containers: Vec<Container>,
+        rootfs: bool,
+    ) -> Result<Vec<ActualContainer>, RuntimeError> {
         let mut out = Vec::new();
         for c in containers {
             let task = self.get_task(&c.id).await?;
             let rootfs_missing = rootfs && self.rootfs_missing(&c).await?;
             let labels: BTreeMap<String, String> = c.labels.into_iter().collect();
-            let image_digest = labels.get(LABEL_IMAGE_DIGEST).cloned().filter(|d| !d.is_empty());
-            let created_at =
-                c.created_at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time));
-            out.push(ActualContainer { id: c.id, labels, task, image_digest, created_at, rootfs_missing });
+            let image_digest = labels
+                .get(LABEL_IMAGE_DIGEST)
+                .cloned()
+                .filter(|d| !d.is_empty());
+            let created_at = c.created_at.and_then(|t| {
+                chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time)
+            });
+            let ip = self
+                .cfg
+                .networks
+                .as_ref()
+                .and_then(|n| n.attachment(&c.id))
+                .map(|a| a.ip.to_string());
+            out.push(ActualContainer {
+                id: c.id,
+                labels,
+                task,
+                image_digest,
+                created_at,
+                rootfs_missing,
+                ip,
+            });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -1126,8 +1389,26 @@ impl Runtime for ContainerdRuntime {
         Box::pin(self.remove_inner(id).instrument(tracing::info_span!("remove", container = id)))
     }
 
+    fn exec_probe<'a>(&'a self, id: &'a str, command: Vec<String>, timeout: Duration) -> BoxFuture<'a, Result<i32, RuntimeError>> {
+        Box::pin(self.exec_probe_inner(id, command, timeout).instrument(tracing::debug_span!("exec_probe", container = id)))
+    }
+
     fn events(&self) -> BoxStream<'static, String> {
-        events::stream(self.clone())
+        let events = events::stream(self.clone());
+        let Some(nets) = &self.cfg.networks else {
+            return events;
+        };
+        // Containers refused a host port look again when it is freed.
+        let woken = futures_util::stream::unfold(nets.woken(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(id) => return Some((id, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        futures_util::StreamExt::boxed(futures_util::stream::select(events, woken))
     }
 }
 

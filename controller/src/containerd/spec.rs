@@ -9,7 +9,7 @@
 //! seccomp profile is not applied (yet).
 
 use serde_json::{json, Value};
-use steward_schema::{ContainerSpec, MountType, NetworkMode};
+use steward_schema::{ContainerSpec, MountType, NETWORK_HOST};
 
 use crate::actual::ImageConfig;
 
@@ -105,6 +105,15 @@ pub struct SpecInputs<'a> {
     pub image: &'a ImageConfig,
     pub user: UserIds,
     pub host: HostLimits,
+    /// On a bridge network: the namespace steward made for the container,
+    /// and the directory of its `hosts`, `resolv.conf` and `hostname`.
+    pub bridge: Option<BridgeNet<'a>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BridgeNet<'a> {
+    pub netns: &'a std::path::Path,
+    pub files: &'a std::path::Path,
 }
 
 /// Why no spec could be built; becomes a `CreateContainerError`.
@@ -300,7 +309,7 @@ fn user_mounts(spec: &ContainerSpec) -> Result<Vec<Value>, SpecError> {
             }
         }
     }
-    if spec.network == Some(NetworkMode::Host) {
+    if spec.network.as_deref() == Some(NETWORK_HOST) {
         for f in ["/etc/resolv.conf", "/etc/hosts"] {
             if !spec.mounts.iter().any(|m| m.target == f) {
                 out.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "rprivate", "ro"]}));
@@ -362,7 +371,16 @@ pub fn resources_update(spec: &ContainerSpec) -> Result<Value, SpecError> {
 
 /// The OCI runtime spec (JSON) for one container.
 pub fn build(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
-    let SpecInputs { id, namespace, hostname, spec, image, user, host } = inputs;
+    let SpecInputs {
+        id,
+        namespace,
+        hostname,
+        spec,
+        image,
+        user,
+        host,
+        bridge,
+    } = inputs;
     let args = process_args(spec, image)?;
     let env = process_env(spec, image);
     let cwd = process_cwd(spec, image)?;
@@ -370,10 +388,25 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<Value, SpecError> {
     let mut mounts = default_mounts();
     mounts.extend(user_mounts(spec)?);
 
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
-    // `none` (the default) = a network namespace of its own with only `lo`;
-    // `host` = no network namespace at all.
-    if spec.network != Some(NetworkMode::Host) {
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    // A bridge network: the namespace steward made and attached, and the
+    // resolver files written for it (unless the user mounts their own);
+    // `none` = a network namespace of its own with only `lo`; `host` = no
+    // network namespace at all.
+    if let Some(b) = bridge {
+        namespaces.push(json!({"type": "network", "path": b.netns}));
+        for f in ["hosts", "resolv.conf", "hostname"] {
+            let target = format!("/etc/{f}");
+            if !spec.mounts.iter().any(|m| m.target == target) {
+                mounts.push(json!({"destination": target, "type": "bind", "source": b.files.join(f), "options": ["rbind", "rprivate", "rw"]}));
+            }
+        }
+    } else if spec.network.as_deref() != Some(NETWORK_HOST) {
         namespaces.push(json!({"type": "network"}));
     }
 
@@ -440,6 +473,7 @@ mod tests {
             image,
             user: UserIds::default(),
             host: HostLimits { nofile_hard: 20000 },
+            bridge: None,
         }
     }
 
@@ -599,24 +633,62 @@ mod tests {
             read_only: false,
             size_limit: Some(Quantity("16Mi".into())),
         };
-        let spec = ContainerSpec { mounts: vec![bind, tmpfs], network: Some(NetworkMode::None), ..Default::default() };
+        let spec = ContainerSpec {
+            mounts: vec![bind, tmpfs],
+            network: Some("none".into()),
+            ..Default::default()
+        };
         let v = build(&inputs(&spec, &img)).unwrap();
         let mounts = v["mounts"].as_array().unwrap();
         let find = |d: &str| mounts.iter().find(|m| m["destination"] == d).cloned();
-        assert_eq!(find("/data").unwrap()["options"], json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(
+            find("/data").unwrap()["options"],
+            json!(["rbind", "rprivate", "ro"])
+        );
         assert_eq!(find("/data").unwrap()["source"], "/srv");
-        assert_eq!(find("/tmp").unwrap()["options"], json!(["nosuid", "nodev", "mode=1777", "size=16777216"]));
-        for d in ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"] {
+        assert_eq!(
+            find("/tmp").unwrap()["options"],
+            json!(["nosuid", "nodev", "mode=1777", "size=16777216"])
+        );
+        for d in [
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/dev/shm",
+            "/dev/mqueue",
+            "/sys",
+            "/sys/fs/cgroup",
+        ] {
             assert!(find(d).is_some(), "default mount {d}");
         }
-        assert_eq!(find("/sys").unwrap()["options"].as_array().unwrap().last().unwrap(), "ro");
+        assert_eq!(
+            find("/sys").unwrap()["options"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap(),
+            "ro"
+        );
         assert!(find("/etc/resolv.conf").is_none());
-        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
 
-        let host = ContainerSpec { network: Some(NetworkMode::Host), ..Default::default() };
+        let host = ContainerSpec {
+            network: Some("host".into()),
+            ..Default::default()
+        };
         let v = build(&inputs(&host, &img)).unwrap();
-        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
         let mounts = v["mounts"].as_array().unwrap();
         for f in ["/etc/resolv.conf", "/etc/hosts"] {
@@ -624,6 +696,56 @@ mod tests {
             assert_eq!(m["source"], f);
             assert_eq!(m["options"], json!(["rbind", "rprivate", "ro"]));
         }
+
+        // A bridge network: steward's namespace by path, and its resolver
+        // files, but not over a file the user mounts.
+        let user_hosts = Mount {
+            mount_type: MountType::Bind,
+            source: Some("/srv/hosts".into()),
+            target: "/etc/hosts".into(),
+            read_only: true,
+            size_limit: None,
+        };
+        let bridged = ContainerSpec {
+            network: Some("bridge".into()),
+            mounts: vec![user_hosts],
+            ..Default::default()
+        };
+        let netns = std::path::Path::new("/run/steward/x/netns/c1");
+        let files = std::path::Path::new("/var/lib/steward/cni/containers/c1");
+        let mut inp = inputs(&bridged, &img);
+        inp.bridge = Some(BridgeNet { netns, files });
+        let v = build(&inp).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(
+            ns.last().unwrap(),
+            &json!({"type": "network", "path": "/run/steward/x/netns/c1"})
+        );
+        let mounts = v["mounts"].as_array().unwrap();
+        let sources: Vec<(&str, &str)> = mounts
+            .iter()
+            .filter(|m| m["destination"].as_str().unwrap().starts_with("/etc/"))
+            .map(|m| {
+                (
+                    m["destination"].as_str().unwrap(),
+                    m["source"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                ("/etc/hosts", "/srv/hosts"),
+                (
+                    "/etc/resolv.conf",
+                    "/var/lib/steward/cni/containers/c1/resolv.conf"
+                ),
+                (
+                    "/etc/hostname",
+                    "/var/lib/steward/cni/containers/c1/hostname"
+                ),
+            ]
+        );
     }
 
     #[test]
