@@ -1,12 +1,13 @@
 //! `steward`: the API server and controllers (`steward serve`) and the
 //! client verbs that talk to it over HTTP (`apply get describe delete wait
-//! diff logs`).
+//! diff logs exec`).
 
 mod apply;
 mod client;
 mod delete;
 mod describe;
 mod diff;
+mod exec;
 mod get;
 mod image;
 mod live;
@@ -14,6 +15,7 @@ mod logs;
 mod manifests;
 mod resource;
 mod serve;
+mod serve_exec;
 mod table;
 mod wait;
 
@@ -61,6 +63,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Print a container's output.
     Logs(logs::LogsArgs),
+    /// Run a command in a running container.
+    Exec(exec::ExecArgs),
     /// Manage images in the container runtime.
     Image(image::ImageArgs),
     /// Check a configuration file.
@@ -163,6 +167,7 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         // diff has its own exit codes, errors included (2).
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
         Command::Config(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }
