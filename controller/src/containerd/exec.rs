@@ -173,8 +173,10 @@ fn make_fifos(dir: &Path, o: &ExecOptions) -> std::io::Result<Fifos> {
         streams.stdin = Some(pipe::OpenOptions::new().read_write(true).open_sender(&p)?);
         paths[0] = p.to_string_lossy().into_owned();
     }
-    // A terminal has one output stream.
-    let outputs = [(o.stdout || o.tty, "stdout", 1), (o.stderr && !o.tty, "stderr", 2)];
+    // A terminal has one output stream. Otherwise both exist, asked for
+    // or not: containerd 1.6's shim fails on an empty stderr path when
+    // stdout has one ("opening file \"\""); the caller discards the rest.
+    let outputs = [(true, "stdout", 1), (!o.tty, "stderr", 2)];
     for (wanted, name, i) in outputs {
         if !wanted {
             continue;
@@ -241,7 +243,7 @@ impl ContainerdExec {
         let process = exec_process_spec(&spec, &o.command, o.tty)?;
         let exec_id = exec_id();
         let fifo_dir = self.dir.join(&exec_id);
-        let fifos = make_fifos(&fifo_dir, o).map_err(|e| {
+        let mut fifos = make_fifos(&fifo_dir, o).map_err(|e| {
             let _ = std::fs::remove_dir_all(&fifo_dir);
             ExecError::Failed(format!("cannot make the exec FIFOs under {}: {e}", fifo_dir.display()))
         })?;
@@ -278,6 +280,16 @@ impl ContainerdExec {
         if let Err(s) = t.start(p.ctx.req(StartRequest { container_id: id.to_string(), exec_id: exec_id.clone() })).await {
             p.cleanup().await;
             return Err(ExecError::Failed(start_error(s.message())));
+        }
+        // Output nobody asked for is read and dropped, so the process
+        // never blocks on a full pipe.
+        let unwanted = [(o.stdout || o.tty, &mut fifos.streams.stdout), (o.stderr, &mut fifos.streams.stderr)];
+        for (wanted, stream) in unwanted {
+            if let Some(mut r) = stream.take_if(|_| !wanted) {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+                });
+            }
         }
         tracing::debug!(container = id, exec_id, "exec process started");
         Ok((p, fifos.streams))
@@ -444,9 +456,12 @@ mod tests {
         use std::io::Write;
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
-        let o = ExecOptions { command: vec![], stdin: true, stdout: true, stderr: true, tty: false };
+        let o = ExecOptions { command: vec![], stdin: true, stdout: true, stderr: false, tty: false };
         let mut f = make_fifos(&dir.path().join("x"), &o).unwrap();
-        assert!(f.paths.iter().all(|p| !p.is_empty()));
+        assert!(f.paths.iter().all(|p| !p.is_empty()), "stderr is made even when not asked for: {:?}", f.paths);
+        let tty = ExecOptions { tty: true, ..o.clone() };
+        let t = make_fifos(&dir.path().join("t"), &tty).unwrap();
+        assert!(t.paths[2].is_empty() && t.streams.stderr.is_none(), "a terminal has no stderr");
         let mut out = f.streams.stdout.take().unwrap();
         let mut buf = [0u8; 16];
         // No shim yet: nothing to read, and no EOF.
