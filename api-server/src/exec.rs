@@ -105,13 +105,16 @@ pub trait ExecProcess: Send + Sync {
     fn cleanup(&self) -> BoxFuture<'_, ()>;
 }
 
+/// A started process and its streams.
+pub type Started = (Arc<dyn ExecProcess>, ExecIo);
+
 /// Runs processes in containers: the controller's runtime.
 pub trait Executor: Send + Sync {
     /// The runtime id of the container of the Container with this uid
     /// whose task runs; [`ExecError::NotRunning`] says what it is instead.
     fn running<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<String, ExecError>>;
     /// Starts `req.command` in the runtime container `id`.
-    fn start<'a>(&'a self, id: &'a str, req: &'a ExecRequest) -> BoxFuture<'a, Result<(Arc<dyn ExecProcess>, ExecIo), ExecError>>;
+    fn start<'a>(&'a self, id: &'a str, req: &'a ExecRequest) -> BoxFuture<'a, Result<Started, ExecError>>;
 }
 
 impl ExecRequest {

@@ -30,7 +30,7 @@ use steward_store::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use exec::{ExecError, ExecIo, ExecProcess, ExecRequest, Executor};
+pub use exec::{ExecError, ExecIo, ExecProcess, ExecRequest, Executor, Started};
 pub use images::{ImageImporter, ImageInfo, RemoveError};
 pub use metrics::Metrics;
 pub use reload::{ReloadError, ReloadReport, Reloader, SharedReloader};

@@ -236,7 +236,11 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
 
     // From here on the terminal is raw (when -t) until `_raw` drops.
-    let _raw = if tty { Some(RawMode::enter(0).map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode: {e}"))?) } else { None };
+    let _raw = if tty {
+        Some(RawMode::enter(0).map_err(|e| anyhow::anyhow!("cannot put the terminal in raw mode: {e}"))?)
+    } else {
+        None
+    };
     if tty {
         if let Some((cols, rows)) = terminal_size(0).or_else(|| terminal_size(1)) {
             ws.send(resize_message(cols, rows)).await.map_err(|e| anyhow::anyhow!("sending the terminal size: {e}"))?;
@@ -346,9 +350,11 @@ mod tests {
         assert_eq!(outcome(br#"{"metadata":{},"status":"Success"}"#), Outcome::Exited(0));
         let s = br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
         assert_eq!(outcome(s), Outcome::Exited(3));
-        let s = br#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"300"}]}}"#;
+        let s =
+            br#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"300"}]}}"#;
         assert_eq!(outcome(s), Outcome::Exited(1));
-        let s = br#"{"status":"Failure","message":"Internal error occurred: exec: \"nope\": not found","reason":"InternalError"}"#;
+        let s =
+            br#"{"status":"Failure","message":"Internal error occurred: exec: \"nope\": not found","reason":"InternalError"}"#;
         assert_eq!(outcome(s), Outcome::Failed("Internal error occurred: exec: \"nope\": not found".into()));
         assert!(matches!(outcome(b"garbage"), Outcome::Failed(_)));
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use steward_apiserver::{ExecError, ExecIo, ExecProcess, ExecRequest, Executor};
+use steward_apiserver::{ExecError, ExecIo, ExecProcess, ExecRequest, Executor, Started};
 use steward_controller::containerd::exec::{self as ctr_exec, ContainerdExec, ExecOptions};
 
 /// Exec sessions open at once; more get 429.
@@ -28,7 +28,7 @@ impl Executor for ContainerdExecutor {
         Box::pin(async move { self.0.running(uid).await.map_err(error) })
     }
 
-    fn start<'a>(&'a self, id: &'a str, req: &'a ExecRequest) -> BoxFuture<'a, Result<(Arc<dyn ExecProcess>, ExecIo), ExecError>> {
+    fn start<'a>(&'a self, id: &'a str, req: &'a ExecRequest) -> BoxFuture<'a, Result<Started, ExecError>> {
         Box::pin(async move {
             let o = ExecOptions {
                 command: req.command.clone(),

@@ -153,7 +153,9 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
 
     // A client that goes away mid-exec: the process is killed and removed.
     let mut client = Proc::spawn(
-        Command::new(steward_bin()).env("STEWARD_TOKEN", &s.token).args(["--server", &s.url, "exec", "web", "--", "sleep", "1000"]),
+        Command::new(steward_bin())
+            .env("STEWARD_TOKEN", &s.token)
+            .args(["--server", &s.url, "exec", "web", "--", "sleep", "1000"]),
     );
     wait_for("the exec'd sleep to run", T, || (task_pids(s, &id) == 2).then_some(()));
     assert_eq!(fifo_dirs(s).len(), 1);
@@ -169,7 +171,11 @@ fn exec_is_refused_before_the_upgrade_when_it_cannot_run() {
     let e = env();
     let s = &e.steward;
     sleeper(&e, "web");
-    e.steward.apply(e.dir.path(), "job", &manifest("job", &e.registry.image(), "  command: [/bin/sh, -c, \"echo done\"]\n  restartPolicy: Never\n"));
+    e.steward.apply(
+        e.dir.path(),
+        "job",
+        &manifest("job", &e.registry.image(), "  command: [/bin/sh, -c, \"echo done\"]\n  restartPolicy: Never\n"),
+    );
     s.wait("job", "Succeeded", T, |v| phase(v) == "Succeeded");
     let q = "command=true&stdout=true";
 
@@ -259,7 +265,8 @@ print(json.dumps(out))
     assert_eq!(r["1"], "hi from python\n");
     assert_eq!(r["3"], serde_json::json!({"metadata": {}, "status": "Success"}));
 
-    let r = run("command=sh&command=-c&command=echo%20err%20%3E%262%3B%20exit%205&stdout=true&stderr=true", "v4.channel.k8s.io", "");
+    let r =
+        run("command=sh&command=-c&command=echo%20err%20%3E%262%3B%20exit%205&stdout=true&stderr=true", "v4.channel.k8s.io", "");
     assert_eq!((r["protocol"].as_str(), r["2"].as_str()), (Some("v4.channel.k8s.io"), Some("err\n")));
     assert_eq!(r["3"]["status"], "Failure");
     assert_eq!(r["3"]["reason"], "NonZeroExitCode");
@@ -267,7 +274,12 @@ print(json.dumps(out))
 
     // v5's close message ends stdin.
     let r = run("command=cat&stdin=true&stdout=true", "v5.channel.k8s.io", "piped through\n");
-    assert_eq!((r["1"].as_str(), r["3"]["status"].as_str()), (Some("piped through\n"), Some("Success")), "{r}\n{}", tail(&s.proc.logs(), 30));
+    assert_eq!(
+        (r["1"].as_str(), r["3"]["status"].as_str()),
+        (Some("piped through\n"), Some("Success")),
+        "{r}\n{}",
+        tail(&s.proc.logs(), 30)
+    );
 }
 
 /// A pseudo-terminal: the master side (kept here) and the path of the slave.

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest as GetTaskRequest, KillRequest,
-    ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetRequest as GetTaskRequest, KillRequest, ResizePtyRequest,
+    StartRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 use serde_json::Value;
@@ -115,9 +115,11 @@ fn exec_id() -> String {
 pub fn exec_process_spec(container_spec: &[u8], command: &[String], tty: bool) -> Result<Value, ExecError> {
     let spec: Value = serde_json::from_slice(container_spec)
         .map_err(|e| ExecError::Failed(format!("the container's OCI spec is not JSON: {e}")))?;
-    let mut process = spec.get("process").cloned().filter(Value::is_object).ok_or_else(|| {
-        ExecError::Failed("the container's OCI spec has no process".into())
-    })?;
+    let mut process = spec
+        .get("process")
+        .cloned()
+        .filter(Value::is_object)
+        .ok_or_else(|| ExecError::Failed("the container's OCI spec has no process".into()))?;
     process["args"] = Value::from(command.to_vec());
     process["terminal"] = Value::Bool(tty);
     if let Some(o) = process.as_object_mut() {
@@ -230,9 +232,11 @@ impl ContainerdExec {
 
     /// Starts `o.command` in container `id`.
     pub async fn start(&self, id: &str, o: &ExecOptions) -> Result<(ExecProcess, ExecStreams), ExecError> {
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            ExecError::Busy(format!("too many exec sessions at once (at most {})", self.max))
-        })?;
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ExecError::Busy(format!("too many exec sessions at once (at most {})", self.max)))?;
         let container = self
             .rt
             .get_container(id)
@@ -338,7 +342,9 @@ impl ExecProcess {
             match self.tasks().wait(self.ctx.stream_req(req)).await {
                 Ok(r) => return Ok(r.into_inner().exit_status),
                 Err(s) if s.code() == Code::NotFound => return Err(self.failed("wait", &s)),
-                Err(s) => tracing::warn!(exec_id = self.exec_id, error = %s.message(), "wait for the exec process failed; retrying"),
+                Err(s) => {
+                    tracing::warn!(exec_id = self.exec_id, error = %s.message(), "wait for the exec process failed; retrying")
+                }
             }
             tokio::time::sleep(WAIT_RETRY).await;
             // Still there? (containerd restarted: it is; the task went: not.)
