@@ -71,8 +71,12 @@ fn exec_path(name: &str, query: &str) -> String {
 /// curl with a WebSocket handshake's headers (and the token unless
 /// `token` is false): the status code and the body.
 fn handshake(s: &Steward, path: &str, protocol: &str, token: bool) -> (u16, String) {
+    handshake_with(s, "GET", path, protocol, token)
+}
+
+fn handshake_with(s: &Steward, method: &str, path: &str, protocol: &str, token: bool) -> (u16, String) {
     let mut c = Command::new("curl");
-    c.args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+    c.args(["-s", "--max-time", "5", "-X", method, "-w", "\n%{http_code}"])
         .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"])
         .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
         .arg("-H")
@@ -170,7 +174,7 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
 fn exec_is_refused_before_the_upgrade_when_it_cannot_run() {
     let e = env();
     let s = &e.steward;
-    sleeper(&e, "web");
+    let id = container_id(&sleeper(&e, "web"));
     e.steward.apply(
         e.dir.path(),
         "job",
@@ -215,6 +219,13 @@ fn exec_is_refused_before_the_upgrade_when_it_cannot_run() {
     let (code, body) = s.request("GET", &exec_path("web", q));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("Upgrade request required"), "{body}");
+
+    // A handshake by POST (older kubectl) is served too: 101. curl then
+    // has nothing to say and goes away; the server kills the process.
+    let (code, _) =
+        handshake_with(s, "POST", &exec_path("web", "command=sleep&command=30&stdout=true"), "v4.channel.k8s.io", true);
+    assert_eq!(code, 101);
+    wait_for("the abandoned exec process to be killed", T, || (task_pids(s, &id) == 1).then_some(()));
 
     // No protocol steward speaks: 400, naming the ones it does.
     let (code, body) = handshake(s, &exec_path("web", q), "channel.k8s.io, v3.channel.k8s.io", true);
