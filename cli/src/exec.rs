@@ -195,7 +195,13 @@ fn read_stdin() -> tokio::sync::mpsc::Receiver<Option<Vec<u8>>> {
 }
 
 fn write_all(to: &mut dyn Write, data: &[u8]) -> anyhow::Result<()> {
-    to.write_all(data).and_then(|()| to.flush()).map_err(|e| anyhow::anyhow!("cannot write the command's output: {e}"))
+    match to.write_all(data).and_then(|()| to.flush()) {
+        Ok(()) => Ok(()),
+        // `steward exec web -- yes | head`: the reader is gone; so is the
+        // connection, and with it the remote process.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(crate::StdoutClosed.into()),
+        Err(e) => Err(anyhow::anyhow!("cannot write the command's output: {e}")),
+    }
 }
 
 pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {

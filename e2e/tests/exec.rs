@@ -151,6 +151,18 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("no-such-command"), "{}", text(&o.stderr));
 
+    // A reader that goes away (`| head`): steward exits quietly, and the
+    // remote process goes with the connection.
+    let o = Command::new("sh")
+        .args(["-c", "\"$0\" --server \"$1\" exec web -- yes | head -n 2"])
+        .arg(steward_bin())
+        .arg(&s.url)
+        .env("STEWARD_TOKEN", &s.token)
+        .output()
+        .expect("sh");
+    assert_eq!(text(&o.stdout), "y\ny\n", "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "");
+
     // Nothing left behind: no exec process, no FIFO.
     wait_for("exec processes to be deleted", T, || (task_pids(s, &id) == 1).then_some(()));
     wait_for("exec FIFOs to be removed", T, || fifo_dirs(s).is_empty().then_some(()));
