@@ -357,8 +357,24 @@ impl Pty {
         text(&self.output.lock().expect("pty output"))
     }
 
-    fn wait_for_output(&self, what: &str, needle: &str) {
-        wait_for(what, T, || self.output().contains(needle).then_some(()));
+    /// Sends `input` until the output holds `needle` (input that reaches
+    /// a shell still setting up its terminal, or the line a Ctrl-C
+    /// flushed, is lost: sending again is what a person would do).
+    fn send_until(&self, what: &str, input: &[u8], needle: &str) {
+        let deadline = Instant::now() + T;
+        let mut last: Option<Instant> = None;
+        while !self.output().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {T:?} waiting for {what}; the terminal shows:\n{}",
+                self.output()
+            );
+            if last.is_none_or(|l| l.elapsed() > Duration::from_secs(1)) {
+                self.send(input);
+                last = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `steward exec ARGS` with the pty's slave as its controlling
@@ -400,8 +416,7 @@ fn a_terminal_session_gets_a_pty_its_size_and_resizes() {
     assert!(pty.cooked());
     let mut child = pty.spawn(s, &["-it", "web", "--", "sh"]);
     // The remote side has a terminal of the local one's size.
-    pty.send(b"tty; stty size; echo mark-$((40+2))\n");
-    pty.wait_for_output("the remote shell's answers", "mark-42");
+    pty.send_until("the remote shell's answers", b"tty; stty size; echo mark-$((40+2))\n", "mark-42");
     let out = pty.output();
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("30 100"), "{out}");
@@ -409,23 +424,16 @@ fn a_terminal_session_gets_a_pty_its_size_and_resizes() {
 
     // A resize of the local terminal reaches the remote one.
     pty.resize(120, 40);
-    let mut last = Instant::now() - Duration::from_secs(1);
-    wait_for("the resize to reach the remote terminal", T, || {
-        if last.elapsed() > Duration::from_millis(500) {
-            pty.send(b"stty size\n");
-            last = Instant::now();
-        }
-        pty.output().contains("40 120").then_some(())
-    });
+    pty.send_until("the resize to reach the remote terminal", b"stty size\n", "40 120");
 
     // Ctrl-C is a byte for the remote terminal: it interrupts the remote
     // sleep, and the session goes on.
     pty.send(b"sleep 100\n");
     // The task's sleep 3600, the exec'd shell, and its sleep 100.
     wait_for("the remote sleep to run", T, || (task_pids(s, &id) == 3).then_some(()));
-    pty.send(b"\x03");
-    pty.send(b"echo alive-$((1+1))\n");
-    pty.wait_for_output("the shell to survive Ctrl-C", "alive-2");
+    // (Sent again until it lands: a Ctrl-C between the fork and the
+    // child taking the terminal's foreground goes to the shell instead.)
+    pty.send_until("the shell to survive Ctrl-C", b"\x03echo alive-$((1+1))\n", "alive-2");
 
     // The remote exit code is steward's, and the terminal is restored.
     pty.send(b"exit 7\n");
