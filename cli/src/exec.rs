@@ -39,7 +39,7 @@ const CHUNK: usize = 32 * 1024;
 pub struct ExecArgs {
     /// The container (`NAME` or `container/NAME`).
     pub name: String,
-    /// Send this terminal's stdin to the command.
+    /// Send stdin to the command (its end closes the command's stdin).
     #[arg(short = 'i', long)]
     pub stdin: bool,
     /// Give the command a terminal (stdin must be one; stderr is merged).
@@ -231,7 +231,12 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {
             return Err(ClientError::Api(status_from_body(code, &body)).into());
         }
         Err(WsError::Io(e)) => {
-            return Err(ClientError::Unreachable { server: ctx.client.server().to_string(), reason: e.to_string() }.into())
+            // "Connection refused (os error 111)" -> "connection refused", as the other verbs say it.
+            let text = e.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text);
+            let mut chars = text.chars();
+            let reason = chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
+            return Err(ClientError::Unreachable { server: ctx.client.server().to_string(), reason }.into());
         }
         Err(e) => return Err(ClientError::Transport { server: ctx.client.server().to_string(), reason: e.to_string() }.into()),
     };
