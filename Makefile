@@ -15,9 +15,10 @@ APT_GET   := DEBIAN_FRONTEND=noninteractive apt-get
 # (bridge networks: the plugins run iptables), and for the e2e suite a
 # local registry, skopeo to push to it, busybox for the test image,
 # sqlite3 (the fault suite checks the store file's integrity with it), and
-# strace (the durability tests trace fsyncs).
-DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc crun docker-registry skopeo busybox-static sqlite3 containernetworking-plugins iptables iproute2
-DEB_PROBES   := cc curl strace protoc containerd runc crun docker-registry skopeo /bin/busybox sqlite3 /usr/lib/cni/bridge iptables ip
+# strace (the durability tests trace fsyncs), and Python's websocket-client
+# (e2e/tests/exec.rs checks exec's protocol with a client of another library).
+DEB_PACKAGES := gcc curl strace protobuf-compiler containerd runc crun docker-registry skopeo busybox-static sqlite3 containernetworking-plugins iptables iproute2 python3 python3-websocket
+DEB_PROBES   := cc curl strace protoc containerd runc crun docker-registry skopeo /bin/busybox sqlite3 /usr/lib/cni/bridge iptables ip /usr/bin/python3 wsdump
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -75,6 +75,7 @@ pub async fn resources() -> Json<Value> {
             {"name": "containers/status", "singularName": "", "namespaced": true, "kind": "Container",
              "verbs": ["get", "patch", "update"]},
             {"name": "containers/log", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["get"]},
+            {"name": "containers/exec", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["create", "get"]},
         ],
     }))
 }

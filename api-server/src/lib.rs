@@ -10,6 +10,7 @@ mod auth;
 mod containers;
 mod discovery;
 mod error;
+mod exec;
 mod images;
 mod io;
 mod limits;
@@ -29,6 +30,7 @@ use steward_store::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use exec::{ExecError, ExecIo, ExecProcess, ExecRequest, Executor, Started};
 pub use images::{ImageImporter, ImageInfo, RemoveError};
 pub use metrics::Metrics;
 pub use reload::{ReloadError, ReloadReport, Reloader, SharedReloader};
@@ -46,6 +48,8 @@ pub struct Config {
     pub logs_dir: Option<std::path::PathBuf>,
     /// Imports image archives (`None`: no container runtime).
     pub images: Option<Arc<dyn ImageImporter>>,
+    /// Runs `exec` processes in containers (`None`: no container runtime).
+    pub executor: Option<Arc<dyn Executor>>,
     /// Reloads the configuration on `POST /-/reload` (`None`: 404).
     pub reloader: Option<SharedReloader>,
     /// The runtime handlers a Container may name now (`None`: not
@@ -90,6 +94,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(10),
             logs_dir: None,
             images: None,
+            executor: None,
             reloader: None,
             runtime_handlers: None,
             networks: None,
@@ -151,6 +156,7 @@ pub fn router(app: AppState) -> Router {
             get(containers::read).put(containers::replace_status).patch(containers::patch_status),
         )
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
+        .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/exec"), get(exec::exec).post(exec::exec))
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .route(&format!("{base}/images/pull"), axum::routing::post(images::pull))
         .route(&format!("{base}/images"), get(images::list))

@@ -236,6 +236,8 @@ impl WatchStream {
 pub struct Client {
     server: String,
     http: reqwest::Client,
+    /// Sent by clients other than `http` (exec's WebSocket).
+    token: Option<String>,
 }
 
 impl Client {
@@ -261,11 +263,16 @@ impl Client {
             .default_headers(headers)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build HTTP client: {e}"))?;
-        Ok(Client { server, http })
+        Ok(Client { server, http, token: token.map(String::from) })
     }
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The bearer token, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// `.../namespaces/{ns}/containers`, or `.../containers` across all

@@ -1,12 +1,13 @@
 //! `steward`: the API server and controllers (`steward serve`) and the
 //! client verbs that talk to it over HTTP (`apply get describe delete wait
-//! diff logs`).
+//! diff logs exec`).
 
 mod apply;
 mod client;
 mod delete;
 mod describe;
 mod diff;
+mod exec;
 mod get;
 mod image;
 mod live;
@@ -15,6 +16,7 @@ mod manifests;
 mod network;
 mod resource;
 mod serve;
+mod serve_exec;
 mod table;
 mod wait;
 
@@ -62,6 +64,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Print a container's output.
     Logs(logs::LogsArgs),
+    /// Run a command in a running container.
+    Exec(exec::ExecArgs),
     /// Manage images in the container runtime.
     Image(image::ImageArgs),
     /// Check a configuration file.
@@ -178,6 +182,7 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         // diff has its own exit codes, errors included (2).
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
         Command::Config(_) | Command::Network(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }

@@ -254,6 +254,12 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         });
         api.logs_dir = Some(log_root.join(&args.containerd_namespace));
         api.images = Some(Arc::new(Importer(rt.clone())));
+        let exec = steward_controller::containerd::exec::ContainerdExec::new(
+            rt.clone(),
+            args.data_dir.join("exec"),
+            crate::serve_exec::MAX_EXEC_SESSIONS,
+        );
+        api.executor = Some(Arc::new(crate::serve_exec::ContainerdExecutor(exec)));
         // A Container naming a handler the configuration (as reloaded)
         // does not define is refused at apply.
         let live = rt.live();

@@ -18,6 +18,7 @@ pub mod archive;
 pub mod auth;
 pub(crate) mod content;
 pub mod errors;
+pub mod exec;
 pub mod handlers;
 pub mod hosts;
 mod events;
