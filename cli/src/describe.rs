@@ -137,6 +137,11 @@ pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
     if let Some(g) = s.termination_grace_period_seconds {
         let _ = writeln!(o, "  Grace Period:       {g}s");
     }
+    for (label, probe) in [("Startup", &s.startup_probe), ("Readiness", &s.readiness_probe), ("Liveness", &s.liveness_probe)] {
+        if let Some(p) = probe {
+            let _ = writeln!(o, "  {:<20}{}", format!("{label}:"), probe_text(p));
+        }
+    }
     let _ = writeln!(o, "  Network:            {}", or_none(s.network.as_deref()));
     if !s.ports.is_empty() {
         let _ = writeln!(o, "  Ports:");
@@ -223,8 +228,51 @@ pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
     o
 }
 
+/// A probe as kubectl describes one: `http-get http://:80/ready delay=0s
+/// timeout=1s period=10s #success=1 #failure=3`.
+fn probe_text(p: &steward_schema::Probe) -> String {
+    let port = |r: &steward_schema::PortRef| match r {
+        steward_schema::PortRef::Number(n) => n.to_string(),
+        steward_schema::PortRef::Name(n) => n.clone(),
+    };
+    let how = if let Some(e) = &p.exec {
+        format!("exec {:?}", e.command)
+    } else if let Some(h) = &p.http_get {
+        let scheme = if h.scheme == Some(steward_schema::Scheme::Https) { "https" } else { "http" };
+        format!("http-get {scheme}://:{}{}", port(&h.port), h.path.as_deref().unwrap_or("/"))
+    } else if let Some(t) = &p.tcp_socket {
+        format!("tcp-socket :{}", port(&t.port))
+    } else {
+        "<none>".into()
+    };
+    format!(
+        "{how} delay={}s timeout={}s period={}s #success={} #failure={}",
+        p.initial_delay_seconds.unwrap_or(0),
+        p.timeout_seconds.unwrap_or(1),
+        p.period_seconds.unwrap_or(10),
+        p.success_threshold.unwrap_or(1),
+        p.failure_threshold.unwrap_or(3)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn probes_are_described_as_kubectl_does() {
+        let p = steward_schema::Probe {
+            http_get: Some(steward_schema::HttpGetAction {
+                path: Some("/ready".into()),
+                port: steward_schema::PortRef::Name("http".into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(super::probe_text(&p), "http-get http://:http/ready delay=0s timeout=1s period=5s #success=1 #failure=3");
+        let e = steward_schema::Probe { exec: Some(steward_schema::ExecAction { command: vec!["cat".into(), "/tmp/x".into()] }), ..Default::default() };
+        assert!(super::probe_text(&e).starts_with("exec [\"cat\", \"/tmp/x\"] delay=0s"));
+    }
+
     use super::*;
     use steward_schema::{Condition, ContainerStatus, Phase, StateRunning};
 
@@ -266,3 +314,4 @@ mod tests {
         assert!(text.contains("Conditions:\n  Type    Status   Reason    Message\n  Ready   True     Running\n"), "{text}");
     }
 }
+

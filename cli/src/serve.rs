@@ -216,6 +216,9 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     let mut supervisor = None;
     let mut runtime = None;
     if !args.no_controller {
+        // Networks first: a bridge another steward holds refuses the start
+        // before anything is started.
+        let nets = open_networks(&config, &args.data_dir, path.as_deref())?;
         let socket = match &args.containerd_socket {
             Some(s) => s.clone(),
             None => {
@@ -234,7 +237,6 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
             credentials = %cfg.live.registry.auth_file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
             "registry configuration"
         );
-        let nets = open_networks(&config, &args.data_dir, path.as_deref())?;
         for d in nets.defs().values() {
             tracing::info!(network = %d.name, bridge = %d.bridge, subnet = %d.subnet_string(), "network");
         }

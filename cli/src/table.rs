@@ -1,4 +1,4 @@
-//! The table `get` prints: NAME STATUS RESTARTS AGE (+ IMAGE CONTAINER-ID
+//! The table `get` prints: NAME READY STATUS RESTARTS AGE (+ IMAGE CONTAINER-ID
 //! PID IP with `-o wide`, NAMESPACE first with `-A`), aligned like kubectl's
 //! tabwriter: each column as wide as its widest cell plus three spaces.
 
@@ -20,7 +20,7 @@ impl Columns {
         if self.namespace {
             h.push("NAMESPACE");
         }
-        h.extend(["NAME", "STATUS", "RESTARTS", "AGE"]);
+        h.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
         if self.wide {
             h.extend(["IMAGE", "CONTAINER-ID", "PID", "IP"]);
         }
@@ -34,6 +34,8 @@ impl Columns {
         }
         let status = c.status.as_ref();
         r.push(c.metadata.name.clone());
+        let ready = status.and_then(|s| s.condition("Ready")).is_some_and(|c| c.status == "True");
+        r.push(if ready { "1/1" } else { "0/1" }.into());
         r.push(status_text(c));
         r.push(status.map_or(0, |s| s.restart_count).to_string());
         r.push(c.metadata.creation_timestamp.map_or_else(|| "<unknown>".into(), |t| human_age(now - t.0)));
@@ -231,6 +233,7 @@ mod tests {
             container_id: Some("containerd://x".into()),
             pid: Some(42),
             ip: Some("10.88.0.2".into()),
+            conditions: vec![steward_schema::Condition { type_: "Ready".into(), status: "True".into(), ..Default::default() }],
             ..Default::default()
         });
         let mut b = container("database");
@@ -242,22 +245,22 @@ mod tests {
         let out = t.render(&[cols.header(), cols.row(&a, now), cols.row(&b, now)]);
         assert_eq!(
             out,
-            "NAME       STATUS    RESTARTS   AGE\n\
-             web        Running   2          90s\n\
-             database   Pending   0          5s\n"
+            "NAME       READY   STATUS    RESTARTS   AGE\n\
+             web        1/1     Running   2          90s\n\
+             database   0/1     Pending   0          5s\n"
         );
         // A later row keeps the widths established by the header.
         let mut c = container("x");
         c.metadata.creation_timestamp = None;
-        assert_eq!(t.render(&[cols.row(&c, now)]), "x          Pending   0          <unknown>\n");
+        assert_eq!(t.render(&[cols.row(&c, now)]), "x          0/1     Pending   0          <unknown>\n");
 
         let cols = Columns { namespace: true, wide: true };
         let out = TableWriter::default().render(&[cols.header(), cols.row(&a, now), cols.row(&b, now)]);
         assert_eq!(
             out,
-            "NAMESPACE   NAME       STATUS    RESTARTS   AGE   IMAGE          CONTAINER-ID     PID      IP\n\
-             default     web        Running   2          90s   busybox:1.36   containerd://x   42       10.88.0.2\n\
-             prod        database   Pending   0          5s    busybox:1.36   <none>           <none>   <none>\n"
+            "NAMESPACE   NAME       READY   STATUS    RESTARTS   AGE   IMAGE          CONTAINER-ID     PID      IP\n\
+             default     web        1/1     Running   2          90s   busybox:1.36   containerd://x   42       10.88.0.2\n\
+             prod        database   0/1     Pending   0          5s    busybox:1.36   <none>           <none>   <none>\n"
         );
     }
 }

@@ -29,7 +29,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -341,10 +341,36 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// `network: none`, as `ctr run` (a network namespace with only `lo`), so
+/// the comparison is of like with like; (j) measures the bridge.
 fn manifest(name: &str, image: &str) -> String {
     format!(
-        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 0\n"
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 0\n  network: none\n"
     )
+}
+
+/// A web server on the bridge network with an http readiness probe and a
+/// tcp liveness probe, every 10 s.
+fn probed_manifest(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  command: [sh, -c, \"mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  terminationGracePeriodSeconds: 0\n  ports: [{{name: http, containerPort: 80}}]\n  readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 10}}\n  livenessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 10}}\n"
+    )
+}
+
+fn ready_names(url: &str, token: &str) -> usize {
+    let list: Value = serde_json::from_str(&http_get(url, token, LIST_PATH)).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|o| {
+                    o.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn running_names(url: &str, token: &str) -> usize {
@@ -645,6 +671,47 @@ fn main() {
     args.extend(["--wait".into(), "--timeout".into(), "120s".into()]);
     must("steward delete --wait", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(130)));
 
+    // (j) probes: 100 web servers on the bridge network, each with an http
+    // readiness and a tcp liveness probe every 10 s (200 probes / 10 s):
+    // the time until all are Ready (bridge attach included), then
+    // steward's CPU over the idle window while they are probed.
+    let probed_n = env_num("BENCH_PROBED", 100) as usize;
+    let pdir = dir.path().join("probed");
+    std::fs::create_dir_all(&pdir).expect("mkdir");
+    let probed_names: Vec<String> = (0..probed_n).map(|i| format!("probed-{i:03}")).collect();
+    for name in &probed_names {
+        std::fs::write(pdir.join(format!("{name}.yaml")), probed_manifest(name, &image)).expect("write manifest");
+    }
+    let t = Instant::now();
+    must("steward apply", run_limited(
+        Command::new(&bin).env("STEWARD_TOKEN", &steward.token).arg("--server").arg(&steward.url).args(["apply", "-f"]).arg(&pdir),
+        Duration::from_secs(60),
+    ));
+    wait_for("the probed containers Running", Duration::from_secs(300), || (running_names(&steward.url, &steward.token) >= probed_n).then_some(()));
+    let probed_running = t.elapsed();
+    wait_for("the probed containers Ready", Duration::from_secs(120), || (ready_names(&steward.url, &steward.token) >= probed_n).then_some(()));
+    let probed_ready = t.elapsed();
+    println!("(j) {probed_n} on the bridge network with probes: all Running {}, all Ready {}", secs(probed_running), secs(probed_ready));
+    // Settle (the first probes of the last ones), then measure.
+    std::thread::sleep(Duration::from_secs(5));
+    // steward was restarted in (g): its pid now.
+    let probed_pid = steward.pid() as u32;
+    assert!(Path::new(&format!("/proc/{probed_pid}")).exists(), "steward is not running");
+    let (ps0, pt0) = (cpu_secs(probed_pid), Instant::now());
+    std::thread::sleep(idle);
+    let probed_wall = pt0.elapsed().as_secs_f64();
+    let probed_cpu = (cpu_secs(probed_pid) - ps0) / probed_wall * 100.0;
+    assert!(ps0 > 0.0, "no CPU time read for steward (pid {probed_pid})");
+    let probed_ready_after = ready_names(&steward.url, &steward.token);
+    println!("(j) steward CPU over {probed_wall:.0} s with {probed_n} probed: {probed_cpu:.3} % of a core ({probed_ready_after} still Ready)");
+    let mut args = vec!["--server".to_string(), steward.url.clone(), "delete".into(), "containers".into()];
+    args.extend(probed_names.iter().cloned());
+    args.extend(["--wait".into(), "--timeout".into(), "180s".into()]);
+    let t = Instant::now();
+    must("steward delete --wait", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(190)));
+    let probed_delete = t.elapsed();
+    println!("(j) delete of the {probed_n} (CNI DEL included): {}", secs(probed_delete));
+
     // (f) podman, when installed.
     let mut podman: Option<(Duration, Duration)> = None;
     let has_podman = std::env::var_os("PATH")
@@ -741,6 +808,33 @@ fn main() {
             podman: "—".into(),
             ratio: format!("{:.2}x", steward_cold.as_secs_f64() / ctr_cold_pull.as_secs_f64()),
             target: "— (compared)".into(),
+            met: "—".into(),
+        },
+        Row {
+            measure: format!("{probed_n} on the bridge network, http readiness + tcp liveness probes: apply until all Running / all Ready (j)"),
+            steward: format!("{} / {}", secs(probed_running), secs(probed_ready)),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "—".into(),
+            met: "—".into(),
+        },
+        Row {
+            measure: format!("steward CPU, {probed_n} running with 10 s probes (200 probes / 10 s), {probed_wall:.0} s (j)"),
+            steward: format!("{probed_cpu:.3} %"),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "≤ 1 % of a core".into(),
+            met: met(probed_cpu <= 1.0 && probed_ready_after == probed_n),
+        },
+        Row {
+            measure: format!("delete {probed_n} on the bridge network, CNI DEL included (j)"),
+            steward: secs(probed_delete),
+            ctr: "—".into(),
+            podman: "—".into(),
+            ratio: "—".into(),
+            target: "—".into(),
             met: "—".into(),
         },
         Row {

@@ -166,6 +166,35 @@ pub struct Observed {
     /// Active snapshots (key) of the overlayfs snapshotter.
     pub active_snapshots: BTreeSet<String>,
     pub log_files: Vec<String>,
+    /// Container ids steward's networking holds something for: attachment
+    /// records, per-container files, IPAM leases (`DATA/cni`).
+    pub network_ids: BTreeMap<String, String>,
+}
+
+/// What `DATA/cni` holds, by container id: where it was found.
+pub fn network_ids(data_dir: &Path) -> BTreeMap<String, String> {
+    let cni = data_dir.join("cni");
+    let mut out = BTreeMap::new();
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    for f in names(&cni.join("results")) {
+        if let Some(id) = f.strip_suffix(".json") {
+            out.insert(id.to_string(), format!("attachment record cni/results/{f}"));
+        }
+    }
+    for id in names(&cni.join("containers")) {
+        out.entry(id.clone()).or_insert_with(|| format!("resolver files cni/containers/{id}"));
+    }
+    for net in names(&cni.join("networks")) {
+        for lease in names(&cni.join("networks").join(&net)).into_iter().filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok()) {
+            let owner = std::fs::read_to_string(cni.join("networks").join(&net).join(&lease)).unwrap_or_default();
+            if let Some(id) = owner.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
+                out.entry(id.to_string()).or_insert_with(|| format!("IPAM lease {net}/{lease}"));
+            }
+        }
+    }
+    out
 }
 
 impl Observed {
@@ -282,7 +311,8 @@ impl Checker {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         log_files.sort();
-        Ok(Observed { objects, containers, tasks, active_snapshots, log_files })
+        let network_ids = network_ids(&st.data_dir);
+        Ok(Observed { objects, containers, tasks, active_snapshots, log_files, network_ids })
     }
 
     /// `PRAGMA integrity_check` and the revision order, read from the
@@ -473,6 +503,11 @@ pub fn check(seen: &Observed, want: &BTreeMap<String, Want>) -> Vec<String> {
     for s in &seen.active_snapshots {
         if !ids.contains(s.as_str()) {
             p.push(format!("leftover active snapshot {s}: no container uses it"));
+        }
+    }
+    for (id, what) in &seen.network_ids {
+        if !ids.contains(id.as_str()) {
+            p.push(format!("leaked network attachment of {id} ({what}): no such container"));
         }
     }
     for f in &seen.log_files {
@@ -688,6 +723,7 @@ mod tests {
             tasks: [(c.id.clone(), CtrTask { pid: 10, status: "RUNNING".into() })].into(),
             active_snapshots: [c.id.clone()].into(),
             log_files: vec![format!("{}.log", c.id)],
+            network_ids: [(c.id.clone(), "attachment record".to_string())].into(),
             containers: vec![c],
             objects: vec![o],
         }
@@ -723,6 +759,9 @@ mod tests {
             })),
             ("no active snapshot", Box::new(|s| s.active_snapshots.clear())),
             ("leftover log file", Box::new(|s| s.log_files.push("default.gone.123.log".into()))),
+            ("leaked network attachment", Box::new(|s| {
+                s.network_ids.insert("default.gone.123".into(), "IPAM lease bridge/10.88.0.9".into());
+            })),
             ("deletionTimestamp", Box::new(|s| s.objects[0]["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z"))),
         ];
         for (want, tamper) in cases {
@@ -750,6 +789,7 @@ mod tests {
             tasks: [(c.id.clone(), CtrTask { pid: 12, status: "STOPPED".into() })].into(),
             active_snapshots: [c.id.clone()].into(),
             log_files: vec![],
+            network_ids: BTreeMap::new(),
             containers: vec![c],
             objects: vec![o],
         };

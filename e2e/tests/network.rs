@@ -314,7 +314,7 @@ fn bridge_addresses_names_ports_and_clean_teardown() {
             .nth(1)
             .unwrap_or_default()
             .split_whitespace()
-            .nth(1),
+            .nth(2),
         Some("PortConflict")
     );
     // The owner goes: web2 starts within seconds (woken, not a backoff).
@@ -513,4 +513,30 @@ fn an_attachment_without_a_container_is_collected() {
     s.ok(&["delete", "containers", "a", "--wait", "--timeout", "60s"]);
     let left = leftovers(s, &[id, fake], true);
     assert!(left.is_empty(), "{left:#?}");
+}
+
+/// A second steward configured with the bridge a running one has refuses
+/// to start (two IPAM stores would hand out the same addresses), naming
+/// the key and the holder.
+#[test]
+fn a_second_steward_on_the_same_bridge_refuses_to_start() {
+    let e = env();
+    let config = format!("{}.network.yaml", e.steward.data_dir.display());
+    let other = e.dir.path().join("other");
+    let out = Command::new("timeout")
+        .args(["30", &steward_bin().to_string_lossy(), "serve", "--data-dir"])
+        .arg(&other)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--config", &config, "--containerd-socket"])
+        .arg(e.steward.containerd_socket())
+        .output()
+        .expect("run a second steward");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let bridge = e.steward.net.bridge();
+    assert!(
+        stderr.contains(&format!("networks.bridge.bridge: bridge {bridge} is in use by another steward")) && stderr.contains(&e.steward.data_dir.display().to_string()),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    assert_eq!(e.steward.request("GET", "/readyz").0, 200);
 }

@@ -391,8 +391,16 @@ fn validate_probe(s: &crate::ContainerSpec, f: &str, p: &crate::Probe, errs: &mu
     }
 }
 
+/// The most ports one container may list (each published one holds a
+/// socket and iptables rules).
+const MAX_PORTS: usize = 100;
+
 fn validate_ports(s: &crate::ContainerSpec, errs: &mut FieldErrors) {
     let network = s.network.as_deref().unwrap_or(crate::NETWORK_BRIDGE);
+    if s.ports.len() > MAX_PORTS {
+        errs.invalid("spec.ports", format!("{} ports: at most {MAX_PORTS}", s.ports.len()));
+        return;
+    }
     let mut names = std::collections::BTreeSet::new();
     let mut published = std::collections::BTreeSet::new();
     for (i, p) in s.ports.iter().enumerate() {

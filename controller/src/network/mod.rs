@@ -491,7 +491,23 @@ impl Networks {
         let ns_path = self.netns_path(id);
         if let Some(e) = self.read_entry(id) {
             let same = e.network == req.network && e.ports == req.ports;
-            if let (true, Some(ip), true) = (same, e.ip(), netns::is_mounted(&ns_path)) {
+            let intact = match (same, e.ip(), netns::is_mounted(&ns_path), &e.result) {
+                (true, Some(ip), true, Some(result)) => {
+                    // The plugins' own word that it is all still there
+                    // (interface, address, routes, iptables rules).
+                    let netns = ns_path.display().to_string();
+                    let inv = cni::Invocation { container_id: id, netns: &netns, if_name: cni::IF_NAME };
+                    match self.plugins.check_list(&e.config, &e.runtime_config(), result, &inv).await {
+                        Ok(()) => Some(ip),
+                        Err(err) => {
+                            tracing::warn!(container = id, error = %err, "network attachment failed its CNI CHECK; setting it up again");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some(ip) = intact {
                 self.reserve(id, req.namespace, req.name, req.ports)?;
                 self.write_files(id, def, ip, req.hostname)?;
                 self.dns.add(req.network, req.namespace, req.name, ip);
@@ -694,6 +710,17 @@ impl Networks {
                 continue;
             }
             match hold(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    for k in claimed {
+                        if let Some(v) = t.held.get_mut(&k) {
+                            v.retain(|h| h.id != id);
+                        }
+                    }
+                    return Err(NetworkError::Config(format!(
+                        "spec.ports: hostIP {} is not an address of this host ({e})",
+                        p.host_ip
+                    )));
+                }
                 Ok(h) => {
                     t.held.entry(key.clone()).or_default().push(Published {
                         id: id.into(),
