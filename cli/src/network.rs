@@ -20,12 +20,13 @@ pub struct PruneArgs {
     /// exists).
     #[arg(long, env = "STEWARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The containerd it used (default: its supervised one, which must be
-    /// running).
+    /// The containerd it used (default: the one it recorded, which must be
+    /// running); a mismatch with the record is refused.
     #[arg(long, env = "STEWARD_CONTAINERD_SOCKET")]
     pub containerd_socket: Option<PathBuf>,
-    #[arg(long, default_value = "steward")]
-    pub containerd_namespace: String,
+    /// Its containerd namespace (default: the recorded one).
+    #[arg(long)]
+    pub containerd_namespace: Option<String>,
 }
 
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
@@ -44,10 +45,28 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
         Some(p) => steward_config::Config::load(p).map_err(|e| anyhow::anyhow!("--config: {e}"))?,
         None => steward_config::Config::default(),
     };
+    // The containerd the attachments belong to: asking another (or another
+    // namespace) would find none of their containers and tear down the
+    // network of running ones.
+    let Some((rec_socket, rec_ns)) = steward_controller::network::Networks::recorded_runtime(&data_dir) else {
+        crate::emit("no network attachments recorded in this data dir\n")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(ns) = args.containerd_namespace.as_ref().filter(|ns| **ns != rec_ns) {
+        anyhow::bail!("--containerd-namespace {ns}: the attachments in {} belong to containerd namespace {rec_ns}", data_dir.display());
+    }
+    if let Some(sock) = args.containerd_socket.as_ref().filter(|s| **s != rec_socket) {
+        anyhow::bail!(
+            "--containerd-socket {}: the attachments in {} belong to the containerd at {}",
+            sock.display(),
+            data_dir.display(),
+            rec_socket.display()
+        );
+    }
     let nets = crate::serve::open_networks(&config, &data_dir, path.as_deref())?;
-    let socket = args.containerd_socket.clone().unwrap_or_else(|| data_dir.join("containerd/containerd.sock"));
+    let socket = rec_socket;
     let mut cfg = ContainerdConfig::new(&socket, data_dir.join("logs"));
-    cfg.namespace = args.containerd_namespace.clone();
+    cfg.namespace = rec_ns;
     cfg.networks = Some(std::sync::Arc::new(nets));
     let rt = ContainerdRuntime::connect(cfg).await.with_context(|| format!("connecting to containerd at {}", socket.display()))?;
     let n = rt.collect_networks().await?;

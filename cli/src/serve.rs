@@ -243,9 +243,9 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         let names: Vec<String> = nets.defs().keys().cloned().collect();
         api.networks = Some(Arc::new(move || names.clone()));
         cfg.networks = Some(Arc::new(nets));
-        let rt = ContainerdRuntime::connect(cfg)
-            .await
-            .context("connecting to containerd")?;
+        steward_controller::network::Networks::record_runtime(&args.data_dir, &socket, &args.containerd_namespace)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rt = ContainerdRuntime::connect(cfg).await.context("connecting to containerd")?;
         rt.spawn_network_gc(NETWORK_GC_EVERY);
         // /readyz answers 503 while containerd does not answer.
         let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);

@@ -202,6 +202,12 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// Releases container `id`'s network attachment (it has finished for
+    /// good); a later start attaches it again.
+    fn detach<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Runs `command` in container `id`'s running task (an exec probe):
     /// its exit code, or an error once `timeout` has passed (the process
     /// is killed then).

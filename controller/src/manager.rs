@@ -43,7 +43,10 @@ struct RuntimeExec<R>(Arc<R>);
 impl<R: Runtime> ExecProber for RuntimeExec<R> {
     fn exec_probe(&self, id: &str, command: Vec<String>, timeout: Duration) -> futures_util::future::BoxFuture<'static, Result<i32, String>> {
         let (rt, id) = (self.0.clone(), id.to_string());
-        Box::pin(async move { rt.exec_probe(&id, command, timeout).await.map_err(|e| e.to_string()) })
+        // Its own task: a prober stopped mid-probe (the probes changed, the
+        // container went) does not cut the exec's clean-up (kill, delete).
+        let probe = tokio::spawn(async move { rt.exec_probe(&id, command, timeout).await.map_err(|e| e.to_string()) });
+        Box::pin(async move { probe.await.map_err(|e| format!("exec probe: {e}"))? })
     }
 }
 

@@ -310,6 +310,11 @@ struct Pty {
     master: std::fs::File,
     slave: String,
     output: Arc<Mutex<Vec<u8>>>,
+    /// A slave descriptor held for the pty's life: with none open, the
+    /// kernel ends reads of the master with EIO (after `cooked()` closes
+    /// its own, say), which would stop the reader thread before the
+    /// session starts.
+    _slave_held: std::fs::File,
 }
 
 impl Pty {
@@ -325,7 +330,14 @@ impl Pty {
             let slave = std::ffi::CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned();
             (std::fs::File::from(OwnedFd::from_raw_fd(fd)), slave)
         };
-        let pty = Pty { master, slave, output: Arc::new(Mutex::new(Vec::new())) };
+        use std::os::unix::fs::OpenOptionsExt;
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&slave)
+            .expect("open the pty slave");
+        let pty = Pty { master, slave, output: Arc::new(Mutex::new(Vec::new())), _slave_held: held };
         pty.resize(cols, rows);
         let mut reader = pty.master.try_clone().expect("dup the pty master");
         let output = pty.output.clone();

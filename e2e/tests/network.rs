@@ -484,8 +484,12 @@ fn an_attachment_without_a_container_is_collected() {
         "b",
         &manifest("b", &img, "  command: [\"true\"]\n  restartPolicy: Never\n"),
     );
-    s.wait("b", "Succeeded", T, |v| {
-        v.pointer("/status/phase") == Some(&"Succeeded".into())
+    let b = s.wait("b", "Succeeded", T, |v| v.pointer("/status/phase") == Some(&"Succeeded".into()));
+    // A finished container releases its address (and ports) at once; the
+    // object stays.
+    let b_id = container_id(&b);
+    wait_for("the finished container's network to be released", Duration::from_secs(10), || {
+        (leftovers(s, std::slice::from_ref(&b_id), false).is_empty() && s.get("b").is_some_and(|v| ip(&v).is_empty())).then_some(())
     });
     s.ok(&["delete", "containers", "b", "--wait", "--timeout", "60s"]);
     wait_for(
@@ -539,4 +543,38 @@ fn a_second_steward_on_the_same_bridge_refuses_to_start() {
     );
     // The first one is untouched.
     assert_eq!(e.steward.request("GET", "/readyz").0, 200);
+}
+
+/// `steward network prune` with steward stopped: asked about another
+/// containerd namespace it refuses (it would find none of the containers
+/// and tear down running ones); as recorded, it keeps what runs.
+#[test]
+fn network_prune_keeps_running_containers_and_refuses_another_namespace() {
+    let mut e = env();
+    let img = e.registry.image();
+    let dir = e.dir.path().to_path_buf();
+    e.steward.apply(&dir, "a", &manifest("a", &img, SLEEPER));
+    let v = running(&e.steward, "a");
+    let (id, addr) = (container_id(&v), ip(&v));
+    e.steward.kill9();
+    let config = format!("{}.network.yaml", e.steward.data_dir.display());
+    let prune = |extra: &[&str]| {
+        Command::new(steward_bin())
+            .args(["network", "prune", "--data-dir"])
+            .arg(&e.steward.data_dir)
+            .args(["--config", &config])
+            .args(extra)
+            .output()
+            .expect("steward network prune")
+    };
+    let out = prune(&["--containerd-namespace", "k8s.io"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("belong to containerd namespace steward"), "{stderr}");
+    let out = prune(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.starts_with("0 network attachment(s)"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(e.steward.data_dir.join("cni/results").join(format!("{id}.json")).exists(), "a's attachment was pruned");
+    e.steward.restart();
+    let v = running(&e.steward, "a");
+    assert_eq!((container_id(&v), ip(&v)), (id, addr));
 }

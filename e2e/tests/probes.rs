@@ -65,9 +65,14 @@ fn an_http_readiness_probe_gates_ready_until_the_path_answers() {
     let line = s.ok(&["get", "containers", "web"]);
     assert!(line.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("0/1")), "{line}");
     // Failed (404) while the path is missing, with the probe's message.
-    let v = s.wait("web", "ReadinessProbeFailed", T, |v| ready(v).1 == "ReadinessProbeFailed");
-    let msg = v.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready")).map(|c| c["message"].to_string()).unwrap_or_default();
-    assert!(msg.contains("/ready") && msg.contains("HTTP 404"), "{msg}");
+    // Failed with a 404 while the path is missing (the first failures may
+    // be "connection refused", before httpd listens), with the probe's message.
+    let ready_message = |v: &Value| {
+        v.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready")).map(|c| c["message"].to_string()).unwrap_or_default()
+    };
+    let v = s.wait("web", "ReadinessProbeFailed with HTTP 404", T, |v| ready(v).1 == "ReadinessProbeFailed" && ready_message(v).contains("HTTP 404"));
+    let msg = ready_message(&v);
+    assert!(msg.contains("/ready"), "{msg}");
     s.wait("web", "Ready", T, |v| ready(v).0 == "True");
     let took = running_at.elapsed();
     assert!(took >= Duration::from_secs(2), "Ready after {took:?}, before the path could exist");

@@ -402,7 +402,7 @@ fn validate_ports(s: &crate::ContainerSpec, errs: &mut FieldErrors) {
         return;
     }
     let mut names = std::collections::BTreeSet::new();
-    let mut published = std::collections::BTreeSet::new();
+    let mut published: Vec<(i32, &str, String)> = Vec::new();
     for (i, p) in s.ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         if !(1..=65535).contains(&p.container_port) {
@@ -448,13 +448,15 @@ fn validate_ports(s: &crate::ContainerSpec, errs: &mut FieldErrors) {
             _ => {}
         }
         let proto = p.protocol.unwrap_or(crate::Protocol::Tcp);
-        let ip = p.host_ip.clone().unwrap_or_default();
-        if !published.insert((hp, proto.as_str(), ip)) {
-            errs.duplicate(
-                format!("{f}.hostPort"),
-                format!("{hp}/{} is published twice", proto.as_str()),
-            );
+        // No hostIP and 0.0.0.0 are every address: they overlap any other.
+        let ip = p.host_ip.clone().filter(|ip| ip != "0.0.0.0").unwrap_or_default();
+        let clash = published.iter().any(|(h, pr, i): &(i32, &str, String)| {
+            *h == hp && *pr == proto.as_str() && (i.is_empty() || ip.is_empty() || *i == ip)
+        });
+        if clash {
+            errs.duplicate(format!("{f}.hostPort"), format!("{hp}/{} is published twice (on overlapping host addresses)", proto.as_str()));
         }
+        published.push((hp, proto.as_str(), ip));
     }
 }
 
@@ -552,6 +554,44 @@ mod tests {
         let nested = "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: web\n  ownerReferences:\n  - {a: {b: {c: 1}}}\nspec: {image: busybox}\n";
         let e = crate::manifest::container_from_value(serde_yaml::from_str(nested).unwrap()).unwrap_err();
         assert!(e.contains("ownerReferences"), "{e}");
+    }
+
+    fn errors_of(yaml_spec: &str) -> Vec<String> {
+        let yaml = format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata: {{name: web}}\nspec:\n  image: busybox\n{yaml_spec}");
+        let mut c: Container = serde_yaml::from_str(&yaml).expect("parses");
+        c.apply_defaults();
+        match validate_container(&c) {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(|f| format!("{}: {}", f.field, f.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn ports_and_probes_are_checked_with_their_paths() {
+        assert_eq!(errors_of("  ports: [{name: http, containerPort: 80, hostPort: 8080}]\n  readinessProbe: {httpGet: {port: http}}\n"), Vec::<String>::new());
+        // No hostIP, 0.0.0.0 and a specific address all overlap.
+        let e = errors_of("  ports: [{containerPort: 80, hostPort: 8080}, {containerPort: 81, hostPort: 8080, hostIP: 127.0.0.1}]\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[1].hostPort: 8080/TCP is published twice")), "{e:?}");
+        let e = errors_of("  ports: [{containerPort: 80, hostPort: 8080, hostIP: 0.0.0.0}, {containerPort: 81, hostPort: 8080}]\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[1].hostPort")), "{e:?}");
+        // Other protocols and other specific addresses do not.
+        assert_eq!(errors_of("  ports: [{containerPort: 53, hostPort: 53}, {containerPort: 53, hostPort: 53, protocol: UDP}]\n"), Vec::<String>::new());
+        let e = errors_of("  ports: [{containerPort: 0, hostPort: 70000, hostIP: nope}]\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.ports[0].containerPort")) && e.iter().any(|m| m.starts_with("spec.ports[0].hostIP")), "{e:?}");
+        let e = errors_of("  network: none\n  ports: [{containerPort: 80, hostPort: 8080}]\n");
+        assert!(e.iter().any(|m| m.contains("network: none")), "{e:?}");
+        let e = errors_of("  network: Bad_Name\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.network")), "{e:?}");
+        // Probes: one handler, a known port name, sane numbers, exec-only without a network.
+        let e = errors_of("  livenessProbe: {exec: {command: [x]}, tcpSocket: {port: 80}}\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.livenessProbe: must have exactly one")), "{e:?}");
+        let e = errors_of("  readinessProbe: {httpGet: {port: metrics, path: nope}}\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.readinessProbe.httpGet.port")) && e.iter().any(|m| m.starts_with("spec.readinessProbe.httpGet.path")), "{e:?}");
+        let e = errors_of("  livenessProbe: {exec: {command: [x]}, successThreshold: 2, periodSeconds: 0}\n");
+        assert!(e.iter().any(|m| m.starts_with("spec.livenessProbe.successThreshold")) && e.iter().any(|m| m.starts_with("spec.livenessProbe.periodSeconds")), "{e:?}");
+        let e = errors_of("  network: none\n  readinessProbe: {tcpSocket: {port: 80}}\n");
+        assert!(e.iter().any(|m| m.contains("no address to probe")), "{e:?}");
+        assert_eq!(errors_of("  network: none\n  readinessProbe: {exec: {command: [true]}}\n"), Vec::<String>::new());
     }
 
     #[test]

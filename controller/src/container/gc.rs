@@ -271,7 +271,8 @@ impl<R: Runtime> Collector<R> {
                 | Step::Relabel { .. }
                 | Step::Resize { .. }
                 | Step::RepairRootfs { .. }
-                | Step::Signal { .. } => {
+                | Step::Signal { .. }
+                | Step::Detach { .. } => {
                     return Ok(Some(KILL_RECHECK))
                 }
             }

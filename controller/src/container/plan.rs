@@ -65,6 +65,9 @@ pub enum Step {
     Stop { id: String, signal: u32, grace: Duration },
     /// The grace period is over: SIGKILL every process.
     Kill { id: String },
+    /// Release a finished container's network (address, published ports,
+    /// name): it runs no more, and its ports may be someone else's now.
+    Detach { id: String },
     /// Send the stop signal to a container that stays wanted (a failed
     /// liveness probe: it restarts per policy); look again after `grace`.
     /// When it was sent is in the `Unhealthy` condition.
@@ -465,6 +468,17 @@ pub const CONDITION_TASK_UNKNOWN: &str = "TaskStatusUnknown";
 /// policy.
 pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// What a container that has finished for good still needs: its network
+/// released (the kubelet frees a terminated pod's host ports), else
+/// nothing.
+fn finished_step(current: &ActualContainer) -> Step {
+    if current.ip.is_some() {
+        Step::Detach { id: current.id.clone() }
+    } else {
+        Step::Nothing { requeue: None }
+    }
+}
+
 /// Set while a run is being stopped after a failed liveness (or startup)
 /// probe: its message is the probe's failure and the pid stopped
 /// (`... [pid N]`), its transition time when the stop signal went.
@@ -616,7 +630,7 @@ pub fn plan_with(obj: &Container, actual: &[ActualContainer], probes: &ProbeView
         if let Some(t) = lost_exit {
             if !restarts(policy, t.exit_code) {
                 terminal(&mut status, t, now);
-                return Plan { step: Step::Nothing { requeue: None }, status };
+                return Plan { step: finished_step(current), status };
             }
             let step = restart_after(&mut status, &prior, t, Step::Start { id }, now);
             return Plan { step, status };
@@ -767,7 +781,7 @@ pub fn plan_with(obj: &Container, actual: &[ActualContainer], probes: &ProbeView
     }
     if !restarts(policy, exit_code) {
         terminal(&mut status, terminated, now);
-        return Plan { step: Step::Nothing { requeue: None }, status };
+        return Plan { step: finished_step(current), status };
     }
     let recorded = last_finished(&prior) == Some(finished);
     if recorded && waiting_reason(&prior) != REASON_CRASH_LOOP {
@@ -1122,6 +1136,21 @@ mod tests {
         let p5 = plan_with(&again, &[actual(&again, running(43))], &ProbeView::default(), &t(21));
         assert_eq!(p5.step, Step::Nothing { requeue: None });
         assert!(p5.status.condition(CONDITION_UNHEALTHY).is_none());
+    }
+
+    #[test]
+    fn a_finished_container_releases_its_network() {
+        let mut o = obj(RestartPolicy::Never);
+        o.status = Some(was_running(&o, 42, 0));
+        let mut a = actual(&o, exited(0, 5));
+        a.ip = Some("10.88.0.7".into());
+        let p = plan(&o, std::slice::from_ref(&a), &t(6));
+        assert_eq!(p.status.phase, Some(Phase::Succeeded));
+        assert_eq!(p.step, Step::Detach { id: a.id.clone() });
+        // Once detached, nothing more to do.
+        o.status = Some(p.status.clone());
+        a.ip = None;
+        assert_eq!(plan(&o, &[a], &t(7)).step, Step::Nothing { requeue: None });
     }
 
     #[test]

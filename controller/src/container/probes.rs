@@ -105,7 +105,23 @@ impl Prober {
             // The kubelet checks no certificates either: a probe asks
             // "does it answer", not "is it who it says".
             .danger_accept_invalid_certs(true)
-            .redirect(reqwest::redirect::Policy::limited(10))
+            // Straight to the container: never through an HTTP(S)_PROXY
+            // of steward's environment (set for image pulls, say).
+            .no_proxy()
+            // As the kubelet: redirects only to the same host (a
+            // container cannot point steward, root on the host, at
+            // another address and learn the answer through Ready).
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let key = |u: &reqwest::Url| (u.host_str().map(String::from), u.port_or_known_default());
+                let same_host = attempt.previous().first().map(key) == Some(key(attempt.url()));
+                if attempt.previous().len() >= 10 || !same_host {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
+            // A fresh connection per probe, as the kubelet's.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("steward-probe/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();

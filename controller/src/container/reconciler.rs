@@ -345,6 +345,11 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             rt.kill(&id, 9, true).await?;
             Ok(Action::Requeue(KILL_RECHECK))
         }
+        Step::Detach { id } => {
+            rt.detach(&id).await?;
+            tracing::info!(container = %id, "finished: network released");
+            Ok(Action::Requeue(Duration::ZERO))
+        }
         Step::Signal { id, signal, grace } => {
             let why = obj.status.as_ref().and_then(|s| s.condition(super::plan::CONDITION_UNHEALTHY)).map(|c| c.message.clone());
             tracing::warn!(container = %id, signal, grace = grace.as_secs(), reason = why.as_deref().unwrap_or_default(), "unhealthy: stopping to restart");

@@ -41,14 +41,14 @@ pub(crate) fn stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
     subscription(rt, TOPICS, true)
 }
 
-/// Ids of containers created in the namespace (by anyone), across
-/// containerd restarts; no resync (creates missed during an outage are
-/// left to the garbage collector's sweep).
 /// Ids of containers deleted (by anyone).
 pub(crate) fn deleted_stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
     subscription(rt, &["/containers/delete"], false)
 }
 
+/// Ids of containers created in the namespace (by anyone), across
+/// containerd restarts; no resync (creates missed during an outage are
+/// left to the garbage collector's sweep).
 pub(crate) fn created_stream(rt: ContainerdRuntime) -> BoxStream<'static, String> {
     subscription(rt, CREATE_TOPICS, false)
 }

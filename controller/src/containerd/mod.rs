@@ -1390,6 +1390,24 @@ impl Runtime for ContainerdRuntime {
         Box::pin(self.remove_inner(id).instrument(tracing::info_span!("remove", container = id)))
     }
 
+    fn detach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(
+            async move {
+                // Never under a live process: only a stopped (or no) task.
+                if let Some(t) = self.get_task(id).await? {
+                    if !matches!(t.status, TaskStatus::Stopped) {
+                        return Err(RuntimeError::Unavailable(format!("container {id} has a {:?} task; not detaching", t.status)));
+                    }
+                }
+                match &self.cfg.networks {
+                    Some(nets) => nets.detach(id).await.map_err(|e| RuntimeError::Unavailable(format!("detach {id} from its network: {e}"))),
+                    None => Ok(()),
+                }
+            }
+            .instrument(tracing::info_span!("detach", container = id)),
+        )
+    }
+
     fn exec_probe<'a>(&'a self, id: &'a str, command: Vec<String>, timeout: Duration) -> BoxFuture<'a, Result<i32, RuntimeError>> {
         Box::pin(self.exec_probe_inner(id, command, timeout).instrument(tracing::debug_span!("exec_probe", container = id)))
     }

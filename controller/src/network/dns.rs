@@ -14,8 +14,11 @@ use tokio::net::UdpSocket;
 
 /// TTL of steward's answers: short, as containers come and go.
 const TTL: u32 = 5;
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Queries answered at once per network; more wait.
+/// How long one upstream resolver has to answer a forwarded query (a
+/// client's own timeout is 5 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries in flight at once per network; more are dropped (the client
+/// retries), so a flood of slow forwards never stalls the names.
 const MAX_INFLIGHT: usize = 128;
 
 const TYPE_A: u16 = 1;
@@ -119,8 +122,8 @@ async fn serve(sock: UdpSocket, network: String, records: Arc<RwLock<Records>>) 
             }
         };
         let query = buf[..n].to_vec();
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let (sock, records, network) = (sock.clone(), records.clone(), network.clone());
         tokio::spawn(async move {
@@ -143,7 +146,9 @@ struct Question {
 }
 
 fn parse_question(msg: &[u8]) -> Option<Question> {
-    if msg.len() < 12 || msg[2] & 0x80 != 0 || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
+    // A standard query (QR 0, opcode QUERY) with one question; the rest
+    // is dropped.
+    if msg.len() < 12 || msg[2] & 0x80 != 0 || msg[2] & 0x78 != 0 || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
         return None;
     }
     let mut i = 12;
@@ -363,10 +368,13 @@ mod tests {
         let mut q = query(1, "web", TYPE_A);
         q.truncate(q.len() - 2);
         assert_eq!(parse_question(&q), None);
-        // A response is not a query.
+        // A response is not a query, nor is another opcode (NOTIFY, UPDATE).
         let mut r = query(1, "web", TYPE_A);
         r[2] |= 0x80;
         assert_eq!(parse_question(&r), None);
+        let mut u = query(1, "web", TYPE_A);
+        u[2] |= 5 << 3;
+        assert_eq!(parse_question(&u), None);
         // A label longer than 63 (a compression pointer) is refused.
         let mut p = query(1, "web", TYPE_A);
         p[12] = 0xc0;

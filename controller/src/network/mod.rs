@@ -72,7 +72,8 @@ pub fn port_mappings(spec: &steward_schema::ContainerSpec) -> Vec<PortMapping> {
                     .unwrap_or(steward_schema::Protocol::Tcp)
                     .as_str()
                     .to_ascii_lowercase(),
-                host_ip: p.host_ip.clone().unwrap_or_default(),
+                // 0.0.0.0 is every address, as an empty hostIP.
+                host_ip: p.host_ip.clone().filter(|ip| ip != "0.0.0.0").unwrap_or_default(),
             })
         })
         .collect()
@@ -187,8 +188,11 @@ struct Ports {
     waiters: HashMap<(String, u16), BTreeSet<String>>,
 }
 
+/// Whether two host addresses a port is published on overlap (empty and
+/// 0.0.0.0 are every address).
 fn overlaps(a: &str, b: &str) -> bool {
-    a.is_empty() || b.is_empty() || a == b
+    let any = |x: &str| x.is_empty() || x == "0.0.0.0";
+    any(a) || any(b) || a == b
 }
 
 fn hold(p: &PortMapping) -> std::io::Result<Hold> {
@@ -278,8 +282,16 @@ impl Networks {
         for d in [&cache_dir, &root.join("networks"), &root.join("containers")] {
             std::fs::create_dir_all(d).map_err(io(format!("create {}", d.display())))?;
         }
+        // Left by a crash during a write; nothing writes them now.
+        if let Ok(rd) = std::fs::read_dir(&cache_dir) {
+            for e in rd.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let routes = host_routes();
         let mut defs = BTreeMap::new();
+        // Host-wide: each subnet (and below, each bridge) is one steward's.
+        let mut locks = Vec::new();
         let nets = config.networks();
         let explicit: Vec<(Ipv4Addr, u8)> = nets
             .values()
@@ -288,6 +300,11 @@ impl Networks {
             .collect();
         for (name, n) in &nets {
             let bridge = n.bridge_name(name);
+            locks.push(host_lock(&format!("bridge-{bridge}"), data_dir)?.map_err(|holder| {
+                NetworkError::Config(format!(
+                    "networks.{name}.bridge: bridge {bridge} is in use by another steward ({holder}); give this one another bridge and subnet in its configuration (two IPAM stores would hand out the same addresses)"
+                ))
+            })?);
             let foreign = |cidr: (Ipv4Addr, u8)| {
                 routes
                     .iter()
@@ -306,6 +323,9 @@ impl Networks {
                             "networks.{name}.subnet: {s} overlaps the host's route to {dest}/{len} on {dev}; choose another subnet"
                         )));
                     }
+                    locks.push(host_lock(&subnet_lock_name(cidr), data_dir)?.map_err(|holder| {
+                        NetworkError::Config(format!("networks.{name}.subnet: {s} is in use by another steward ({holder}); choose another subnet"))
+                    })?);
                     cidr
                 }
                 None => {
@@ -314,11 +334,32 @@ impl Networks {
                         .ok()
                         .and_then(|s| steward_config::parse_cidr(s.trim()).ok());
                     match recorded {
-                        Some(c) => c,
+                        Some(c) => {
+                            locks.push(host_lock(&subnet_lock_name(c), data_dir)?.map_err(|holder| {
+                                NetworkError::Config(format!(
+                                    "networks.{name}.subnet: {}/{} (chosen earlier, in {}) is in use by another steward ({holder}); set another subnet",
+                                    c.0,
+                                    c.1,
+                                    file.display()
+                                ))
+                            })?);
+                            c
+                        }
                         None => {
-                            let c = default_subnets()
-                                .find(|c| foreign(*c).is_none() && !explicit.iter().any(|e| steward_config::cidrs_overlap(*e, *c)))
-                                .ok_or_else(|| NetworkError::Config(format!("networks.{name}.subnet: every default subnet (10.88.0.0/16 to 10.127.0.0/16) overlaps a host route; set one")))?;
+                            // The first default no host route, no other
+                            // network here and no other steward has.
+                            let mut chosen = None;
+                            for c in default_subnets() {
+                                if foreign(c).is_some() || explicit.iter().any(|e| steward_config::cidrs_overlap(*e, c)) {
+                                    continue;
+                                }
+                                if let Ok(l) = host_lock(&subnet_lock_name(c), data_dir)? {
+                                    locks.push(l);
+                                    chosen = Some(c);
+                                    break;
+                                }
+                            }
+                            let c = chosen.ok_or_else(|| NetworkError::Config(format!("networks.{name}.subnet: every default subnet (10.88.0.0/16 to 10.127.0.0/16) overlaps a host route or is another steward's; set one")))?;
                             write_atomic(&file, format!("{}/{}\n", c.0, c.1).as_bytes())?;
                             c
                         }
@@ -335,11 +376,6 @@ impl Networks {
                     gateway,
                 },
             );
-        }
-        let mut locks = Vec::new();
-        std::fs::create_dir_all(LOCK_DIR).map_err(io(format!("create {LOCK_DIR}")))?;
-        for d in defs.values() {
-            locks.push(lock_bridge(d, data_dir)?);
         }
         let (woken, _) = tokio::sync::broadcast::channel(1024);
         let nets = Networks {
@@ -366,6 +402,19 @@ impl Networks {
             }
         }
         Ok(nets)
+    }
+
+    /// Records which containerd (socket, namespace) the attachments under
+    /// `data_dir` belong to, for `steward network prune`.
+    pub fn record_runtime(data_dir: &Path, socket: &Path, namespace: &str) -> Result<(), NetworkError> {
+        let v = json!({"socket": socket, "namespace": namespace});
+        write_atomic(&data_dir.join("cni/containerd.json"), v.to_string().as_bytes())
+    }
+
+    /// What [`Networks::record_runtime`] recorded: (socket, namespace).
+    pub fn recorded_runtime(data_dir: &Path) -> Option<(PathBuf, String)> {
+        let v: Value = serde_json::from_slice(&std::fs::read(data_dir.join("cni/containerd.json")).ok()?).ok()?;
+        Some((PathBuf::from(v["socket"].as_str()?), v["namespace"].as_str()?.to_string()))
     }
 
     pub fn defs(&self) -> &BTreeMap<String, NetworkDef> {
@@ -828,6 +877,7 @@ impl Networks {
         Fut: std::future::Future<Output = bool>,
     {
         let mut n = 0;
+        let mut first_err = None;
         for id in known.into_iter().filter(|id| !live.contains(id)) {
             let lock = self.id_lock(&id);
             let _held = lock.lock().await;
@@ -836,16 +886,28 @@ impl Networks {
             }
             let e = self.read_entry(&id);
             tracing::info!(container = %id, "collecting the network attachment of a container that is gone");
-            self.teardown(&id, e).await?;
-            n += 1;
+            // One that cannot be torn down (yet) does not hold up the rest.
+            match self.teardown(&id, e).await {
+                Ok(()) => n += 1,
+                Err(err) => {
+                    tracing::warn!(container = %id, error = %err, "collecting a network attachment failed; retrying later");
+                    first_err.get_or_insert(err);
+                }
+            }
         }
-        Ok(n)
+        match first_err {
+            Some(e) if n == 0 => Err(e),
+            _ => Ok(n),
+        }
     }
 }
 
 /// Takes bridge `d`'s host-wide lock, or says who holds it.
-fn lock_bridge(d: &NetworkDef, data_dir: &Path) -> Result<std::fs::File, NetworkError> {
-    let path = Path::new(LOCK_DIR).join(format!("bridge-{}.lock", d.bridge));
+/// Takes host-wide lock `name` (held while the file is open), or says who
+/// holds it.
+fn host_lock(name: &str, data_dir: &Path) -> Result<Result<std::fs::File, String>, NetworkError> {
+    std::fs::create_dir_all(LOCK_DIR).map_err(io(format!("create {LOCK_DIR}")))?;
+    let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -854,23 +916,15 @@ fn lock_bridge(d: &NetworkDef, data_dir: &Path) -> Result<std::fs::File, Network
         .open(&path)
         .map_err(io(format!("open {}", path.display())))?;
     if f.try_lock().is_err() {
-        let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        return Err(NetworkError::Config(format!(
-            "networks.{}.bridge: bridge {} is in use by another steward ({}); give this one another bridge and subnet in its configuration (two IPAM stores would hand out the same addresses)",
-            d.name,
-            d.bridge,
-            holder.trim()
-        )));
+        return Ok(Err(std::fs::read_to_string(&path).unwrap_or_default().trim().to_string()));
     }
-    f.set_len(0)
-        .map_err(io(format!("write {}", path.display())))?;
-    let _ = writeln!(
-        f,
-        "pid {}, data dir {}",
-        std::process::id(),
-        data_dir.display()
-    );
-    Ok(f)
+    f.set_len(0).map_err(io(format!("write {}", path.display())))?;
+    let _ = writeln!(f, "pid {}, data dir {}", std::process::id(), data_dir.display());
+    Ok(Ok(f))
+}
+
+fn subnet_lock_name(c: (Ipv4Addr, u8)) -> String {
+    format!("subnet-{}-{}", c.0, c.1)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NetworkError> {
