@@ -472,6 +472,20 @@ fn fault_simulated_reboot() {
         for (id, _) in &tasks {
             let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/steward/{id}"));
         }
+        // /run is a tmpfs: a reboot takes steward's network namespaces (and
+        // with them the containers' interfaces) too; DATA/cni stays.
+        let mut namespaces = 0;
+        for run in std::fs::read_dir("/run/steward").into_iter().flatten().flatten() {
+            for (id, _) in &tasks {
+                let ns = run.path().join("netns").join(id);
+                if ns.exists() {
+                    let _ = Command::new("umount").arg("-l").arg(&ns).status();
+                    let _ = std::fs::remove_file(&ns);
+                    namespaces += 1;
+                }
+            }
+        }
+        assert!(namespaces > 0 || tasks.is_empty(), "the reboot found none of the containers' network namespaces to remove");
         std::thread::sleep(rng.millis(0, 500));
         e.steward.restart();
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
