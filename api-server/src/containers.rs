@@ -233,10 +233,27 @@ fn get_current(app: &AppState, ns: &str, name: &str) -> Result<Arc<Stored>, ApiE
         .ok_or_else(|| ApiError::Store(StoreError::NotFound { key: key(ns, name) }))
 }
 
-pub async fn read(State(app): State<AppState>, Path((ns, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn read(
+    State(app): State<AppState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let _s = span("get", &ns, &name).entered();
     let cur = get_current(&app, &ns, &name)?;
+    if crate::table::wanted(&headers) {
+        let include = crate::table::Include::from_query(q.as_deref());
+        let rows = crate::table::row(&cur.json, include, chrono::Utc::now()).into_iter().collect();
+        let rv = cur.object.metadata.resource_version.clone();
+        return Ok(table_response(crate::table::table(rows, &rv, None, true), "get"));
+    }
     Ok(object_response(StatusCode::OK, "get", &cur))
+}
+
+fn table_response(t: Value, verb: &'static str) -> Response {
+    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, crate::table::CONTENT_TYPE)], t.to_string()).into_response();
+    r.extensions_mut().insert(Verb(verb));
+    r
 }
 
 pub async fn create(
@@ -645,18 +662,19 @@ pub fn matches(p: &Params, s: &Stored) -> bool {
         })
 }
 
-pub async fn list(State(app): State<AppState>, Path(ns): Path<String>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    list_or_watch(app, Some(ns), q).await
+pub async fn list(State(app): State<AppState>, Path(ns): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    list_or_watch(app, Some(ns), q, &headers).await
 }
 
-pub async fn list_all(State(app): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    list_or_watch(app, None, q).await
+pub async fn list_all(State(app): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response, ApiError> {
+    list_or_watch(app, None, q, &headers).await
 }
 
-async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> Result<Response, ApiError> {
+async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>, headers: &HeaderMap) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
+    let table = crate::table::wanted(headers).then(|| crate::table::Include::from_query(q.as_deref()));
     if p.watch {
-        return watch::serve(app, ns, p);
+        return watch::serve(app, ns, p, table);
     }
     let token = p.continue_token.as_deref().map(ContinueToken::decode).transpose()?;
     let after = token.as_ref().map(|t| t.key(RESOURCE));
@@ -678,6 +696,11 @@ async fn list_or_watch(app: AppState, ns: Option<String>, q: Option<String>) -> 
     };
     let revision = page.revision;
     let cont = page.next.map(|k| ContinueToken { rv: revision, ns: k.namespace, name: k.name }.encode());
+    if let Some(include) = table {
+        let now = chrono::Utc::now();
+        let rows = page.items.iter().filter_map(|s| crate::table::row(&s.json, include, now)).collect();
+        return Ok(table_response(crate::table::table(rows, &revision.to_string(), cont.as_deref(), true), "list"));
+    }
     let mut body = Vec::with_capacity(128 + page.items.iter().map(|s| s.json.len() + 1).sum::<usize>());
     body.extend_from_slice(br#"{"apiVersion":"steward.dev/v1alpha1","kind":"ContainerList","metadata":{"resourceVersion":""#);
     body.extend_from_slice(revision.to_string().as_bytes());

@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod query;
 mod reload;
+mod table;
 mod watch;
 
 use std::future::Future;

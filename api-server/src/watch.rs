@@ -76,13 +76,17 @@ struct Stream {
     first: Option<Bytes>,
     deadline: Option<Instant>,
     next_bookmark: Option<Instant>,
+    /// Events as one-row Tables (`kubectl get -w`), the column definitions
+    /// in the first only.
+    table: Option<crate::table::Include>,
+    columns_sent: bool,
 }
 
 /// Starts a watch response. A revision that is already compacted still
 /// gets a 200 whose only event is an ERROR with a 410 Status, as the
 /// Kubernetes API server does (an HTTP 410 makes some clients retry the
 /// same revision for ever).
-pub fn serve(app: AppState, ns: Option<String>, params: Params) -> Result<Response, ApiError> {
+pub fn serve(app: AppState, ns: Option<String>, params: Params, table: Option<crate::table::Include>) -> Result<Response, ApiError> {
     let from = params.watch_from()?;
     let (watch, first) = match app.store.watch(RESOURCE, from) {
         Ok(w) => (Some(w), None),
@@ -92,14 +96,11 @@ pub fn serve(app: AppState, ns: Option<String>, params: Params) -> Result<Respon
     let now = Instant::now();
     let deadline = params.timeout_seconds.map(|s| now + Duration::from_secs(s));
     let next_bookmark = params.allow_bookmarks.then(|| now + app.config.bookmark_interval);
-    let state = Stream { app, ns, params, watch, first, deadline, next_bookmark };
+    let state = Stream { app, ns, params, watch, first, deadline, next_bookmark, table, columns_sent: false };
     let body = Body::from_stream(stream::unfold(state, step));
-    let mut r = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json;stream=watch"), (header::CACHE_CONTROL, "no-cache")],
-        body,
-    )
-        .into_response();
+    // A Table watch says so (kubectl reads each event's object as a Table).
+    let content_type = if table.is_some() { "application/json;as=Table;v=v1;g=meta.k8s.io;stream=watch" } else { "application/json;stream=watch" };
+    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response();
     r.extensions_mut().insert(Verb("watch"));
     Ok(r)
 }
@@ -134,6 +135,13 @@ async fn step(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
                 }
                 Some(Ok(e)) => {
                     if let Some(t) = translate(&s.params, s.ns.as_deref(), &e) {
+                        if let Some(include) = s.table {
+                            let rows = crate::table::row(&e.object.json, include, chrono::Utc::now()).into_iter().collect();
+                            let rv = e.object.object.metadata.resource_version.clone();
+                            let table = crate::table::table(rows, &rv, None, !s.columns_sent);
+                            s.columns_sent = true;
+                            return Some((Ok(frame(t.as_str(), table.to_string().as_bytes())), s));
+                        }
                         return Some((Ok(frame(t.as_str(), &e.object.json)), s));
                     }
                 }

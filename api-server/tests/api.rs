@@ -1316,3 +1316,71 @@ async fn logs_of_a_container_that_never_ran_say_it_waits() {
     let (code, st) = body(s.client.get(s.ns_url("/p/log?follow=true")).send().await.unwrap()).await;
     assert_eq!((code.as_u16(), st["message"].as_str()), (400, Some("container \"p\" is waiting to start: ErrImagePull")), "{st}");
 }
+
+/// `kubectl get` asks for a `meta.k8s.io/v1` Table: it gets `steward get`'s
+/// columns (wide ones at priority 1) for list, get and watch, and the real
+/// kubectl prints them.
+#[tokio::test]
+async fn tables_for_kubectl_get() {
+    let mut s = TestServer::start().await;
+    create(&s, &container("web")).await;
+    create(&s, &container("db")).await;
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let r = s.client.get(s.ns_url("")).header("Accept", accept).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json;as=Table;v=v1;g=meta.k8s.io");
+    let (code, t) = body(r).await;
+    assert_eq!((code, t["kind"].as_str(), t["apiVersion"].as_str()), (StatusCode::OK, Some("Table"), Some("meta.k8s.io/v1")));
+    let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(cols, ["Name", "Ready", "Status", "Restarts", "Age", "Image", "Container-ID", "PID", "IP"]);
+    let names: Vec<&str> = t["rows"].as_array().unwrap().iter().map(|r| r["cells"][0].as_str().unwrap()).collect();
+    assert_eq!(names, ["db", "web"]);
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(t["rows"][0]["cells"][2], "Pending");
+    assert_eq!(t["rows"][0]["cells"][3], 0);
+    // One object; plain JSON without the Table Accept.
+    let (_, one) = body(s.client.get(s.ns_url("/web")).header("Accept", accept).send().await.unwrap()).await;
+    assert_eq!(one["rows"].as_array().map(Vec::len), Some(1));
+    let (_, plain) = body(s.client.get(s.ns_url("/web")).send().await.unwrap()).await;
+    assert_eq!(plain["kind"], "Container");
+    // A watch: one-row Tables, the columns in the first event only.
+    let mut w = s.client.get(format!("{}?watch=true", s.ns_url(""))).header("Accept", accept).send().await.unwrap().bytes_stream();
+    let mut text = String::new();
+    while text.lines().count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), w.next()).await.expect("watch events").unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events[0]["object"]["kind"], "Table");
+    assert_eq!(events[0]["object"]["columnDefinitions"].as_array().map(Vec::len), Some(9));
+    assert_eq!(events[1]["object"]["columnDefinitions"].as_array().map(Vec::len), Some(0));
+    assert_eq!(events[1]["object"]["rows"][0]["cells"][0], "web");
+
+    // The machine's kubectl prints them.
+    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let kubectl = kubectl.expect("kubectl is needed: install kubectl 1.32 (it is on every machine of this kind)");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: s, context: {{cluster: s, namespace: default}}}}]\ncurrent-context: s\nusers: []\n",
+        s.url
+    )).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = tokio::process::Command::new(kubectl).env("KUBECONFIG", &kubeconfig).env("HOME", kubeconfig.parent().unwrap()).args(args).output().await.expect("run kubectl");
+            assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let out = run(&["get", "containers"]).await;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{out}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.iter().map(|r| r[..4].to_vec()).collect::<Vec<_>>(), [vec!["db", "0/1", "Pending", "0"], vec!["web", "0/1", "Pending", "0"]], "{out}");
+    let wide = run(&["get", "containers", "-o", "wide"]).await;
+    let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IMAGE", "CONTAINER-ID", "PID", "IP"], "{wide}");
+    assert!(wide.contains("127.0.0.1:5000/busybox:1.36"), "{wide}");
+    s.stop().await;
+}

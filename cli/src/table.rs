@@ -3,6 +3,8 @@
 //! tabwriter: each column as wide as its widest cell plus three spaces.
 
 use chrono::{DateTime, Utc};
+use steward_schema::table::COLUMNS;
+pub use steward_schema::table::{human_age, status_text};
 use steward_schema::Container;
 
 const PADDING: usize = 3;
@@ -18,13 +20,10 @@ impl Columns {
     pub fn header(&self) -> Vec<String> {
         let mut h = Vec::new();
         if self.namespace {
-            h.push("NAMESPACE");
+            h.push("NAMESPACE".to_string());
         }
-        h.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-        if self.wide {
-            h.extend(["IMAGE", "CONTAINER-ID", "PID", "IP"]);
-        }
-        h.into_iter().map(String::from).collect()
+        h.extend(COLUMNS.iter().filter(|c| self.wide || c.priority == 0).map(|c| c.name.to_uppercase()));
+        h
     }
 
     pub fn row(&self, c: &Container, now: DateTime<Utc>) -> Vec<String> {
@@ -32,88 +31,9 @@ impl Columns {
         if self.namespace {
             r.push(c.metadata.namespace.clone());
         }
-        let status = c.status.as_ref();
-        r.push(c.metadata.name.clone());
-        let ready = status.and_then(|s| s.condition("Ready")).is_some_and(|c| c.status == "True");
-        r.push(if ready { "1/1" } else { "0/1" }.into());
-        r.push(status_text(c));
-        r.push(status.map_or(0, |s| s.restart_count).to_string());
-        r.push(c.metadata.creation_timestamp.map_or_else(|| "<unknown>".into(), |t| human_age(now - t.0)));
-        if self.wide {
-            r.push(or_none(&c.spec.image));
-            r.push(or_none(status.and_then(|s| s.container_id.as_deref()).unwrap_or_default()));
-            r.push(status.and_then(|s| s.pid).map_or_else(|| "<none>".into(), |p| p.to_string()));
-            r.push(or_none(status.and_then(|s| s.ip.as_deref()).unwrap_or_default()));
-        }
+        let cells = steward_schema::table::cells(c, now);
+        r.extend(COLUMNS.iter().zip(cells).filter(|(col, _)| self.wide || col.priority == 0).map(|(_, cell)| cell.text()));
         r
-    }
-}
-
-fn or_none(s: &str) -> String {
-    if s.is_empty() { "<none>".into() } else { s.to_string() }
-}
-
-/// The STATUS column: `Terminating` while a delete waits for finalizers,
-/// else the waiting reason (`CrashLoopBackOff` says more than `Pending`),
-/// else the phase.
-pub fn status_text(c: &Container) -> String {
-    if c.metadata.deletion_timestamp.is_some() {
-        return "Terminating".into();
-    }
-    let status = c.status.as_ref();
-    let waiting = status
-        .and_then(|s| s.state.as_ref())
-        .and_then(|s| s.waiting.as_ref())
-        .map(|w| w.reason.as_str())
-        .filter(|r| !r.is_empty());
-    if let Some(reason) = waiting {
-        return reason.to_string();
-    }
-    // A frozen task is still `running` (as `docker ps` says "Up (Paused)"),
-    // but not Ready: say so rather than `Running`.
-    let running = status.and_then(|s| s.state.as_ref()).is_some_and(|s| s.running.is_some());
-    let paused = status.and_then(|s| s.condition("Ready")).is_some_and(|c| c.status == "False" && c.reason == "Paused");
-    if running && paused {
-        return "Paused".into();
-    }
-    match status.and_then(|s| s.phase) {
-        Some(p) => format!("{p:?}"),
-        None => "Pending".into(),
-    }
-}
-
-/// kubectl's `HumanDuration`: two significant units at most, coarser as
-/// the age grows (`45s`, `5m3s`, `47m`, `3h12m`, `2d4h`, `300d`, `2y10d`).
-pub fn human_age(d: chrono::TimeDelta) -> String {
-    let secs = d.num_seconds();
-    if secs < -1 {
-        // Clock skew between client and server.
-        return "<invalid>".into();
-    }
-    let secs = secs.max(0);
-    let (m, h, day, year) = (60, 3600, 86_400, 365 * 86_400);
-    if secs < 2 * m {
-        format!("{secs}s")
-    } else if secs < 10 * m {
-        let s = secs % m;
-        if s == 0 { format!("{}m", secs / m) } else { format!("{}m{s}s", secs / m) }
-    } else if secs < 3 * h {
-        format!("{}m", secs / m)
-    } else if secs < 8 * h {
-        let mm = (secs % h) / m;
-        if mm == 0 { format!("{}h", secs / h) } else { format!("{}h{mm}m", secs / h) }
-    } else if secs < 2 * day {
-        format!("{}h", secs / h)
-    } else if secs < 8 * day {
-        let hh = (secs % day) / h;
-        if hh == 0 { format!("{}d", secs / day) } else { format!("{}d{hh}h", secs / day) }
-    } else if secs < 2 * year {
-        format!("{}d", secs / day)
-    } else if secs < 8 * year {
-        let dd = (secs % year) / day;
-        if dd == 0 { format!("{}y", secs / year) } else { format!("{}y{dd}d", secs / year) }
-    } else {
-        format!("{}y", secs / year)
     }
 }
 

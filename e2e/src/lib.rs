@@ -241,6 +241,31 @@ pub struct NetSlot {
     _lock: std::fs::File,
 }
 
+/// Deletes the rules of iptables `table` whose `-S` line matches `hit`
+/// (and empties and removes the `CNI-` chains they jump to). Each rule is
+/// deleted by itself, so concurrent tests' rules are left alone.
+pub fn delete_iptables_rules(table: &str, hit: impl Fn(&str) -> bool) {
+    let Ok(out) = Command::new("iptables").args(["-w", "-t", table, "-S"]).output() else { return };
+    let mut chains = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rule) = line.strip_prefix("-A ") else { continue };
+        if !hit(rule) {
+            continue;
+        }
+        if let Some(target) = rule.split_whitespace().skip_while(|w| *w != "-j").nth(1) {
+            if target.starts_with("CNI-") && !matches!(target, "CNI-FORWARD" | "CNI-ADMIN" | "CNI-HOSTPORT-DNAT" | "CNI-HOSTPORT-MASQ" | "CNI-HOSTPORT-SETMARK") {
+                chains.push(target.to_string());
+            }
+        }
+        // `-S` prints rules the shell can read back.
+        let _ = Command::new("sh").arg("-c").arg(format!("iptables -w -t {table} -D {rule}")).stderr(Stdio::null()).status();
+    }
+    for c in chains {
+        let _ = Command::new("iptables").args(["-w", "-t", table, "-F", &c]).stderr(Stdio::null()).status();
+        let _ = Command::new("iptables").args(["-w", "-t", table, "-X", &c]).stderr(Stdio::null()).status();
+    }
+}
+
 impl NetSlot {
     pub fn take() -> NetSlot {
         let dir = Path::new("/tmp/steward-e2e-net");
@@ -253,7 +278,15 @@ impl NetSlot {
                 .open(dir.join(format!("{index}.lock")))
                 .expect("open a network slot lock");
             if f.try_lock().is_ok() {
-                return NetSlot { index, _lock: f };
+                let slot = NetSlot { index, _lock: f };
+                // What an earlier test that used this slot left (the bridge
+                // plugin cannot remove a container's masquerading once its
+                // namespace is gone, or after a DEL cut short): this
+                // test's checks see only its own.
+                let subnet = format!("10.231.{index}.");
+                delete_iptables_rules("nat", |r| r.contains(&subnet));
+                delete_iptables_rules("filter", |r| r.contains(&subnet));
+                return slot;
             }
         }
         panic!("all 250 e2e network slots are taken");

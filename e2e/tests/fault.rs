@@ -486,6 +486,9 @@ fn fault_simulated_reboot() {
             }
         }
         assert!(namespaces > 0 || tasks.is_empty(), "the reboot found none of the containers' network namespaces to remove");
+        // ...and its iptables rules (the bridge plugin's masquerading of
+        // each container, which its DEL cannot find without the namespace).
+        delete_iptables_rules("nat", |r| tasks.iter().any(|(id, _)| r.contains(id.as_str())));
         std::thread::sleep(rng.millis(0, 500));
         e.steward.restart();
         let t = checker.converge(&e.steward, &want, fault::converge_bound());
@@ -1035,3 +1038,4 @@ fn writes_acknowledged_on_a_nearly_full_disk_survive_kill9() {
     drop(st);
     drop(tmpfs);
 }
+

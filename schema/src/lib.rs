@@ -12,6 +12,7 @@ pub mod meta;
 pub mod quantity;
 pub mod selector;
 pub mod status;
+pub mod table;
 pub mod validate;
 
 pub use container::*;
