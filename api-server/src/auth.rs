@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::{ApiError, AppState};
 
-const OPEN_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+const OPEN_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
 /// Compares in time independent of where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {

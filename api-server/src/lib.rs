@@ -134,6 +134,7 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(discovery::readyz))
         .route("/metrics", get(metrics::render))
         .route("/version", get(discovery::version))
+        .route("/version/", get(discovery::version))
         .route("/-/reload", axum::routing::post(reload::reload))
         .route("/apis", get(discovery::apis))
         .route("/apis/steward.dev", get(discovery::group))

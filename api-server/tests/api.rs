@@ -1384,3 +1384,26 @@ async fn tables_for_kubectl_get() {
     assert!(wide.contains("127.0.0.1:5000/busybox:1.36"), "{wide}");
     s.stop().await;
 }
+
+/// What the official Python client sends: a custom-object create without
+/// a Content-Type is read as JSON when the server takes tokens (a
+/// token-less server keeps refusing it, see above); `/version/` answers.
+#[tokio::test]
+async fn an_authenticated_create_without_a_content_type_is_json() {
+    let api = steward_apiserver::Config { token: Some("s3cret".into()), ..Default::default() };
+    let mut s = TestServer::start_with(|_| {}, api).await;
+    let body = serde_json::to_vec(&container("py")).unwrap();
+    let r = s.client.post(s.ns_url("")).bearer_auth("s3cret").body(body.clone()).send().await.unwrap();
+    let (code, v) = body_of(r).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["metadata"]["name"], "py");
+    // Without the token it is still 401, whatever the body.
+    let r = s.client.post(s.ns_url("")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/version", "/version/"] {
+        let (code, v) = body_of(s.client.get(format!("{}{path}", s.url)).send().await.unwrap()).await;
+        assert_eq!((code, v["major"].as_str()), (StatusCode::OK, Some("1")), "{path}");
+    }
+    s.stop().await;
+}
+
