@@ -89,12 +89,7 @@ pub async fn openapi_root() -> Json<Value> {
 /// (`fieldValidation=Strict`) and for `kubectl explain`.
 pub async fn openapi_group_version() -> Response {
     let gvk = json!([{"group": "steward.dev", "version": "v1alpha1", "kind": "Container"}]);
-    let mut schema = steward_schema::Container::json_schema();
-    if let Some(o) = schema.as_object_mut() {
-        o.remove("$schema");
-        o.remove("definitions");
-        o.insert("x-kubernetes-group-version-kind".into(), gvk.clone());
-    }
+    let schemas = component_schemas(&gvk);
     let body = json!({
         "openapi": "3.0.0",
         "info": {"title": "steward", "version": STEWARD_VERSION},
@@ -105,9 +100,84 @@ pub async fn openapi_group_version() -> Response {
                 "responses": {"200": {"description": "OK"}},
             }
         }},
-        "components": {"schemas": {"dev.steward.v1alpha1.Container": schema}},
+        "components": {"schemas": schemas},
     });
     ([(header::CONTENT_TYPE, "application/json")], Json(body)).into_response()
+}
+
+/// Where the schemas live in the group-version document.
+const SCHEMA_PREFIX: &str = "dev.steward.v1alpha1.";
+
+/// The Container's JSON Schema (from the schema crate: its doc comments
+/// are the descriptions) as OpenAPI v3 `components.schemas`: each
+/// definition a component of its own, every `$ref` pointing there, so
+/// `kubectl explain containers.spec.resources` can walk it.
+fn component_schemas(gvk: &Value) -> serde_json::Map<String, Value> {
+    let mut root = steward_schema::Container::json_schema();
+    let mut out = serde_json::Map::new();
+    let Some(o) = root.as_object_mut() else { return out };
+    o.remove("$schema");
+    o.remove("title");
+    let defs = o.remove("definitions").or_else(|| o.remove("$defs"));
+    if let Some(Value::Object(defs)) = defs {
+        for (name, mut d) in defs {
+            rewrite_refs(&mut d);
+            out.insert(format!("{SCHEMA_PREFIX}{name}"), d);
+        }
+    }
+    rewrite_refs(&mut root);
+    if let Some(o) = root.as_object_mut() {
+        o.insert("x-kubernetes-group-version-kind".into(), gvk.clone());
+        o.entry("description").or_insert_with(|| json!("A desired container (spec) and what a controller last observed of it (status)."));
+    }
+    out.insert(format!("{SCHEMA_PREFIX}Container"), root);
+    out
+}
+
+/// JSON Schema (draft 7, as schemars writes it) → OpenAPI 3.0 as kubectl
+/// reads it: `#/definitions/X` → `#/components/schemas/<prefix>X`;
+/// `type: [T, null]` → `type: T, nullable`; `anyOf: [ref, null]` →
+/// `allOf: [ref], nullable` (kube-apiserver's wrapping of a ref); a number
+/// or a string (a port by number or name) → Kubernetes' int-or-string.
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix("#/definitions/").or_else(|| r.strip_prefix("#/$defs/")) {
+                    *r = format!("#/components/schemas/{SCHEMA_PREFIX}{name}");
+                }
+            }
+            if let Some(Value::Array(types)) = o.get("type").cloned() {
+                let real: Vec<Value> = types.iter().filter(|t| t.as_str() != Some("null")).cloned().collect();
+                if real.len() == 1 {
+                    o.insert("type".into(), real[0].clone());
+                    if real.len() < types.len() {
+                        o.insert("nullable".into(), json!(true));
+                    }
+                }
+            }
+            if let Some(Value::Array(any)) = o.get("anyOf").cloned() {
+                let is_null = |s: &Value| s.get("type").and_then(Value::as_str) == Some("null");
+                let rest: Vec<Value> = any.iter().filter(|s| !is_null(s)).cloned().collect();
+                let types: Vec<&str> = rest.iter().filter_map(|s| s.get("type").and_then(Value::as_str)).collect();
+                if rest.len() == 1 && rest.len() < any.len() {
+                    o.remove("anyOf");
+                    o.insert("allOf".into(), json!(rest));
+                    o.insert("nullable".into(), json!(true));
+                } else if types.len() == 2 && types.contains(&"integer") && types.contains(&"string") {
+                    o.remove("anyOf");
+                    o.insert("type".into(), json!("string"));
+                    o.insert("format".into(), json!("int-or-string"));
+                    o.insert("x-kubernetes-int-or-string".into(), json!(true));
+                }
+            }
+            for (_, child) in o.iter_mut() {
+                rewrite_refs(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
 }
 
 pub async fn not_found() -> ApiError {
@@ -116,4 +186,38 @@ pub async fn not_found() -> ApiError {
 
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("the server does not allow this method on the requested resource".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_schema_becomes_openapi_v3_as_kubectl_reads_it() {
+        let mut v = json!({
+            "properties": {
+                "a": {"type": ["string", "null"]},
+                "b": {"anyOf": [{"$ref": "#/definitions/Resources"}, {"type": "null"}]},
+                "c": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "d": {"items": {"$ref": "#/definitions/EnvVar"}},
+            }
+        });
+        rewrite_refs(&mut v);
+        let p = &v["properties"];
+        assert_eq!(p["a"], json!({"type": "string", "nullable": true}));
+        assert_eq!(p["b"], json!({"allOf": [{"$ref": "#/components/schemas/dev.steward.v1alpha1.Resources"}], "nullable": true}));
+        assert_eq!(p["c"]["x-kubernetes-int-or-string"], true);
+        assert_eq!(p["d"]["items"]["$ref"], "#/components/schemas/dev.steward.v1alpha1.EnvVar");
+        // Every ref of the real document points at a component it has.
+        let gvk = json!([{"group": "steward.dev", "version": "v1alpha1", "kind": "Container"}]);
+        let schemas = component_schemas(&gvk);
+        let text = serde_json::to_string(&schemas).unwrap_or_default();
+        for r in text.split("\"$ref\":\"").skip(1) {
+            let target = r.split('"').next().unwrap_or_default();
+            let name = target.strip_prefix("#/components/schemas/").unwrap_or(target);
+            assert!(schemas.contains_key(name), "dangling {target}");
+        }
+        assert!(!text.contains("#/definitions/") && !text.contains("\"null\""), "JSON Schema forms left");
+        assert_eq!(schemas["dev.steward.v1alpha1.Container"]["x-kubernetes-group-version-kind"], gvk);
+    }
 }

@@ -1378,6 +1378,11 @@ async fn tables_for_kubectl_get() {
     assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{out}");
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.iter().map(|r| r[..4].to_vec()).collect::<Vec<_>>(), [vec!["db", "0/1", "Pending", "0"], vec!["web", "0/1", "Pending", "0"]], "{out}");
+    // `kubectl explain` walks the OpenAPI v3 document's components.
+    let explained = run(&["explain", "containers.spec.resources"]).await;
+    assert!(explained.contains("FIELD: resources") && explained.contains("Resource limits") && explained.contains("limits\t<Limits>"), "{explained}");
+    let explained = run(&["explain", "containers.spec.readinessProbe.httpGet"]).await;
+    assert!(explained.contains("path\t<string>") && explained.contains("`/` by default."), "{explained}");
     let wide = run(&["get", "containers", "-o", "wide"]).await;
     let header: Vec<&str> = wide.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IMAGE", "CONTAINER-ID", "PID", "IP"], "{wide}");

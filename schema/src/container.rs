@@ -37,6 +37,7 @@ pub struct ContainerSpec {
     /// Image reference, e.g. `127.0.0.1:5000/busybox:1.36`.
     #[serde(default)]
     pub image: String,
+    /// When to pull the image: `Always`, `IfNotPresent` (default), `Never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
     /// Replaces the image's entrypoint.
@@ -45,21 +46,32 @@ pub struct ContainerSpec {
     /// Replaces the image's cmd.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Environment variables, after the image's (a name set twice is
+    /// refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// The process's working directory (absolute); default the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// `uid[:gid]`, numeric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `Always` (default), `OnFailure` or `Never`: what an exit leads to.
+    /// Restarts back off from 10 s to 5 min.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// The signal that stops the container (default `SIGTERM`), then
+    /// SIGKILL after `terminationGracePeriodSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Seconds between the stop signal and SIGKILL (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Resource limits (memory, CPU, processes), changed in place without
+    /// a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Bind mounts of host paths and tmpfs mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     /// `none` (only loopback), `host` (the host's network), `bridge` (the
@@ -77,8 +89,11 @@ pub struct ContainerSpec {
     /// Changing them restarts nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Probe>,
+    /// Decides the `Ready` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    /// Restarts the container (per `restartPolicy`) after
+    /// `failureThreshold` failures in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
     /// The runtime handler (`runtimes.handlers.NAME` in steward's
@@ -256,9 +271,12 @@ pub struct EnvVar {
     pub value: String,
 }
 
+/// What the container may use.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
+    /// Upper bounds, enforced by the kernel (cgroups): `memory` (an OOM
+    /// kill past it), `cpu` (throttled), `pids`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
 }
