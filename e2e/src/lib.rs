@@ -721,6 +721,36 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A registry and a steward (its own containerd) in a temporary directory:
+/// what most e2e tests start from. Fields drop in order: steward (which
+/// removes its containers) before the registry, and both before the
+/// directory they live in.
+pub struct Env {
+    pub steward: Steward,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        require_tools();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::start(dir.path());
+        let steward = Steward::start(&dir.path().join("data"));
+        Env { steward, registry, dir }
+    }
+}
+
+/// A Container manifest: `extra` is more of its spec, indented two spaces.
+pub fn manifest(name: &str, image: &str, extra: &str) -> String {
+    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
+}
+
+/// The containerd id in `status.containerID`.
+pub fn container_id(v: &Value) -> String {
+    v.pointer("/status/containerID").and_then(Value::as_str).unwrap_or_default().trim_start_matches("containerd://").to_string()
+}
+
 pub fn phase(v: &Value) -> &str {
     v.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default()
 }

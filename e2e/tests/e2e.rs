@@ -8,33 +8,9 @@ use steward_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Fields drop in order: steward (which removes its containers) before the
-/// registry, and both before the directory they live in.
-struct Env {
-    steward: Steward,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
-
-fn env() -> Env {
-    require_tools();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(dir.path());
-    let steward = Steward::start(&dir.path().join("data"));
-    Env { steward, registry, dir }
-}
-
-fn manifest(name: &str, image: &str, extra: &str) -> String {
-    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
-}
-
-fn container_id(v: &Value) -> String {
-    v.pointer("/status/containerID").and_then(Value::as_str).unwrap_or_default().trim_start_matches("containerd://").to_string()
-}
-
 #[test]
 fn runs_with_env_args_workdir_user_limits_and_logs() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let script = "echo hello from steward; echo GREETING=$GREETING; id; pwd; cat /proc/self/cgroup; \
                   for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max; do \
@@ -79,7 +55,7 @@ fn runs_with_env_args_workdir_user_limits_and_logs() {
 
 #[test]
 fn exits_follow_restart_policies_with_crash_loop_backoff() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let img = e.registry.image();
     s.apply(e.dir.path(), "ok", &manifest("ok", &img, "  command: [/bin/sh, -c, \"echo done; exit 0\"]\n  restartPolicy: OnFailure\n"));
@@ -99,7 +75,7 @@ fn exits_follow_restart_policies_with_crash_loop_backoff() {
 
 #[test]
 fn spec_change_replaces_the_container_and_delete_cleans_containerd() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let img = e.registry.image();
     s.apply(e.dir.path(), "app", &manifest("app", &img, "  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 2\n"));
@@ -123,7 +99,7 @@ fn spec_change_replaces_the_container_and_delete_cleans_containerd() {
 
 #[test]
 fn image_import_then_run_without_a_registry() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let built = steward_testimage::build_busybox_oci_archive_named(&e.dir.path().join("airgap"), "airgap.local/busybox:offline").expect("image");
     let out = s.ok(&["image", "import", &built.archive.to_string_lossy()]);
@@ -138,7 +114,7 @@ fn image_import_then_run_without_a_registry() {
 
 #[test]
 fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let img = e.registry.image();
     let dir = e.dir.path();
@@ -188,7 +164,7 @@ fn bad_input_ends_in_an_actionable_status_and_leaks_nothing() {
 
 #[test]
 fn containers_outlive_steward_and_are_adopted() {
-    let mut e = env();
+    let mut e = Env::start();
     let img = e.registry.image();
     e.steward.apply(e.dir.path(), "survivor", &manifest("survivor", &img, "  command: [sleep, \"3600\"]\n"));
     let v = e.steward.wait("survivor", "Running", T, |v| phase(v) == "Running");
@@ -292,7 +268,7 @@ fn two_stewards_share_a_containerd_namespace_and_collect_only_their_own() {
 /// and deleting the object removes its log files.
 #[test]
 fn logs_previous_after_a_spec_change_and_logs_go_with_the_object() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let img = e.registry.image();
     let m = |word: &str| manifest("talk", &img, &format!("  command: [/bin/sh, -c, \"echo said {word}; exec sleep 3600\"]\n  terminationGracePeriodSeconds: 1\n"));
@@ -347,7 +323,7 @@ impl Drop for Resume {
 /// deadline rather than hang); after SIGCONT all is well again.
 #[test]
 fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     assert_eq!(http_get(&s.url, "/readyz").0, 200);
     let data = s.data_dir.to_string_lossy().into_owned();

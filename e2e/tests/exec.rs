@@ -15,36 +15,12 @@ use steward_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Fields drop in order: steward (which removes its containers) before the
-/// registry, and both before the directory they live in.
-struct Env {
-    steward: Steward,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
-
-fn env() -> Env {
-    require_tools();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(dir.path());
-    let steward = Steward::start(&dir.path().join("data"));
-    Env { steward, registry, dir }
-}
-
-fn manifest(name: &str, image: &str, extra: &str) -> String {
-    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
-}
-
 /// A long-running container `name`, Running, with a working dir and an env
 /// value the exec'd process must inherit.
 fn sleeper(e: &Env, name: &str) -> Value {
     let extra = "  command: [sleep, \"3600\"]\n  workingDir: /tmp\n  env: [{name: GREETING, value: hello-from-spec}]\n";
     e.steward.apply(e.dir.path(), name, &manifest(name, &e.registry.image(), extra));
     e.steward.wait(name, "Running", T, |v| phase(v) == "Running")
-}
-
-fn container_id(v: &Value) -> String {
-    v.pointer("/status/containerID").and_then(Value::as_str).unwrap_or_default().trim_start_matches("containerd://").to_string()
 }
 
 fn text(b: &[u8]) -> String {
@@ -115,7 +91,7 @@ fn exec_with_input(s: &Steward, args: &[&str], input: &[u8]) -> std::process::Ou
 
 #[test]
 fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let v = sleeper(&e, "web");
     let id = container_id(&v);
@@ -184,7 +160,7 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
 
 #[test]
 fn exec_is_refused_before_the_upgrade_when_it_cannot_run() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let id = container_id(&sleeper(&e, "web"));
     e.steward.apply(
@@ -255,7 +231,7 @@ fn a_python_websocket_client_speaks_the_protocol() {
         probe.is_ok_and(|o| o.status.success()),
         "e2e needs Python's websocket-client: apt-get install -y python3 python3-websocket (or: make deps-e2e)"
     );
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     sleeper(&e, "web");
     let script = r#"
@@ -421,7 +397,7 @@ impl Pty {
 
 #[test]
 fn a_terminal_session_gets_a_pty_its_size_and_resizes() {
-    let e = env();
+    let e = Env::start();
     let s = &e.steward;
     let id = container_id(&sleeper(&e, "web"));
     let pty = Pty::open(100, 30);

@@ -11,26 +11,9 @@ use steward_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 
-struct Env {
-    steward: Steward,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
-
-fn env() -> Env {
-    require_tools();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(dir.path());
-    let steward = Steward::start(&dir.path().join("data"));
-    Env {
-        steward,
-        registry,
-        dir,
-    }
-}
-
+/// Containers here stop within a second.
 fn manifest(name: &str, image: &str, extra: &str) -> String {
-    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  terminationGracePeriodSeconds: 1\n{extra}")
+    steward_e2e::manifest(name, image, &format!("  terminationGracePeriodSeconds: 1\n{extra}"))
 }
 
 /// busybox httpd serving `text` on port 80 (a shell as pid 1 so SIGTERM
@@ -40,14 +23,6 @@ fn web(text: &str) -> String {
 }
 
 const SLEEPER: &str = "  command: [sh, -c, \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n";
-
-fn container_id(v: &Value) -> String {
-    v.pointer("/status/containerID")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .trim_start_matches("containerd://")
-        .to_string()
-}
 
 fn ip(v: &Value) -> String {
     v.pointer("/status/ip")
@@ -124,29 +99,11 @@ fn leftovers(s: &Steward, ids: &[String], all: bool) -> Vec<String> {
             }
         }
     }
-    let cni = s.data_dir.join("cni");
-    for id in ids {
-        for p in [
-            cni.join("results").join(format!("{id}.json")),
-            cni.join("containers").join(id),
-        ] {
-            if p.exists() {
-                left.push(p.display().to_string());
-            }
-        }
-    }
-    let leases: Vec<String> = std::fs::read_dir(cni.join("networks/bridge"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-        .collect();
-    for lease in leases {
-        let owner =
-            std::fs::read_to_string(cni.join("networks/bridge").join(&lease)).unwrap_or_default();
-        if all || ids.iter().any(|id| owner.contains(id.as_str())) {
-            left.push(format!("lease {lease} ({})", owner.trim()));
+    // Records, per-container files, IPAM leases: what the fault suite's
+    // invariant reads.
+    for (id, what) in steward_e2e::fault::network_ids(&s.data_dir) {
+        if all || ids.contains(&id) {
+            left.push(format!("{what} ({id})"));
         }
     }
     let rules = Command::new("iptables-save")
@@ -169,7 +126,7 @@ fn leftovers(s: &Steward, ids: &[String], all: bool) -> Vec<String> {
 /// everything, nothing of steward's networking is left.
 #[test]
 fn bridge_addresses_names_ports_and_clean_teardown() {
-    let e = env();
+    let e = Env::start();
     let (s, img, dir) = (&e.steward, e.registry.image(), e.dir.path());
     let port = free_port();
     s.apply(
@@ -358,7 +315,7 @@ fn bridge_addresses_names_ports_and_clean_teardown() {
 /// nothing is left.
 #[test]
 fn kill9_between_add_and_start_and_leaks_are_collected() {
-    let mut e = env();
+    let mut e = Env::start();
     let img = e.registry.image();
     let dir = e.dir.path().to_path_buf();
     let mut hit = 0;
@@ -456,7 +413,7 @@ fn kill9_between_add_and_start_and_leaks_are_collected() {
 /// collected within seconds of a container deletion event.
 #[test]
 fn an_attachment_without_a_container_is_collected() {
-    let e = env();
+    let e = Env::start();
     let (s, img, dir) = (&e.steward, e.registry.image(), e.dir.path());
     s.apply(dir, "a", &manifest("a", &img, SLEEPER));
     let v = running(s, "a");
@@ -524,7 +481,7 @@ fn an_attachment_without_a_container_is_collected() {
 /// the key and the holder.
 #[test]
 fn a_second_steward_on_the_same_bridge_refuses_to_start() {
-    let e = env();
+    let e = Env::start();
     let config = format!("{}.network.yaml", e.steward.data_dir.display());
     let other = e.dir.path().join("other");
     let out = Command::new("timeout")
@@ -550,7 +507,7 @@ fn a_second_steward_on_the_same_bridge_refuses_to_start() {
 /// and tear down running ones); as recorded, it keeps what runs.
 #[test]
 fn network_prune_keeps_running_containers_and_refuses_another_namespace() {
-    let mut e = env();
+    let mut e = Env::start();
     let img = e.registry.image();
     let dir = e.dir.path().to_path_buf();
     e.steward.apply(&dir, "a", &manifest("a", &img, SLEEPER));

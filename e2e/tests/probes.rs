@@ -9,24 +9,6 @@ use steward_e2e::*;
 
 const T: Duration = Duration::from_secs(60);
 
-struct Env {
-    steward: Steward,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
-
-fn env() -> Env {
-    require_tools();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(dir.path());
-    let steward = Steward::start(&dir.path().join("data"));
-    Env { steward, registry, dir }
-}
-
-fn manifest(name: &str, image: &str, extra: &str) -> String {
-    format!("apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra}")
-}
-
 fn ready(v: &Value) -> (String, String) {
     let c = v.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
     let f = |k: &str| c.and_then(|c| c[k].as_str()).unwrap_or_default().to_string();
@@ -46,7 +28,7 @@ fn restarts(v: &Value) -> i64 {
 /// probe restarts nothing.
 #[test]
 fn an_http_readiness_probe_gates_ready_until_the_path_answers() {
-    let e = env();
+    let e = Env::start();
     let (s, img, dir) = (&e.steward, e.registry.image(), e.dir.path());
     s.apply(
         dir,
@@ -91,7 +73,7 @@ fn an_http_readiness_probe_gates_ready_until_the_path_answers() {
 /// failure in lastState.terminated.message.
 #[test]
 fn a_failing_exec_liveness_probe_restarts_the_container() {
-    let e = env();
+    let e = Env::start();
     let (s, img, dir) = (&e.steward, e.registry.image(), e.dir.path());
     s.apply(
         dir,
@@ -118,7 +100,7 @@ fn a_failing_exec_liveness_probe_restarts_the_container() {
 /// would fail at once: no restart, Ready only once started.
 #[test]
 fn a_startup_probe_holds_liveness_until_it_passes() {
-    let e = env();
+    let e = Env::start();
     let (s, img, dir) = (&e.steward, e.registry.image(), e.dir.path());
     s.apply(
         dir,

@@ -1144,12 +1144,12 @@ impl ContainerdRuntime {
             let created_at = c.created_at.and_then(|t| {
                 chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32).map(Time)
             });
-            let ip = self
-                .cfg
-                .networks
-                .as_ref()
-                .and_then(|n| n.attachment(&c.id))
-                .map(|a| a.ip.to_string());
+            // Only containers made for a bridge network have an attachment
+            // record to read (every find reads actual state).
+            let ip = match (&self.cfg.networks, labels.contains_key(LABEL_NETWORK)) {
+                (Some(n), true) => n.attachment(&c.id).map(|a| a.ip.to_string()),
+                _ => None,
+            };
             out.push(ActualContainer {
                 id: c.id,
                 labels,

@@ -177,7 +177,7 @@ struct Published {
     id: String,
     owner: String,
     host_ip: String,
-    _hold: Option<Hold>,
+    _hold: Hold,
 }
 
 #[derive(Default)]
@@ -606,17 +606,7 @@ impl Networks {
         req: &AttachRequest<'_>,
         ns_path: &Path,
     ) -> Result<Ipv4Addr, NetworkError> {
-        let ns_owned = ns_path.to_path_buf();
-        tokio::task::spawn_blocking(move || netns::create(&ns_owned))
-            .await
-            .map_err(|e| NetworkError::Io {
-                what: "create a network namespace".into(),
-                err: std::io::Error::other(e),
-            })?
-            .map_err(io(format!(
-                "create network namespace {}",
-                ns_path.display()
-            )))?;
+        blocking(ns_path, "create network namespace", netns::create).await?;
         let mut entry = Entry {
             network: req.network.to_string(),
             namespace: req.namespace.to_string(),
@@ -689,17 +679,7 @@ impl Networks {
                 self.dns.remove(ip);
             }
         }
-        let ns_owned = ns_path.clone();
-        tokio::task::spawn_blocking(move || netns::remove(&ns_owned))
-            .await
-            .map_err(|e| NetworkError::Io {
-                what: "remove a network namespace".into(),
-                err: std::io::Error::other(e),
-            })?
-            .map_err(io(format!(
-                "remove network namespace {}",
-                ns_path.display()
-            )))?;
+        blocking(&ns_path, "remove network namespace", netns::remove).await?;
         let files = self.files_dir(id);
         match std::fs::remove_dir_all(&files) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -748,44 +728,24 @@ impl Networks {
                 return Err(NetworkError::PortConflict(msg));
             }
         }
-        let owner = format!("{namespace}/{name}");
-        let mut claimed = Vec::new();
+        // Bind every new port first, and record them only once all are
+        // bound: a failure drops (closes) what this call bound, and
+        // leaves the table as it was.
+        let mut bound = Vec::new();
         for p in ports {
             let key = (p.protocol.clone(), p.host_port);
-            if t.held
-                .get(&key)
-                .is_some_and(|v| v.iter().any(|h| h.id == id && h.host_ip == p.host_ip))
-            {
+            if t.held.get(&key).is_some_and(|v| v.iter().any(|h| h.id == id && h.host_ip == p.host_ip)) {
                 continue;
             }
             match hold(p) {
+                Ok(h) => bound.push((key, p.host_ip.clone(), h)),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
-                    for k in claimed {
-                        if let Some(v) = t.held.get_mut(&k) {
-                            v.retain(|h| h.id != id);
-                        }
-                    }
                     return Err(NetworkError::Config(format!(
                         "spec.ports: hostIP {} is not an address of this host ({e})",
                         p.host_ip
                     )));
                 }
-                Ok(h) => {
-                    t.held.entry(key.clone()).or_default().push(Published {
-                        id: id.into(),
-                        owner: owner.clone(),
-                        host_ip: p.host_ip.clone(),
-                        _hold: Some(h),
-                    });
-                    claimed.push(key);
-                }
                 Err(e) => {
-                    // Undo this call's claims; keep earlier ones.
-                    for k in claimed {
-                        if let Some(v) = t.held.get_mut(&k) {
-                            v.retain(|h| h.id != id);
-                        }
-                    }
                     t.waiters.entry(key).or_default().insert(id.to_string());
                     return Err(NetworkError::PortConflict(format!(
                         "host port {}/{} is in use on the host ({e}); waiting for it to be free",
@@ -794,6 +754,10 @@ impl Networks {
                     )));
                 }
             }
+        }
+        let owner = format!("{namespace}/{name}");
+        for (key, host_ip, h) in bound {
+            t.held.entry(key).or_default().push(Published { id: id.into(), owner: owner.clone(), host_ip, _hold: h });
         }
         Ok(())
     }
@@ -903,6 +867,17 @@ impl Networks {
 }
 
 /// Takes bridge `d`'s host-wide lock, or says who holds it.
+/// Runs namespace operation `f` on `path` off the async workers (mount
+/// syscalls, a thread of its own for a create).
+async fn blocking(path: &Path, what: &str, f: fn(&Path) -> std::io::Result<()>) -> Result<(), NetworkError> {
+    let owned = path.to_path_buf();
+    let what = format!("{what} {}", path.display());
+    match tokio::task::spawn_blocking(move || f(&owned)).await {
+        Ok(r) => r.map_err(io(what)),
+        Err(e) => Err(NetworkError::Io { what, err: std::io::Error::other(e) }),
+    }
+}
+
 /// Takes host-wide lock `name` (held while the file is open), or says who
 /// holds it.
 fn host_lock(name: &str, data_dir: &Path) -> Result<Result<std::fs::File, String>, NetworkError> {
