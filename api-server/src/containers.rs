@@ -240,7 +240,8 @@ fn to_object(c: Container) -> Result<Object, ApiError> {
     })
 }
 
-fn get_current(app: &AppState, ns: &str, name: &str) -> Result<Arc<Stored>, ApiError> {
+/// The stored Container `ns/name`, or 404.
+pub(crate) fn get_current(app: &AppState, ns: &str, name: &str) -> Result<Arc<Stored>, ApiError> {
     app.store
         .get(&key(ns, name))
         .ok_or_else(|| ApiError::Store(StoreError::NotFound { key: key(ns, name) }))

@@ -23,8 +23,6 @@ use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
-use steward_schema::RESOURCE;
-use steward_store::{Key, StoreError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -224,8 +222,7 @@ pub async fn exec(
     req: Request,
 ) -> Result<Response, ApiError> {
     let exec = ExecRequest::parse(q.as_deref())?;
-    let key = Key::new(RESOURCE, &ns, &name);
-    let obj = app.store.get(&key).ok_or(ApiError::Store(StoreError::NotFound { key }))?;
+    let obj = crate::containers::get_current(&app, &ns, &name)?;
     let Some(executor) = app.config.executor.clone() else {
         return Err(ApiError::NotFound("this server runs no container runtime (started with --no-controller)".into()));
     };

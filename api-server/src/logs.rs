@@ -13,10 +13,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use steward_schema::RESOURCE;
 use steward_logfile::{current_and_previous, log_files, object_dir_name, previous_base, Follower, ReadOptions};
 use steward_schema::validate::is_runtime_id;
-use steward_store::{Key, StoreError};
 
 use crate::metrics::Verb;
 use crate::{ApiError, AppState};
@@ -79,8 +77,7 @@ pub async fn get(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let o = LogOptions::parse(q.as_deref())?;
-    let key = Key::new(RESOURCE, &ns, &name);
-    let obj = app.store.get(&key).ok_or(ApiError::Store(StoreError::NotFound { key }))?;
+    let obj = crate::containers::get_current(&app, &ns, &name)?;
     let Some(dir) = app.config.logs_dir.clone() else {
         return Err(ApiError::NotFound("this server keeps no container logs (no controller)".into()));
     };
