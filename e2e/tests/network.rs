@@ -241,6 +241,15 @@ fn bridge_addresses_names_ports_and_clean_teardown() {
         "{described}"
     );
 
+    // A restart keeps the attachment: the same address, the port still
+    // published (the plugins' CHECK would have re-addressed it).
+    s.ctr(&["tasks", "kill", "-s", "SIGKILL", &web_id]);
+    let again = s.wait("web", "restarted", T, |v| {
+        v.pointer("/status/restartCount").and_then(Value::as_i64) >= Some(1) && v.pointer("/status/phase") == Some(&"Running".into()) && !ip(v).is_empty()
+    });
+    assert_eq!(ip(&again), web_ip, "a restart changed web's address");
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(wait_for("the port to answer after the restart", T, || curl(&url)), "hello-web");
     // A second container on the same host port waits, naming the owner.
     s.apply(
         dir,

@@ -391,9 +391,11 @@ fn validate_probe(s: &crate::ContainerSpec, f: &str, p: &crate::Probe, errs: &mu
     }
 }
 
-/// The most ports one container may list (each published one holds a
-/// socket and iptables rules).
-const MAX_PORTS: usize = 100;
+/// The most ports one container may list: each published one holds a
+/// socket and iptables rules, and the published ones are recorded in a
+/// containerd label, which holds at most 4096 bytes (about 75 bytes a
+/// port with a hostIP).
+const MAX_PORTS: usize = 50;
 
 fn validate_ports(s: &crate::ContainerSpec, errs: &mut FieldErrors) {
     let network = s.network.as_deref().unwrap_or(crate::NETWORK_BRIDGE);
@@ -578,6 +580,9 @@ mod tests {
         assert_eq!(errors_of("  ports: [{containerPort: 53, hostPort: 53}, {containerPort: 53, hostPort: 53, protocol: UDP}]\n"), Vec::<String>::new());
         let e = errors_of("  ports: [{containerPort: 0, hostPort: 70000, hostIP: nope}]\n");
         assert!(e.iter().any(|m| m.starts_with("spec.ports[0].containerPort")) && e.iter().any(|m| m.starts_with("spec.ports[0].hostIP")), "{e:?}");
+        let many: String = (1..=51).map(|i| format!("{{containerPort: {i}, hostPort: {}}}", 20000 + i)).collect::<Vec<_>>().join(", ");
+        let e = errors_of(&format!("  ports: [{many}]\n"));
+        assert!(e.iter().any(|m| m.starts_with("spec.ports: 51 ports: at most 50")), "{e:?}");
         let e = errors_of("  network: none\n  ports: [{containerPort: 80, hostPort: 8080}]\n");
         assert!(e.iter().any(|m| m.contains("network: none")), "{e:?}");
         let e = errors_of("  network: Bad_Name\n");

@@ -1,5 +1,5 @@
 //! The CNI side: running the standard plugins as the CNI spec says (ADD,
-//! CHECK, DEL; `CNI_*` environment, the network configuration on stdin, a
+//! DEL; `CNI_*` environment, the network configuration on stdin, a
 //! result or an error on stdout), a network configuration list the way
 //! libcni runs one (each plugin gets the previous one's result; DEL in
 //! reverse order), and the pieces of a result steward reads.
@@ -50,7 +50,6 @@ pub struct Invocation<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     Add,
-    Check,
     Del,
 }
 
@@ -58,7 +57,6 @@ impl Command {
     fn as_str(self) -> &'static str {
         match self {
             Command::Add => "ADD",
-            Command::Check => "CHECK",
             Command::Del => "DEL",
         }
     }
@@ -214,21 +212,6 @@ impl Plugins {
             }
         }
         Ok(prev.unwrap_or_else(|| json!({"cniVersion": CNI_VERSION})))
-    }
-
-    /// CHECK of every plugin of `list` in order, with the cached result.
-    pub async fn check_list(
-        &self,
-        list: &Value,
-        runtime_config: &Value,
-        result: &Value,
-        inv: &Invocation<'_>,
-    ) -> Result<(), CniError> {
-        for conf in plugin_confs(list, runtime_config) {
-            self.exec(Command::Check, &with_prev(conf, Some(result)), inv)
-                .await?;
-        }
-        Ok(())
     }
 
     /// DEL of every plugin of `list` in reverse order, with the cached

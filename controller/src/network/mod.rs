@@ -540,20 +540,12 @@ impl Networks {
         let ns_path = self.netns_path(id);
         if let Some(e) = self.read_entry(id) {
             let same = e.network == req.network && e.ports == req.ports;
-            let intact = match (same, e.ip(), netns::is_mounted(&ns_path), &e.result) {
-                (true, Some(ip), true, Some(result)) => {
-                    // The plugins' own word that it is all still there
-                    // (interface, address, routes, iptables rules).
-                    let netns = ns_path.display().to_string();
-                    let inv = cni::Invocation { container_id: id, netns: &netns, if_name: cni::IF_NAME };
-                    match self.plugins.check_list(&e.config, &e.runtime_config(), result, &inv).await {
-                        Ok(()) => Some(ip),
-                        Err(err) => {
-                            tracing::warn!(container = id, error = %err, "network attachment failed its CNI CHECK; setting it up again");
-                            None
-                        }
-                    }
-                }
+            // Its namespace there and its ADD complete: reuse it. (Not the
+            // plugins' CHECK: portmap 1.1.1's looks for an IPv6 chain an
+            // IPv4 network never has, so every restart of a container
+            // publishing a port would get a new address.)
+            let intact = match (same, netns::is_mounted(&ns_path)) {
+                (true, true) => e.ip(),
                 _ => None,
             };
             if let Some(ip) = intact {
@@ -640,14 +632,19 @@ impl Networks {
             .add_list(&entry.config, &entry.runtime_config(), &inv)
             .await?;
         entry.result = Some(result);
-        let ip = entry.ip().ok_or_else(|| {
-            NetworkError::Config(format!(
-                "the {} network's plugins gave container {id} no IPv4 address",
-                def.name
-            ))
-        })?;
-        self.write_entry(id, &entry)?;
-        Ok(ip)
+        let recorded = entry
+            .ip()
+            .ok_or_else(|| NetworkError::Config(format!("the {} network's plugins gave container {id} no IPv4 address", def.name)))
+            .and_then(|ip| self.write_entry(id, &entry).map(|()| ip));
+        if recorded.is_err() {
+            // Undo the ADD now, with its result (the firewall plugin finds
+            // its rules only through it): the caller's teardown has only
+            // the record of intent (a full disk refused the result).
+            if let Err(d) = self.plugins.del_list(&entry.config, &entry.runtime_config(), entry.result.as_ref(), &inv).await {
+                tracing::warn!(container = id, error = %d, "undoing an ADD that could not be recorded");
+            }
+        }
+        recorded
     }
 
     /// Detaches container `id`: DEL, then its namespace, files, ports and
