@@ -25,6 +25,10 @@ impl<T> WriteTimeout<T> {
         WriteTimeout { inner, timeout, stalled: None }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn check<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if r.is_ready() {
             self.stalled = None;

@@ -16,6 +16,7 @@ mod io;
 mod limits;
 mod logs;
 mod metrics;
+pub mod pki;
 mod query;
 mod reload;
 mod table;
@@ -86,6 +87,8 @@ pub struct Config {
     /// controller probes containerd): `Some(reason)` answers 503 with the
     /// reason. `None` here: only the server itself counts.
     pub not_ready: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// Serve HTTPS with this configuration (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             not_ready: None,
+            tls: None,
         }
     }
 }
@@ -193,6 +197,7 @@ pub async fn serve(
     let header_timeout = config.header_read_timeout;
     let shutdown_timeout = config.shutdown_timeout;
     let write_timeout = config.write_timeout;
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     // Flips to `true` when shutdown has waited long enough: the remaining
     // connections are dropped.
     let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
@@ -219,32 +224,41 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-        let service = service.clone();
-        let mut stop = rx.clone();
-        let mut kill = kill_rx.clone();
-        let done = done_tx.clone();
-        tokio::spawn(async move {
-            let _done = done;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io::WriteTimeout::new(tcp, write_timeout)), service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "connection ended");
+        let conn = Conn { service: service.clone(), stop: rx.clone(), kill: kill_rx.clone(), done: done_tx.clone(), header_timeout, peer };
+        let io = io::WriteTimeout::new(tcp, write_timeout);
+        match tls.clone() {
+            None => {
+                tokio::spawn(conn.run(io));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    // A plain HTTP request on the TLS port gets an answer it
+                    // can print, as Go's servers give, instead of a reset.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, io.get_ref().peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] != 0x16 => {
+                            use tokio::io::AsyncWriteExt;
+                            let mut io = io;
+                            let body = "Client sent an HTTP request to an HTTPS server.\n";
+                            let reply = format!(
+                                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = io.write_all(reply.as_bytes()).await;
+                            let _ = io.shutdown().await;
+                            return;
+                        }
+                        Ok(Ok(_)) => {}
+                        _ => return,
                     }
-                    return;
-                }
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(stream)) => conn.run(stream).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended");
-                },
-                _ = kill.wait_for(|k| *k) => tracing::warn!(%peer, "connection dropped: still busy at the shutdown deadline"),
-            }
-        });
+        }
     }
     tracing::info!("shutting down: no new connections, ending watches");
     drop(listener);
@@ -257,4 +271,46 @@ pub async fn serve(
     }
     store.shutdown().await;
     Ok(())
+}
+
+/// One accepted connection and what it needs to be served and stopped.
+struct Conn {
+    service: hyper_util::service::TowerToHyperService<Router>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    kill: tokio::sync::watch::Receiver<bool>,
+    /// Dropped when the connection is done.
+    done: tokio::sync::mpsc::Sender<()>,
+    header_timeout: Duration,
+    peer: std::net::SocketAddr,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 on `io` (a TCP or TLS stream) until the peer goes,
+    /// or shutdown ends it gracefully, or the shutdown deadline drops it.
+    async fn run<I>(mut self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let _done = self.done;
+        let peer = self.peer;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(self.header_timeout);
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), self.service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = self.stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            },
+            _ = self.kill.wait_for(|k| *k) => tracing::warn!(%peer, "connection dropped: still busy at the shutdown deadline"),
+        }
+    }
 }

@@ -87,9 +87,11 @@ pub fn outcome(status: &[u8]) -> Outcome {
 pub fn exec_url(server: &str, ns: &str, name: &str, args: &ExecArgs, tty: bool) -> anyhow::Result<String> {
     let ws = if let Some(rest) = server.strip_prefix("http://") {
         format!("ws://{rest}")
+    } else if let Some(rest) = server.strip_prefix("https://") {
+        format!("wss://{rest}")
     } else {
-        // Client::new already refuses anything but http://.
-        anyhow::bail!("server URL {server:?} must start with http:// (exec has no TLS yet)");
+        // Client::new already refuses anything else.
+        anyhow::bail!("server URL {server:?} must start with https:// or http://");
     };
     let mut url = reqwest::Url::parse(&format!("{ws}/apis/steward.dev/v1alpha1/namespaces/{ns}/containers/{name}/exec"))
         .map_err(|e| anyhow::anyhow!("server URL {server:?}: {e}"))?;
@@ -204,6 +206,31 @@ fn write_all(to: &mut dyn Write, data: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// A byte stream to the server: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connects to the server of `url` (`ws://` or `wss://`), with the
+/// client's TLS configuration (its CA) for `wss`.
+async fn connect(ctx: &Context, url: &str) -> anyhow::Result<Box<dyn Io>> {
+    let server = || ctx.client.server().to_string();
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("exec URL {url}: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let unreachable = |e: &std::io::Error| ClientError::Unreachable { server: server(), reason: steward_client::root_reason(e) };
+    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| ClientError::Unreachable { server: server(), reason: "timed out".into() })?
+        .map_err(|e| unreachable(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = ctx.client.tls_config().filter(|_| parsed.scheme() == "wss") else {
+        return Ok(Box::new(tcp));
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| anyhow::anyhow!("server {}: {e}", server()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| unreachable(&e))?;
+    Ok(Box::new(stream))
+}
+
 pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let name = args.name.strip_prefix("container/").unwrap_or(&args.name).to_string();
     steward_schema::validate::dns1123_label(&name).map_err(|m| anyhow::anyhow!("invalid container name {name:?}: {m}"))?;
@@ -223,20 +250,13 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {
         headers.insert("Authorization", v);
     }
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let (mut ws, response) = match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+    let stream = connect(ctx, &url).await?;
+    let (mut ws, response) = match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
         Ok(c) => c,
         Err(WsError::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
             let code = reqwest::StatusCode::from_u16(resp.status().as_u16()).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
             return Err(ClientError::Api(status_from_body(code, &body)).into());
-        }
-        Err(WsError::Io(e)) => {
-            // "Connection refused (os error 111)" -> "connection refused", as the other verbs say it.
-            let text = e.to_string();
-            let text = text.split(" (os error").next().unwrap_or(&text);
-            let mut chars = text.chars();
-            let reason = chars.next().map(|c| c.to_lowercase().chain(chars).collect()).unwrap_or_default();
-            return Err(ClientError::Unreachable { server: ctx.client.server().to_string(), reason }.into());
         }
         Err(e) => return Err(ClientError::Transport { server: ctx.client.server().to_string(), reason: e.to_string() }.into()),
     };

@@ -30,15 +30,31 @@ use client::{api_status, Client, DEFAULT_SERVER};
 #[derive(Parser, Debug)]
 #[command(name = "steward", version, about = "A declarative container reconciler")]
 struct Cli {
-    /// URL of the steward API server.
-    #[arg(long, global = true, env = "STEWARD_SERVER", default_value = DEFAULT_SERVER)]
-    server: String,
-    /// The API token (else --token-file).
+    /// The kubeconfig to use (else $KUBECONFIG, else the kubeconfig of
+    /// the default data dir, $STEWARD_DATA_DIR or /var/lib/steward).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use instead of its current one.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// URL of the steward API server, instead of the kubeconfig's
+    /// [default without a kubeconfig: https://127.0.0.1:7420].
+    #[arg(long, global = true, env = "STEWARD_SERVER")]
+    server: Option<String>,
+    /// The API token, instead of the kubeconfig's.
     #[arg(long, global = true, env = "STEWARD_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the API token [default: /var/lib/steward/token, when readable].
+    /// File holding the API token, instead of the kubeconfig's.
     #[arg(long, global = true, env = "STEWARD_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// A PEM file of the CA to trust for the server's certificate, instead
+    /// of the kubeconfig's.
+    #[arg(long, global = true)]
+    certificate_authority: Option<std::path::PathBuf>,
+    /// Do not check the server's certificate (anyone between you and the
+    /// server can then read the token).
+    #[arg(long, global = true)]
+    insecure_skip_tls_verify: bool,
     /// Namespace of the objects (default: `default`; manifests may name their own).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
@@ -71,6 +87,13 @@ enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the kubeconfig `steward serve` wrote for its data dir (for
+    /// kubectl, client libraries and this CLI on other machines).
+    Kubeconfig {
+        /// The server's data dir.
+        #[arg(long, env = "STEWARD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: std::path::PathBuf,
+    },
     /// Maintain container networks without a server.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -106,11 +129,13 @@ pub struct Context {
     pub client: Client,
     /// `-n`, when given; manifests that name a namespace keep theirs.
     pub namespace: Option<String>,
+    /// The kubeconfig context's namespace, else `default`.
+    pub default_namespace: String,
 }
 
 impl Context {
     pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
+        self.namespace.as_deref().unwrap_or(&self.default_namespace)
     }
 }
 
@@ -170,8 +195,21 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         // It becomes part of every URL.
         steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
     }
-    let token = token(&cli.server, cli.token.as_deref(), cli.token_file.as_deref())?;
-    let ctx = Context { client: Client::new(&cli.server, token.as_deref())?, namespace: cli.namespace };
+    if let Command::Kubeconfig { data_dir } = &cli.command {
+        let path = data_dir.join("kubeconfig");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!("{}: {e}; `steward serve --data-dir {}` writes it when it starts", path.display(), data_dir.display())
+        })?;
+        emit(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = client_config(&cli)?;
+    let default_namespace = config.namespace.clone().unwrap_or_else(|| "default".into());
+    if cli.namespace.is_none() {
+        steward_schema::validate::dns1123_label(&default_namespace)
+            .map_err(|m| anyhow::anyhow!("the kubeconfig context's namespace: {m}"))?;
+    }
+    let ctx = Context { client: Client::new(&config)?, namespace: cli.namespace, default_namespace };
     match cli.command {
         Command::Serve(_) => Ok(ExitCode::SUCCESS),
         Command::Apply(args) => apply::run(&ctx, args).await,
@@ -184,7 +222,7 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
-        Command::Config(_) | Command::Network(_) | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
+        Command::Config(_) | Command::Network(_) | Command::Kubeconfig { .. } | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -232,25 +270,52 @@ fn main() -> ExitCode {
     }
 }
 
-/// Where a local `steward serve` keeps its token (its default data dir).
-const DEFAULT_TOKEN_FILE: &str = "/var/lib/steward/token";
+/// A local `steward serve`'s data dir by default.
+const DEFAULT_DATA_DIR: &str = "/var/lib/steward";
 
-/// The token to send: `--token`, else the `--token-file`, else, for a
-/// server on this machine only, the default file if there is one (a
-/// server without a token is fine too). The local root token is never
-/// sent to another machine unless asked for by name.
-fn token(server: &str, flag: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    if let Some(t) = flag {
-        return Ok(Some(t.trim().to_string()));
+/// The server, token and CA to use: flags, then the kubeconfig
+/// (`--kubeconfig`, `$KUBECONFIG`, the default data dir's), then
+/// defaults. Without any kubeconfig, a server on this machine gets the
+/// default data dir's token and CA when they are readable (root); they are
+/// never sent to another machine unless asked for by name.
+fn client_config(cli: &Cli) -> anyhow::Result<steward_client::Config> {
+    let data_dir = std::env::var_os("STEWARD_DATA_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let overrides = steward_client::Overrides {
+        kubeconfig: cli.kubeconfig.clone(),
+        kubeconfig_env: std::env::var("KUBECONFIG").ok(),
+        default_kubeconfig: Some(data_dir.join("kubeconfig")),
+        context: cli.context.clone(),
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+        token_file: cli.token_file.clone(),
+        certificate_authority: cli.certificate_authority.clone(),
+        insecure_skip_tls_verify: cli.insecure_skip_tls_verify,
+    };
+    let (mut config, source) = overrides.resolve(DEFAULT_SERVER)?;
+    if source == steward_client::kubeconfig::Source::None && is_local(&config.server) {
+        if config.token.is_none() {
+            config.token = std::fs::read_to_string(data_dir.join("token")).ok().map(|t| t.trim().to_string());
+        }
+        if config.ca_pem.is_none() && config.server.starts_with("https://") {
+            let ca = data_dir.join("pki/ca.crt");
+            if let Ok(pem) = std::fs::read(&ca) {
+                config.ca_pem = Some(pem);
+                config.ca_source = ca.display().to_string();
+            }
+        }
     }
-    if let Some(f) = file {
-        return std::fs::read_to_string(f)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()));
-    }
-    let host = server.trim_start_matches("http://").split(['/', ':']).next().unwrap_or_default();
-    let local = matches!(host, "localhost" | "[") || host.starts_with("127.") || server.starts_with("http://[::1]");
-    Ok(local.then(|| std::fs::read_to_string(DEFAULT_TOKEN_FILE).ok().map(|t| t.trim().to_string())).flatten())
+    Ok(config)
+}
+
+/// Whether a server URL names this machine.
+fn is_local(server: &str) -> bool {
+    let rest = server.split_once("://").map(|(_, r)| r).unwrap_or(server);
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => hostport.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
 /// Logs of `serve` go to stderr through `tracing`; `RUST_LOG` filters
@@ -285,19 +350,20 @@ mod tests {
 
     #[test]
     fn the_default_token_stays_on_this_machine() {
-        // Only whether the default file would be consulted is tested here.
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), "abc\n").unwrap();
-        assert_eq!(token("http://x:1", Some(" t "), None).unwrap().as_deref(), Some("t"));
-        assert_eq!(token("http://x:1", None, Some(f.path())).unwrap().as_deref(), Some("abc"));
-        assert_eq!(token("http://otherhost:7420", None, None).unwrap(), None);
+        // Only whether the default files would be consulted is tested here.
+        assert!(is_local("https://127.0.0.1:7420"));
+        assert!(is_local("http://localhost:1/"));
+        assert!(is_local("https://[::1]:7420"));
+        assert!(!is_local("https://otherhost:7420"));
+        assert!(!is_local("https://localhost.evil.example:7420"), "a prefix is not the host");
+        assert!(!is_local("https://127.0.0.1.evil.example"));
     }
 
     #[test]
     fn global_flags_after_the_verb() {
         let cli = Cli::try_parse_from(["steward", "get", "ct", "-n", "prod", "--server", "http://h:1"]).unwrap();
         assert_eq!(cli.namespace.as_deref(), Some("prod"));
-        assert_eq!(cli.server, "http://h:1");
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
         let cli = Cli::try_parse_from(["steward", "apply", "-f", "a.yaml", "b/", "--dry-run"]).unwrap();
         assert!(matches!(cli.command, Command::Apply(_)));
         assert!(Cli::try_parse_from(["steward", "apply", "-f", "a", "--prune"]).is_err());

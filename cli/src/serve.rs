@@ -47,16 +47,34 @@ pub struct ServeArgs {
     /// Default: DATA/token.
     #[arg(long, env = "STEWARD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Serve without the token. kubectl sends no bearer token over plain
-    /// HTTP, so this is how kubectl can talk to steward until TLS lands;
-    /// anyone who can reach the port then has root on this machine.
-    #[arg(long, conflicts_with = "insecure_allow_remote")]
+    /// Serve without the token: anyone who can reach the port then has
+    /// root on this machine (loopback only, unless --insecure-allow-remote).
+    #[arg(long)]
     pub no_auth: bool,
-    /// Allow --listen on a non-loopback address. The API runs containers
-    /// as root and its only protection is the token, sent in clear over
-    /// plain HTTP (no TLS yet).
+    /// Serve plain HTTP instead of HTTPS (loopback only, unless
+    /// --insecure-allow-remote). kubectl sends no token over plain HTTP.
+    #[arg(long, conflicts_with_all = ["tls_cert_file", "tls_private_key_file", "tls_san"])]
+    pub plain_http: bool,
+    /// Allow --plain-http or --no-auth on a non-loopback address, where
+    /// the token (or nothing) guards root on this machine in clear.
     #[arg(long)]
     pub insecure_allow_remote: bool,
+    /// The serving certificate (PEM, with its chain) to present instead of
+    /// one from steward's CA under DATA/pki; read again when it changes.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// More names and addresses the serving certificate steward makes is
+    /// valid for (besides localhost, 127.0.0.1, ::1 and the --listen
+    /// address); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// How long the serving certificates steward issues are valid; each is
+    /// renewed, without a restart, when a third of that is left.
+    #[arg(long, hide = true, default_value = "8760h", value_parser = steward_config::parse_duration)]
+    pub tls_cert_validity: Duration,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -155,12 +173,16 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         Some(p) => tracing::info!(file = %p.display(), digest = %file_digest, ?overrides, "configuration loaded"),
         None => tracing::info!(digest = %file_digest, ?overrides, "no configuration file; built-in defaults"),
     }
-    if !args.listen.ip().is_loopback() && !args.insecure_allow_remote {
+    if !args.listen.ip().is_loopback() && !args.insecure_allow_remote && (args.plain_http || args.no_auth) {
+        let what = if args.plain_http { "--plain-http would send its token in clear" } else { "--no-auth would let anyone run it" };
         anyhow::bail!(
-            "--listen {}: steward's API runs containers as root and has no TLS yet, so its token would cross the \
-             network in clear; listen on loopback, or pass --insecure-allow-remote to accept that",
+            "--listen {}: steward's API runs containers as root, and {what}; listen on loopback, or pass \
+             --insecure-allow-remote to accept that",
             args.listen
         );
+    }
+    if args.tls_cert_validity < Duration::from_secs(30) {
+        anyhow::bail!("--tls-cert-validity must be at least 30s");
     }
     if args.compact_interval.is_zero() {
         anyhow::bail!("--compact-interval must be longer than 0");
@@ -204,7 +226,20 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         let token_file = args.token_file.clone().unwrap_or_else(|| args.data_dir.join("token"));
         Some(load_or_create_token(&token_file)?)
     };
+    let tls = if args.plain_http {
+        tracing::warn!("--plain-http: the API and its token travel in clear");
+        None
+    } else {
+        Some(start_tls(&args, addr)?)
+    };
+    let url = server_url(addr, tls.is_some());
+    // One file for kubectl, client libraries and steward's own CLI.
+    let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
+    let kubeconfig = steward_client::Kubeconfig::single(&url, ca_pem.as_deref().map(str::as_bytes), token.as_deref());
+    let kubeconfig_path = args.data_dir.join("kubeconfig");
+    steward_apiserver::pki::write_atomic(&kubeconfig_path, kubeconfig.to_yaml().as_bytes(), 0o600)?;
     let mut api = steward_apiserver::Config {
+        tls: tls.as_ref().map(|t| t.server.clone()),
         max_body_bytes: args.max_body_bytes,
         token: token.clone(),
         max_requests_inflight: args.max_requests_inflight,
@@ -278,9 +313,9 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     api.reloader = Some(live.clone());
     crate::live::reload_on_sighup(live, hup);
 
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), controllers = runtime.is_some(), "steward serving");
+    tracing::info!(%url, kubeconfig = %kubeconfig_path.display(), data_dir = %args.data_dir.display(), controllers = runtime.is_some(), "steward serving");
     // The one line on stdout: scripts and tests wait for it.
-    println!("listening on {addr}");
+    println!("listening on {url}");
 
     // On a signal the controllers stop first (finishing reconciles in
     // flight, which talk to the API), then the API server.
@@ -294,7 +329,21 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     };
     let (controllers_done_tx, controllers_done) = tokio::sync::oneshot::channel::<()>();
     if let Some(rt) = runtime {
-        let server = format!("http://{addr}");
+        // The controllers are a client like any other, over the same TLS.
+        let client = steward_client::Client::new(
+            &steward_client::Config {
+                server: url.clone(),
+                token: token.clone(),
+                ca_pem: ca_pem.map(String::into_bytes),
+                ca_source: "DATA/pki/ca.crt".into(),
+                // A certificate of the operator's need not name the
+                // loopback address the controllers use; theirs is a
+                // connection within this machine.
+                insecure_skip_tls_verify: tls.as_ref().is_some_and(|t| t.ca_pem.is_none()),
+                namespace: None,
+            },
+            concat!("steward-controller/", env!("CARGO_PKG_VERSION")),
+        )?;
         let mut cfg = ManagerConfig::new(store_uid);
         cfg.controller.concurrency = config.controller.concurrency;
         cfg.controller.resync = Some(config.controller.resync_period);
@@ -303,7 +352,7 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
         }
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            manager::run(&server, token.as_deref(), rt, cfg, stop).await;
+            manager::run(client, rt, cfg, stop).await;
             let _ = controllers_done_tx.send(());
         });
     } else {
@@ -324,6 +373,116 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     tracing::info!("steward stopped; containers keep running");
     Ok(())
 }
+
+/// The API's TLS: the server configuration, and the CA that signed its
+/// certificate when steward made it (for the kubeconfig).
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    ca_pem: Option<String>,
+}
+
+/// The URL clients on this machine use for a server bound to `addr`: an
+/// unspecified address is reached on loopback.
+fn server_url(addr: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Sets up HTTPS: the operator's certificate files (watched for changes),
+/// or a serving certificate from steward's CA (renewed before it expires).
+fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
+    use steward_apiserver::pki;
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
+        let load = |cert: &std::path::Path, key: &std::path::Path| -> anyhow::Result<rustls::sign::CertifiedKey> {
+            let c = std::fs::read(cert).with_context(|| format!("--tls-cert-file {}", cert.display()))?;
+            let k = std::fs::read(key).with_context(|| format!("--tls-private-key-file {}", key.display()))?;
+            Ok(pki::certified_key(&c, &k, cert, key)?)
+        };
+        let slot = pki::CertSlot::new(load(cert, key)?);
+        let server = pki::server_config(slot.clone())?;
+        // Reloaded when either file changes (a renewal by the operator's
+        // tooling); a bad pair is logged and the old one kept.
+        let (cert, key) = (cert.clone(), key.clone());
+        tokio::spawn(async move {
+            let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            let mut seen = (stamp(&cert), stamp(&key));
+            loop {
+                tokio::time::sleep(CERT_FILE_CHECK_EVERY).await;
+                let now = (stamp(&cert), stamp(&key));
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load(&cert, &key) {
+                    Ok(ck) => {
+                        slot.replace(ck);
+                        tracing::info!(cert = %cert.display(), "serving certificate reloaded");
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "serving certificate not reloaded; keeping the old one"),
+                }
+            }
+        });
+        return Ok(Tls { server, ca_pem: None });
+    }
+    let dir = args.data_dir.join("pki");
+    let ca = pki::Ca::load_or_create(&dir)?;
+    if let Some(end) = ca.not_after {
+        if end < std::time::SystemTime::now() + Duration::from_secs(90 * 86400) {
+            tracing::warn!(ca = %dir.join("ca.crt").display(), "the API's CA expires within 90 days; remove DATA/pki to make a new one (kubeconfigs then need the new CA)");
+        }
+    }
+    let names = pki::serving_names(addr.ip(), &args.tls_san);
+    let validity = args.tls_cert_validity;
+    let issue = {
+        let dir = dir.clone();
+        move |ca: &pki::Ca| -> anyhow::Result<(rustls::sign::CertifiedKey, std::time::SystemTime)> {
+            let issued = ca.issue(&names, validity)?;
+            pki::write_atomic(&dir.join("serving.key"), issued.key_pem.as_bytes(), 0o600)?;
+            pki::write_atomic(&dir.join("serving.crt"), issued.cert_pem.as_bytes(), 0o644)?;
+            let ck = pki::certified_key(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes(), &dir.join("serving.crt"), &dir.join("serving.key"))?;
+            Ok((ck, issued.not_after))
+        }
+    };
+    let (first, mut not_after) = issue(&ca)?;
+    tracing::info!(sans = ?pki::serving_names(addr.ip(), &args.tls_san), dir = %dir.display(), "serving certificate issued");
+    let slot = pki::CertSlot::new(first);
+    let server = pki::server_config(slot.clone())?;
+    let ca_pem = Some(ca.cert_pem.clone());
+    // Renewed when a third of its life is left, while serving: clients
+    // trust the CA, so they never notice.
+    tokio::spawn(async move {
+        loop {
+            let renew_at = not_after.checked_sub(validity / 3).unwrap_or(not_after);
+            let wait = renew_at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            // In steps, so a wall clock that jumps is noticed.
+            tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
+            if std::time::SystemTime::now() < renew_at {
+                continue;
+            }
+            match issue(&ca) {
+                Ok((ck, end)) => {
+                    slot.replace(ck);
+                    not_after = end;
+                    tracing::info!(not_after = %chrono::DateTime::<chrono::Utc>::from(end).to_rfc3339(), "serving certificate renewed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "serving certificate not renewed; trying again in a minute");
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        }
+    });
+    Ok(Tls { server, ca_pem })
+}
+
+/// How often `--tls-cert-file` and `--tls-private-key-file` are checked
+/// for changes.
+const CERT_FILE_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Reads the API token, or makes one: 32 random bytes as hex, in a file
 /// only its owner can read. An existing file must be a regular file (not a

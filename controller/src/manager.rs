@@ -53,13 +53,12 @@ impl<R: Runtime> ExecProber for RuntimeExec<R> {
 /// Runs until `shutdown` resolves; reconciles in flight finish first.
 /// Containers are never stopped because steward stops.
 pub async fn run<R: Runtime>(
-    server: &str,
-    token: Option<&str>,
+    client: steward_client::Client,
     runtime: Arc<R>,
     config: ManagerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let api: Api<Container> = Api::all_with_token(server, token);
+    let api: Api<Container> = Api::new(client);
     // Pulls run outside the reconcile slots; their waiters are woken when
     // they end.
     let (pulls, pulled) = Pulls::new(runtime.clone());

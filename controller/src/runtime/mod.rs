@@ -20,7 +20,7 @@ use std::fmt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use serde::de::DeserializeOwned;
-use steward_schema::{Container, ObjectMeta, Status};
+use steward_schema::{Container, ObjectMeta};
 
 /// A kind the runtime can watch.
 pub trait Resource: DeserializeOwned + Clone + Send + Sync + 'static {
@@ -62,20 +62,8 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// One event of a watch stream, as the API sends it.
-// Moved once from the stream to the watcher; boxing the rare variant
-// would cost more than it saves.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub enum WatchEvent<K> {
-    Added(K),
-    Modified(K),
-    Deleted(K),
-    /// Nothing changed for this watcher up to this revision.
-    Bookmark(String),
-    /// The server ended the watch; code 410 means relist.
-    Error(Status),
-}
+/// One event of a watch stream, as the API sends it (the client's).
+pub use steward_client::WatchEvent;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
