@@ -55,7 +55,7 @@ pub async fn require_token(State(app): State<AppState>, req: Request, next: Next
         Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::Unauthorized("the bearer token is not valid".into()).into_response(),
         None => ApiError::Unauthorized(
-            "a bearer token is required: steward's CLI reads it from --token-file (default /var/lib/steward/token)".into(),
+            "a bearer token is required: `steward kubeconfig` on the server's machine prints a kubeconfig that carries it".into(),
         )
         .into_response(),
     }

@@ -34,8 +34,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 /// How long a serving certificate steward issues is valid.
 pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 86400);
-/// The CA's common name; issued certificates name it as their issuer.
-const CA_NAME: &str = "steward-ca";
+/// The CA's common name: `steward-ca@` and a digest of its public key, so
+/// two stewards' CAs differ by name (a client trusting one reports the
+/// other's certificate as of an unknown issuer), and the name can be made
+/// again from the key alone to sign with.
+fn ca_name(key: &rcgen::KeyPair) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.public_key_raw());
+    format!("steward-ca@{}", hex::encode(&digest[..8]))
+}
 
 /// Steward's own CA.
 pub struct Ca {
@@ -55,10 +62,10 @@ pub struct Issued {
     pub not_after: SystemTime,
 }
 
-fn ca_params(validity: Duration) -> Result<rcgen::CertificateParams, PkiError> {
+fn ca_params(key: &rcgen::KeyPair, validity: Duration) -> Result<rcgen::CertificateParams, PkiError> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| PkiError::Generate(e.to_string()))?;
     p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, CA_NAME);
+    p.distinguished_name.push(rcgen::DnType::CommonName, ca_name(key));
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
     let now = time::OffsetDateTime::now_utc();
@@ -82,13 +89,13 @@ impl Ca {
                 let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
                     .map_err(|e| PkiError::Invalid { path: cert_path.clone(), message: format!("not a PEM certificate: {e}") })?;
                 let not_after = not_after(&der);
-                let issuer = ca_params(CA_VALIDITY)?.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
+                let issuer = ca_params(&key, CA_VALIDITY)?.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
                 Ok(Ca { cert_pem, key, issuer, not_after })
             }
             (false, false) => {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
                 let key = rcgen::KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
-                let params = ca_params(CA_VALIDITY)?;
+                let params = ca_params(&key, CA_VALIDITY)?;
                 let not_after = SystemTime::from(params.not_after);
                 let issuer = params.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
                 let cert_pem = issuer.pem();

@@ -243,7 +243,7 @@ fn start_steward(bin: &Path, dir: &Path) -> Result<Server> {
     let data = dir.join("data");
     let log = dir.join("steward.log");
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--plain-http", "--data-dir"])
         .arg(&data)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -273,9 +273,9 @@ fn start_steward(bin: &Path, dir: &Path) -> Result<Server> {
         ),
     };
     let addr = line
-        .strip_prefix("listening on ")
+        .strip_prefix("listening on http://")
         .and_then(|a| a.trim().parse().ok())
-        .ok_or_else(|| anyhow!("steward's first stdout line is {line:?}, not `listening on 127.0.0.1:PORT`"))?;
+        .ok_or_else(|| anyhow!("steward's first stdout line is {line:?}, not `listening on http://127.0.0.1:PORT`"))?;
     server.addr = addr;
     let token = std::fs::read_to_string(data.join("token")).context("steward's API token (DATA/token)")?;
     if let Ok(mut t) = TOKENS.lock() {

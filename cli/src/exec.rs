@@ -373,7 +373,8 @@ mod tests {
         );
         let u = exec_url("http://h:1", "ns", "web", &a, true).unwrap();
         assert!(u.ends_with("&stdout=true&stderr=false&tty=true"), "{u}");
-        assert!(exec_url("https://h:1", "ns", "web", &a, false).is_err());
+        assert!(exec_url("https://h:1", "ns", "web", &a, false).unwrap().starts_with("wss://h:1/apis/"));
+        assert!(exec_url("ftp://h:1", "ns", "web", &a, false).is_err());
     }
 
     #[test]

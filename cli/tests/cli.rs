@@ -325,7 +325,7 @@ fn the_configuration_file_is_checked_and_used() {
     // serve refuses it before it opens anything.
     let data = dir.path().join("data");
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--plain-http", "--data-dir"])
         .arg(&data)
         .arg("--config")
         .arg(&bad)

@@ -198,7 +198,7 @@ fn traced_run(data_dir: &Path, trace: &Path) -> Vec<(usize, usize, String)> {
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0", "--no-controller"])
+        .args(["--listen", "127.0.0.1:0", "--no-controller", "--plain-http"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -207,7 +207,7 @@ fn traced_run(data_dir: &Path, trace: &Path) -> Vec<(usize, usize, String)> {
     let mut line = String::new();
     BufReader::new(strace.stdout.take().expect("stdout")).read_line(&mut line).expect("read serve's first line");
     let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("serve under strace said {line:?}"));
-    let url = format!("http://{addr}");
+    let url = addr.to_string();
     let token = std::fs::read_to_string(data_dir.join("token")).expect("token").trim().to_string();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

@@ -215,10 +215,14 @@ pub fn root_reason(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &(dyn std::error::Error + 'static) = e;
     loop {
         if let Some(io) = cur.downcast_ref::<std::io::Error>() {
-            // A TLS failure travels inside an io::Error, whose source()
-            // skips it.
-            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                return tls::explain(tls);
+            // A TLS failure travels inside an io::Error (or two), whose
+            // source() skips it.
+            let mut inner = io.get_ref();
+            while let Some(e) = inner {
+                if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                    return tls::explain(tls);
+                }
+                inner = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
             }
             use std::io::ErrorKind::*;
             let text = match io.kind() {

@@ -56,7 +56,7 @@ fn roots(config: &Config) -> Result<RootCertStore, Error> {
 pub(crate) fn explain(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             "TLS: the server's certificate is not signed by a trusted CA (check certificate-authority-data in the kubeconfig)".into()
         }
         rustls::Error::InvalidCertificate(C::NotValidForName) | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {

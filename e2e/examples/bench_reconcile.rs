@@ -415,7 +415,9 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("steward-bench-").tempdir().expect("tempdir");
     let registry = Registry::start(dir.path());
     let image = registry.image();
-    let mut steward = Steward::start(&dir.path().join("data"));
+    // Plain HTTP: this bench talks to steward with its own small HTTP/1.1
+    // client, and measures reconciling, not the API's transport.
+    let mut steward = Steward::start_with(&dir.path().join("data"), &["--plain-http"]);
     let sock = dir.path().join("data/containerd/containerd.sock");
     let ctr = Ctr { sock: sock.clone() };
     let _bench_ns = BenchNsGuard(Ctr { sock: sock.clone() });
@@ -568,11 +570,11 @@ fn main() {
     let pending: Vec<String> = names.iter().take(n / 2).cloned().collect();
     {
         let mut offline = Command::new(&bin);
-        offline.arg("serve").arg("--data-dir").arg(&steward.data_dir).args(["--listen", "127.0.0.1:0", "--no-controller"]);
+        offline.arg("serve").arg("--data-dir").arg(&steward.data_dir).args(["--listen", "127.0.0.1:0", "--no-controller", "--plain-http"]);
         let mut child = offline.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("serve --no-controller");
         let mut line = String::new();
         let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
-        let offline_url = format!("http://{}", line.trim().trim_start_matches("listening on "));
+        let offline_url = steward_e2e::server_url(&line);
         let mut args = vec!["--server".to_string(), offline_url, "delete".into(), "containers".into()];
         args.extend(pending.iter().cloned());
         must("delete while the controller is down", run_limited(Command::new(&bin).env("STEWARD_TOKEN", &steward.token).args(&args), Duration::from_secs(30)));

@@ -540,7 +540,7 @@ impl Steward {
             }
         });
         let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => format!("http://{}", line.trim_start_matches("listening on ").trim()),
+            Ok(line) => server_url(&line),
             Err(_) => panic!("steward serve did not start:\n{}", proc.logs()),
         };
         std::thread::spawn(move || while rx.recv().is_ok() {});
@@ -557,15 +557,40 @@ impl Steward {
         vec!["--config".into(), file.display().to_string()]
     }
 
+    /// The kubeconfig `serve` wrote (server, CA, token).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig")
+    }
+
+    /// The CA that signed the API's serving certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("pki/ca.crt")
+    }
+
+    /// The CLI, configured for this server as a user would: through the
+    /// kubeconfig `serve` wrote (an older steward, serving plain HTTP and
+    /// writing none, by `--server` and the token).
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(steward_bin());
+        c.env_remove("STEWARD_SERVER").env_remove("STEWARD_TOKEN");
+        if self.url.starts_with("https://") {
+            c.env("KUBECONFIG", self.kubeconfig());
+        } else {
+            c.env("KUBECONFIG", "").env("STEWARD_TOKEN", &self.token).arg("--server").arg(&self.url);
+        }
+        c
+    }
+
     /// Runs the CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(steward_bin())
-            .env("STEWARD_TOKEN", &self.token)
-            .arg("--server")
-            .arg(&self.url)
-            .args(args)
-            .output()
-            .expect("run steward")
+        self.command().args(args).output().expect("run steward")
+    }
+
+    /// curl with this server's CA and token (`-s`); add the rest.
+    pub fn curl(&self) -> Command {
+        let mut c = Command::new("curl");
+        c.arg("-s").arg("--cacert").arg(self.ca()).arg("-H").arg(format!("Authorization: Bearer {}", self.token));
+        c
     }
 
     /// Runs the CLI, panicking with its output unless it succeeds.
@@ -626,9 +651,9 @@ impl Steward {
     /// `METHOD URL_PATH` against the API with the token (curl), no body:
     /// the status code and the body.
     pub fn request(&self, method: &str, path: &str) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", method, "-H"])
-            .arg(format!("Authorization: Bearer {}", self.token))
+        let out = self
+            .curl()
+            .args(["-w", "\n%{http_code}", "-X", method])
             .arg(format!("{}{path}", self.url))
             .output()
             .unwrap_or_else(|e| panic!("curl: {e}; apt-get install -y curl"));
@@ -647,6 +672,17 @@ impl Steward {
     /// Ids (first column, header dropped) of `ctr <what> ls -q`-style output.
     pub fn ctr_ids(&self, what: &str) -> Vec<String> {
         self.ctr(&[what, "ls", "-q"]).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+}
+
+/// The URL in `steward serve`'s `listening on URL` line (an older
+/// steward printed only the address, and served plain HTTP).
+pub fn server_url(line: &str) -> String {
+    let rest = line.trim().trim_start_matches("listening on ").trim();
+    if rest.contains("://") {
+        rest.to_string()
+    } else {
+        format!("http://{rest}")
     }
 }
 

@@ -292,18 +292,17 @@ fn logs_previous_after_a_spec_change_and_logs_go_with_the_object() {
 }
 
 /// `GET path` on steward's API without a token (health endpoints are
-/// open): the status code and body.
-fn http_get(url: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut c = std::net::TcpStream::connect(addr).expect("connect to steward");
-    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut resp = String::new();
-    c.read_to_string(&mut resp).expect("read");
-    let code = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|b| b.1.to_string()).unwrap_or_default();
-    (code, body)
+/// open), over HTTPS with its CA: the status code and body.
+fn http_get(s: &Steward, path: &str) -> (u16, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(s.ca())
+        .arg(format!("{}{path}", s.url))
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}; apt-get install -y curl"));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// Sends SIGCONT on drop, so a failing test never leaves containerd stopped.
@@ -325,7 +324,7 @@ impl Drop for Resume {
 fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
     let e = Env::start();
     let s = &e.steward;
-    assert_eq!(http_get(&s.url, "/readyz").0, 200);
+    assert_eq!(http_get(s, "/readyz").0, 200);
     let data = s.data_dir.to_string_lossy().into_owned();
     let containerd: Vec<i32> = pids_mentioning(&data)
         .into_iter()
@@ -336,17 +335,17 @@ fn a_hung_containerd_makes_readyz_fail_and_steward_recovers() {
     assert_eq!(unsafe { libc::kill(containerd[0], libc::SIGSTOP) }, 0);
     let resume = Resume(containerd[0]);
     let (code, body) = wait_for("/readyz to say 503", Duration::from_secs(15), || {
-        let r = http_get(&s.url, "/readyz");
+        let r = http_get(s, "/readyz");
         (r.0 == 503).then_some(r)
     });
     assert_eq!(code, 503);
     assert!(body.contains("containerd"), "{body}");
     // The API itself still answers.
-    assert_eq!(http_get(&s.url, "/healthz").0, 200);
+    assert_eq!(http_get(s, "/healthz").0, 200);
     s.apply(e.dir.path(), "late", &manifest("late", &e.registry.image(), "  command: [sleep, \"3600\"]\n"));
     assert_ne!(phase(&s.get("late").expect("late")), "Running");
     drop(resume);
-    wait_for("/readyz to say 200 again", Duration::from_secs(15), || (http_get(&s.url, "/readyz").0 == 200).then_some(()));
+    wait_for("/readyz to say 200 again", Duration::from_secs(15), || (http_get(s, "/readyz").0 == 200).then_some(()));
     s.wait("late", "Running after containerd answers again", Duration::from_secs(90), |v| phase(v) == "Running");
 }
 

@@ -52,6 +52,7 @@ fn handshake(s: &Steward, path: &str, protocol: &str, token: bool) -> (u16, Stri
 
 fn handshake_with(s: &Steward, method: &str, path: &str, protocol: &str, token: bool) -> (u16, String) {
     let mut c = Command::new("curl");
+    c.arg("--cacert").arg(s.ca());
     c.args(["-s", "--max-time", "5", "-X", method, "-w", "\n%{http_code}"])
         .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"])
         .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
@@ -68,10 +69,8 @@ fn handshake_with(s: &Steward, method: &str, path: &str, protocol: &str, token: 
 
 /// `steward exec ARGS` with `input` on its stdin.
 fn exec_with_input(s: &Steward, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = Command::new(steward_bin())
-        .env("STEWARD_TOKEN", &s.token)
-        .arg("--server")
-        .arg(&s.url)
+    let mut child = s
+        .command()
         .arg("exec")
         .args(args)
         .stdin(Stdio::piped())
@@ -130,10 +129,9 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
     // A reader that goes away (`| head`): steward exits quietly, and the
     // remote process goes with the connection.
     let o = Command::new("sh")
-        .args(["-c", "\"$0\" --server \"$1\" exec web -- yes | head -n 2"])
+        .args(["-c", "\"$0\" exec web -- yes | head -n 2"])
         .arg(steward_bin())
-        .arg(&s.url)
-        .env("STEWARD_TOKEN", &s.token)
+        .env("KUBECONFIG", s.kubeconfig())
         .output()
         .expect("sh");
     assert_eq!(text(&o.stdout), "y\ny\n", "{}", text(&o.stderr));
@@ -144,11 +142,7 @@ fn exec_relays_output_exit_codes_and_stdin_and_cleans_up() {
     wait_for("exec FIFOs to be removed", T, || fifo_dirs(s).is_empty().then_some(()));
 
     // A client that goes away mid-exec: the process is killed and removed.
-    let mut client = Proc::spawn(
-        Command::new(steward_bin())
-            .env("STEWARD_TOKEN", &s.token)
-            .args(["--server", &s.url, "exec", "web", "--", "sleep", "1000"]),
-    );
+    let mut client = Proc::spawn(s.command().args(["exec", "web", "--", "sleep", "1000"]));
     wait_for("the exec'd sleep to run", T, || (task_pids(s, &id) == 2).then_some(()));
     assert_eq!(fifo_dirs(s).len(), 1);
     client.kill();
@@ -236,8 +230,8 @@ fn a_python_websocket_client_speaks_the_protocol() {
     sleeper(&e, "web");
     let script = r#"
 import json, sys, websocket
-url, token, protocol, stdin = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-ws = websocket.create_connection(url, subprotocols=[protocol], header=["Authorization: Bearer " + token], timeout=30)
+url, token, protocol, stdin, ca = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ws = websocket.create_connection(url, subprotocols=[protocol], header=["Authorization: Bearer " + token], timeout=30, sslopt={"ca_certs": ca})
 if stdin:
     ws.send_binary(b"\x00" + stdin.encode())
     ws.send_binary(b"\xff\x00")
@@ -254,8 +248,9 @@ while True:
 print(json.dumps(out))
 "#;
     let run = |query: &str, protocol: &str, stdin: &str| -> Value {
-        let url = format!("{}{}", s.url.replace("http://", "ws://"), exec_path("web", query));
-        let o = Command::new(py).args(["-c", script, &url, &s.token, protocol, stdin]).output().expect("python3");
+        let url = format!("{}{}", s.url.replace("https://", "wss://"), exec_path("web", query));
+        let ca = s.ca().display().to_string();
+        let o = Command::new(py).args(["-c", script, &url, &s.token, protocol, stdin, &ca]).output().expect("python3");
         assert!(o.status.success(), "python client failed: {}\nserver log:\n{}", text(&o.stderr), tail(&s.proc.logs(), 30));
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
     };
@@ -369,8 +364,8 @@ impl Pty {
     /// terminal and stdio.
     fn spawn(&self, s: &Steward, args: &[&str]) -> std::process::Child {
         let open = || std::fs::OpenOptions::new().read(true).write(true).open(&self.slave).expect("open the pty slave");
-        let mut cmd = Command::new(steward_bin());
-        cmd.env("STEWARD_TOKEN", &s.token).args(["--server", &s.url, "exec"]).args(args);
+        let mut cmd = s.command();
+        cmd.arg("exec").args(args);
         cmd.stdin(open()).stdout(open()).stderr(open());
         use std::os::unix::process::CommandExt;
         // SAFETY: only async-signal-safe calls between fork and exec.

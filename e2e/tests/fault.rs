@@ -54,15 +54,9 @@ fn env() -> Env {
     env_with(false, &[])
 }
 
-/// The CLI against `url` (usable from a storm thread).
-fn cli(url: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(steward_bin())
-        .env("STEWARD_TOKEN", token)
-        .arg("--server")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run steward")
+/// The CLI through a steward's kubeconfig (usable from a storm thread).
+fn cli(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(steward_bin()).env("KUBECONFIG", kubeconfig).env_remove("STEWARD_SERVER").args(args).output().expect("run steward")
 }
 
 fn expect_of(i: usize) -> &'static str {
@@ -123,7 +117,7 @@ fn plan_storm(rng: &mut Rng, pool: &[String], state: &BTreeMap<String, u64>, nex
 /// Runs a storm's batches one after another (with short random gaps);
 /// returns what each acknowledged: Present/Absent, or Unknown when the
 /// call failed (the server may have died under it).
-fn run_storm(url: String, token: String, image: String, dir: PathBuf, batches: Vec<Batch>, gaps: Vec<Duration>) -> BTreeMap<String, Want> {
+fn run_storm(kubeconfig: PathBuf, image: String, dir: PathBuf, batches: Vec<Batch>, gaps: Vec<Duration>) -> BTreeMap<String, Want> {
     let mut out = BTreeMap::new();
     for (n, (b, gap)) in batches.into_iter().zip(gaps).enumerate() {
         std::thread::sleep(gap);
@@ -132,7 +126,7 @@ fn run_storm(url: String, token: String, image: String, dir: PathBuf, batches: V
                 let docs: Vec<String> = items.iter().map(|(name, ex, g)| fault::manifest(name, &image, ex, *g)).collect();
                 let f = dir.join(format!("storm-{n}.yaml"));
                 std::fs::write(&f, fault::manifests(&docs)).expect("write manifests");
-                let ok = cli(&url, &token, &["apply", "-f", &f.to_string_lossy()]).status.success();
+                let ok = cli(&kubeconfig, &["apply", "-f", &f.to_string_lossy()]).status.success();
                 for (name, _, g) in items {
                     out.insert(name, if ok { Want::Present(g) } else { Want::Unknown });
                 }
@@ -140,7 +134,7 @@ fn run_storm(url: String, token: String, image: String, dir: PathBuf, batches: V
             Batch::Delete(names) => {
                 let mut args = vec!["delete", "containers"];
                 args.extend(names.iter().map(String::as_str));
-                let ok = cli(&url, &token, &args).status.success();
+                let ok = cli(&kubeconfig, &args).status.success();
                 for name in names {
                     out.insert(name, if ok { Want::Absent } else { Want::Unknown });
                 }
@@ -193,8 +187,8 @@ fn fault_kill9_steward_during_storms() {
         let state = store_state(&e.steward);
         let batches = plan_storm(&mut rng, &pool, &state, &mut next_gen);
         let gaps: Vec<Duration> = batches.iter().map(|_| rng.millis(0, 300)).collect();
-        let (url, token, image, dir) = (e.steward.url.clone(), e.steward.token.clone(), e.registry.image(), e.dir.path().to_path_buf());
-        let storm = std::thread::spawn(move || run_storm(url, token, image, dir, batches, gaps));
+        let (kubeconfig, image, dir) = (e.steward.kubeconfig(), e.registry.image(), e.dir.path().to_path_buf());
+        let storm = std::thread::spawn(move || run_storm(kubeconfig, image, dir, batches, gaps));
         let mut faults = 0;
         // One to three kills while the storm runs and the controller
         // reconciles it: at a random moment, or right after steward logs
@@ -261,8 +255,8 @@ fn kill9_containerd(scenario: &str, external: bool) {
             })
             .collect();
         let gaps: Vec<Duration> = batches.iter().map(|_| rng.millis(0, 300)).collect();
-        let (url, token, image, dir) = (e.steward.url.clone(), e.steward.token.clone(), e.registry.image(), e.dir.path().to_path_buf());
-        let storm = std::thread::spawn(move || run_storm(url, token, image, dir, batches, gaps));
+        let (kubeconfig, image, dir) = (e.steward.kubeconfig(), e.registry.image(), e.dir.path().to_path_buf());
+        let storm = std::thread::spawn(move || run_storm(kubeconfig, image, dir, batches, gaps));
         std::thread::sleep(rng.millis(0, 1500));
         let socket = e.steward.socket.clone();
         let pid = containerd_pid_or_panic(&socket);
@@ -552,8 +546,8 @@ fn fault_changes_while_the_controller_is_down() {
         e.steward.restart_with(&["--no-controller"]);
         let batches = plan_storm(&mut rng, &pool, &state, &mut next_gen);
         let ops: u64 = batches.iter().map(|b| match b { Batch::Apply(i) => i.len(), Batch::Delete(n) => n.len() } as u64).sum();
-        let (url, token, image, dir) = (e.steward.url.clone(), e.steward.token.clone(), e.registry.image(), e.dir.path().to_path_buf());
-        let acked = run_storm(url, token, image, dir, batches, vec![Duration::ZERO; 8]);
+        let (kubeconfig, image, dir) = (e.steward.kubeconfig(), e.registry.image(), e.dir.path().to_path_buf());
+        let acked = run_storm(kubeconfig, image, dir, batches, vec![Duration::ZERO; 8]);
         assert!(!acked.values().any(|w| *w == Want::Unknown), "a write to the --no-controller server failed: {acked:?}");
         want.extend(acked);
         e.steward.stop_graceful(Duration::from_secs(60));
@@ -794,9 +788,9 @@ fn raw_post(st: &Steward, name: &str, image: &str, generation: u64) -> (u16, Str
         "spec": {"image": image, "command": ["sleep", "3600"], "restartPolicy": "Always",
                  "terminationGracePeriodSeconds": 1, "env": [{"name": "GEN", "value": generation.to_string()}]}
     });
-    let o = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H"])
-        .arg(format!("Authorization: Bearer {}", st.token))
+    let o = st
+        .curl()
+        .args(["-w", "\n%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
         .arg("--data-binary")
         .arg(body.to_string())
         .arg(format!("{}/apis/steward.dev/v1alpha1/namespaces/default/containers", st.url))
@@ -815,9 +809,9 @@ fn raw_patch_gen(st: &Steward, name: &str, generation: u64) -> (u16, String) {
         "metadata": {"annotations": {"fault.steward.dev/ballast": "x".repeat(8 * 1024)}},
         "spec": {"env": [{"name": "GEN", "value": generation.to_string()}]}
     });
-    let o = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "-H"])
-        .arg(format!("Authorization: Bearer {}", st.token))
+    let o = st
+        .curl()
+        .args(["-w", "\n%{http_code}", "-X", "PATCH", "-H", "Content-Type: application/merge-patch+json"])
         .arg("--data-binary")
         .arg(body.to_string())
         .arg(format!("{}/apis/steward.dev/v1alpha1/namespaces/default/containers/{name}", st.url))
@@ -1014,9 +1008,9 @@ fn writes_acknowledged_on_a_nearly_full_disk_survive_kill9() {
             "metadata": {"name": format!("o{i}"), "annotations": {"pad": pad}},
             "spec": {"image": "busybox", "env": [{"name": "GEN", "value": "1"}]}
         });
-        let o = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json", "-H"])
-            .arg(format!("Authorization: Bearer {}", st.token))
+        let o = st
+            .curl()
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", "Content-Type: application/json"])
             .arg("--data-binary")
             .arg(body.to_string())
             .arg(format!("{}/apis/steward.dev/v1alpha1/namespaces/default/containers", st.url))

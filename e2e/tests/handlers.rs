@@ -181,8 +181,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
-fn cli_at(url: &str, token: &str, args: &[&str]) -> std::process::Output {
-    Command::new(steward_bin()).env("STEWARD_TOKEN", token).arg("--server").arg(url).args(args).output().expect("run steward")
+fn cli_at(kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(steward_bin()).env("KUBECONFIG", kubeconfig).env_remove("STEWARD_SERVER").args(args).output().expect("run steward")
 }
 
 /// Reloads that change a handler's arguments, rename it and remove it, while
@@ -203,18 +203,18 @@ fn reloads_during_a_storm_never_strand_a_container() {
     let s = Steward::start_with(&data, &["--config", &file.to_string_lossy(), "--containerd-socket", &ext.socket.to_string_lossy()]);
 
     // The storm: 24 creates (default handler), a delete after every third.
-    let (url, token, img, mdir) = (s.url.clone(), s.token.clone(), image.clone(), dir.path().join("storm"));
+    let (kubeconfig, img, mdir) = (s.kubeconfig(), image.clone(), dir.path().join("storm"));
     std::fs::create_dir_all(&mdir).expect("mkdir");
     let storm = std::thread::spawn(move || {
         let mut deleted = Vec::new();
         for i in 0..24 {
             let f = mdir.join(format!("s{i}.yaml"));
             std::fs::write(&f, manifest(&format!("s{i:02}"), &img, None)).expect("write");
-            let out = cli_at(&url, &token, &["apply", "-f", &f.to_string_lossy()]);
+            let out = cli_at(&kubeconfig, &["apply", "-f", &f.to_string_lossy()]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             if i % 3 == 2 {
                 let victim = format!("s{:02}", i - 2);
-                let out = cli_at(&url, &token, &["delete", "containers", &victim]);
+                let out = cli_at(&kubeconfig, &["delete", "containers", &victim]);
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 deleted.push(victim);
             }

@@ -21,6 +21,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_steward");
 pub struct TestServer {
     child: Child,
     url: String,
+    /// The CA of an HTTPS server (its DATA/pki/ca.crt).
+    ca: Option<std::path::PathBuf>,
     /// The API token `serve` created in its data dir.
     token: String,
     stderr: Arc<Mutex<String>>,
@@ -33,8 +35,23 @@ impl TestServer {
         Self::start_with(data_dir, &[])
     }
 
-    /// [`TestServer::start`] with more `serve` flags.
+    /// [`TestServer::start`] with more `serve` flags. These tests are of
+    /// the store, the API and the CLI's verbs, over plain HTTP (their
+    /// writers are plain reqwest clients); HTTPS, the default, has tests of
+    /// its own ([`TestServer::start_tls`], tests/tls.rs) and the e2e suite
+    /// runs on it throughout.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> TestServer {
+        let mut args = vec!["--plain-http"];
+        args.extend_from_slice(extra);
+        Self::spawn(data_dir, &args)
+    }
+
+    /// `serve` as it is by default: HTTPS, with its CA under DATA/pki.
+    pub fn start_tls(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::spawn(data_dir, extra)
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str]) -> TestServer {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--data-dir")
@@ -80,8 +97,7 @@ impl TestServer {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default();
-                        break format!("http://{addr}");
+                        break rest.split_whitespace().next().unwrap_or_default().to_string();
                     }
                     seen.push(line);
                 }
@@ -100,7 +116,8 @@ impl TestServer {
         // Keep draining stdout for the life of the server.
         std::thread::spawn(move || while rx.recv().is_ok() {});
         let token = std::fs::read_to_string(data_dir.join("token")).expect("serve creates DATA/token").trim().to_string();
-        TestServer { child, url, token, stderr }
+        let ca = url.starts_with("https://").then(|| data_dir.join("pki/ca.crt"));
+        TestServer { child, url, ca, token, stderr }
     }
 
     /// The server's process id.
@@ -110,6 +127,11 @@ impl TestServer {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The CA of an HTTPS server.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// The bearer token the API requires.
@@ -130,12 +152,12 @@ impl TestServer {
 
     /// Runs `steward --server URL ARGS...`.
     pub fn steward(&self, args: &[&str]) -> Output {
-        run_steward(&self.url, Some(&self.token), args, None)
+        run_steward(&self.url, Some(&self.token), self.ca.as_deref(), args, None)
     }
 
     /// Runs `steward --server URL ARGS...` with `input` on stdin.
     pub fn steward_stdin(&self, args: &[&str], input: &str) -> Output {
-        run_steward(&self.url, Some(&self.token), args, Some(input))
+        run_steward(&self.url, Some(&self.token), self.ca.as_deref(), args, Some(input))
     }
 }
 
@@ -147,15 +169,22 @@ impl Drop for TestServer {
 
 /// Runs the client against `url` (which need not be a live server).
 pub fn steward_at(url: &str, args: &[&str], input: Option<&str>) -> Output {
-    run_steward(url, None, args, input)
+    run_steward(url, None, None, args, input)
 }
 
-fn run_steward(url: &str, token: Option<&str>, args: &[&str], input: Option<&str>) -> Output {
+/// `steward --server URL ARGS...`, with no kubeconfig nor default data
+/// dir of this machine in the way.
+fn run_steward(url: &str, token: Option<&str>, ca: Option<&Path>, args: &[&str], input: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
     if let Some(t) = token {
         cmd.env("STEWARD_TOKEN", t);
     }
+    if let Some(ca) = ca {
+        cmd.arg("--certificate-authority").arg(ca);
+    }
     let mut child = cmd
+        .env_remove("KUBECONFIG")
+        .env("STEWARD_DATA_DIR", "/nonexistent/steward-test")
         .args(["--server", url])
         .args(args)
         .env_remove("STEWARD_SERVER")
