@@ -318,18 +318,16 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
-    // DeleteOptions: preconditions and dryRun; everything else is accepted
-    // and ignored (propagationPolicy matters once owners exist).
-    let opts: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
-    };
-    let pre = |f: &str| opts.pointer(&format!("/preconditions/{f}")).and_then(Value::as_str).unwrap_or_default().to_string();
-    if opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All")) {
+    let opts = crate::query::DeleteOptions::parse(&bytes, q.as_deref())?;
+    if opts.dry_run {
         p.dry_run = true;
     }
-    let write = Write::Delete { key: key(&ns, &name), resource_version: pre("resourceVersion"), uid: pre("uid") };
+    let write = Write::Delete {
+        key: key(&ns, &name),
+        resource_version: opts.resource_version,
+        uid: opts.uid,
+        grace_period_seconds: opts.grace_period_seconds,
+    };
     let r = app.store.write(write, p.dry_run).instrument(span("delete", &ns, &name)).await?;
     Ok(object_response(StatusCode::OK, "delete", &r.object))
 }

@@ -86,6 +86,88 @@ impl Params {
     }
 }
 
+/// What a delete asks for: Kubernetes' `DeleteOptions`, from the body
+/// (what kubectl and client libraries send; `kind` and `apiVersion` may be
+/// left out) and from query parameters of the same names (what curl users
+/// send). The body wins where both say.
+#[derive(Debug, Default, PartialEq)]
+pub struct DeleteOptions {
+    /// Precondition: the object's resourceVersion must be this.
+    pub resource_version: String,
+    /// Precondition: the object's uid must be this.
+    pub uid: String,
+    pub grace_period_seconds: Option<i64>,
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct DeleteOptionsBody {
+    kind: Option<String>,
+    grace_period_seconds: Option<i64>,
+    preconditions: Option<Preconditions>,
+    propagation_policy: Option<String>,
+    orphan_dependents: Option<bool>,
+    dry_run: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Preconditions {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    pub fn parse(body: &[u8], query: Option<&str>) -> Result<DeleteOptions, ApiError> {
+        let bad = |m: String| ApiError::BadRequest(m);
+        let mut b: DeleteOptionsBody = if body.iter().all(u8::is_ascii_whitespace) {
+            DeleteOptionsBody::default()
+        } else {
+            serde_json::from_slice(body).map_err(|e| bad(format!("invalid DeleteOptions: {e}")))?
+        };
+        if let Some(k) = b.kind.as_deref().filter(|k| !k.is_empty() && *k != "DeleteOptions") {
+            return Err(bad(format!("the body of a delete must be DeleteOptions, not {k}")));
+        }
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
+            .map_err(|e| bad(format!("malformed query string: {e}")))?;
+        for (k, v) in pairs {
+            match k.as_str() {
+                "gracePeriodSeconds" if b.grace_period_seconds.is_none() => {
+                    b.grace_period_seconds = Some(
+                        v.parse().map_err(|_| bad(format!("query parameter gracePeriodSeconds: {v:?} is not an integer")))?,
+                    )
+                }
+                "propagationPolicy" if b.propagation_policy.is_none() => b.propagation_policy = Some(v),
+                _ => {}
+            }
+        }
+        if let Some(g) = b.grace_period_seconds.filter(|g| *g < 0) {
+            return Err(bad(format!("DeleteOptions.gracePeriodSeconds: {g}: must be 0 or more")));
+        }
+        // No object has dependents yet, so every policy deletes the same
+        // way; an unknown one is refused as kube-apiserver refuses it.
+        if let Some(p) = b.propagation_policy.as_deref().filter(|p| !matches!(*p, "Orphan" | "Background" | "Foreground")) {
+            return Err(bad(format!("DeleteOptions.propagationPolicy: {p:?}: must be Orphan, Background or Foreground")));
+        }
+        if b.orphan_dependents.is_some() && b.propagation_policy.is_some() {
+            return Err(bad("DeleteOptions: orphanDependents and propagationPolicy cannot both be set".into()));
+        }
+        let dry_run = match b.dry_run.as_deref().unwrap_or_default() {
+            [] => false,
+            [all] if all == "All" => true,
+            other => return Err(bad(format!("DeleteOptions.dryRun: {other:?} is not supported (only [\"All\"])"))),
+        };
+        let pre = b.preconditions.unwrap_or_default();
+        Ok(DeleteOptions {
+            resource_version: pre.resource_version.unwrap_or_default(),
+            uid: pre.uid.unwrap_or_default(),
+            grace_period_seconds: b.grace_period_seconds,
+            dry_run,
+        })
+    }
+}
+
 /// A `continue` token: where the next page starts and the revision of the
 /// first page (the list's resourceVersion, so a watch from it misses
 /// nothing that changed while the client paged).
@@ -111,5 +193,37 @@ impl ContinueToken {
 
     pub fn key(&self, resource: &str) -> Key {
         Key::new(resource, &self.ns, &self.name)
+    }
+}
+
+#[cfg(test)]
+mod delete_options_tests {
+    use super::DeleteOptions;
+
+    #[test]
+    fn bodies_and_queries() {
+        let o = DeleteOptions::parse(br#"{"propagationPolicy":"Background"}"#, None).unwrap();
+        assert_eq!(o, DeleteOptions::default());
+        let o = DeleteOptions::parse(
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0,"preconditions":{"uid":"u","resourceVersion":"7"},"dryRun":["All"]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(o, DeleteOptions { resource_version: "7".into(), uid: "u".into(), grace_period_seconds: Some(0), dry_run: true });
+        let o = DeleteOptions::parse(b"", Some("gracePeriodSeconds=5&propagationPolicy=Foreground")).unwrap();
+        assert_eq!(o.grace_period_seconds, Some(5));
+        let o = DeleteOptions::parse(br#"{"gracePeriodSeconds":1}"#, Some("gracePeriodSeconds=5")).unwrap();
+        assert_eq!(o.grace_period_seconds, Some(1), "the body wins");
+        for (body, query, says) in [
+            (&br#"{"gracePeriodSeconds":-1}"#[..], None, "gracePeriodSeconds"),
+            (br#"{"propagationPolicy":"Sideways"}"#, None, "propagationPolicy"),
+            (b"", Some("gracePeriodSeconds=soon"), "gracePeriodSeconds"),
+            (br#"{"kind":"Container"}"#, None, "DeleteOptions"),
+            (br#"{"dryRun":["Some"]}"#, None, "dryRun"),
+            (b"{", None, "invalid DeleteOptions"),
+        ] {
+            let e = DeleteOptions::parse(body, query).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 }

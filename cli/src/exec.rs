@@ -256,7 +256,7 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> anyhow::Result<ExitCode> {
         Err(WsError::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
             let code = reqwest::StatusCode::from_u16(resp.status().as_u16()).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
-            return Err(ClientError::Api(status_from_body(code, &body)).into());
+            return Err(ClientError::Api(Box::new(status_from_body(code, &body))).into());
         }
         Err(e) => return Err(ClientError::Transport { server: ctx.client.server().to_string(), reason: e.to_string() }.into()),
     };

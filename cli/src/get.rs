@@ -235,7 +235,7 @@ async fn watch(
                     rv = list.metadata.resource_version;
                     break;
                 }
-                WatchEvent::Error(s) => return Err(ClientError::Api(s).into()),
+                WatchEvent::Error(s) => return Err(ClientError::Api(Box::new(s)).into()),
             }
         }
     }

@@ -134,7 +134,7 @@ pub async fn wait_for(client: &Client, ns: &str, name: &str, goal: &Goal, deadli
                         bail!("{} was deleted while waiting", qualified(name))
                     }
                     (WatchEvent::Error(s), _) if s.code == 410 => break,
-                    (WatchEvent::Error(s), _) => return Err(ClientError::Api(s).into()),
+                    (WatchEvent::Error(s), _) => return Err(ClientError::Api(Box::new(s)).into()),
                     _ => {}
                 }
             }

@@ -47,8 +47,6 @@ pub struct Config {
 }
 
 /// Errors a user can act on, each printed as one line.
-// `Status` makes the Api variant large; errors are rare and short-lived.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server could not be reached at all (refused, no route, TLS
@@ -60,7 +58,7 @@ pub enum Error {
     Transport { server: String, reason: String },
     /// The server answered with a `Status` error.
     #[error("{}", api_line(.0))]
-    Api(Status),
+    Api(Box<Status>),
     /// The server answered something that is not what the API promises.
     #[error("unexpected answer from steward: {0}")]
     Protocol(String),
@@ -181,7 +179,7 @@ impl Client {
         }
         let code = resp.status();
         let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
-        Err(Error::Api(status_from_body(code, &body)))
+        Err(Error::Api(Box::new(status_from_body(code, &body))))
     }
 
     /// Reads a response body as JSON.
@@ -414,7 +412,7 @@ mod tests {
             br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"containers \"x\" not found","reason":"NotFound","code":404}"#,
         );
         assert_eq!(s.reason, "NotFound");
-        let e = Error::Api(s);
+        let e = Error::Api(Box::new(s));
         assert!(e.is_not_found());
         assert_eq!(e.to_string(), "Error from server (NotFound): containers \"x\" not found");
         let s = status_from_body(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");

@@ -48,7 +48,7 @@ struct ListMeta {
 impl From<Error> for SourceError {
     fn from(e: Error) -> SourceError {
         match e {
-            Error::Api(s) if s.code == 410 => SourceError::Gone(s.message),
+            Error::Api(s) if s.code == 410 => SourceError::Gone(s.message.clone()),
             Error::Api(s) => SourceError::Api(format!("{} ({}): {}", s.reason, s.code, s.message)),
             e @ (Error::Unreachable { .. } | Error::Transport { .. }) => SourceError::Transport(e.to_string()),
             Error::Protocol(m) | Error::Config(m) => SourceError::Protocol(m),

@@ -76,6 +76,11 @@ pub struct ObjectMeta {
     /// Server-set when a delete waits for finalizers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<Time>,
+    /// Server-set from the delete's `gracePeriodSeconds`: how long the
+    /// container gets to stop after its stop signal, instead of the spec's
+    /// `terminationGracePeriodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
     /// Controllers that must clean up before the object goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,

@@ -32,6 +32,10 @@ pub enum Write {
         key: Key,
         resource_version: String,
         uid: String,
+        /// DeleteOptions' `gracePeriodSeconds`: recorded as
+        /// `metadata.deletionGracePeriodSeconds` for the controller; a
+        /// later delete may shorten it, never lengthen it.
+        grace_period_seconds: Option<i64>,
     },
 }
 
@@ -193,6 +197,7 @@ pub fn apply(
             m.generation = 1;
             m.creation_timestamp = Some(now);
             m.deletion_timestamp = None;
+            m.deletion_grace_period_seconds = None;
             object.status = None;
             Ok(Outcome::Changed {
                 event_type: EventType::Added,
@@ -256,16 +261,24 @@ pub fn apply(
                 prev: Some(cur.clone()),
             })
         }
-        Write::Delete { key, resource_version, uid } => {
+        Write::Delete { key, resource_version, uid, grace_period_seconds } => {
             let cur = current.ok_or_else(|| not_found(&key))?;
             check_preconditions(cur, &resource_version, &uid)?;
             let mut new = cur.object.clone();
+            let shorter = grace_period_seconds
+                .filter(|g| new.metadata.deletion_grace_period_seconds.is_none_or(|cur| *g < cur));
             let event_type = if new.metadata.finalizers.is_empty() {
                 EventType::Deleted
             } else if new.metadata.deletion_timestamp.is_none() {
                 // As Kubernetes: a deletion is a change of desired state.
                 new.metadata.deletion_timestamp = Some(now);
+                new.metadata.deletion_grace_period_seconds = grace_period_seconds;
                 new.metadata.generation += 1;
+                EventType::Modified
+            } else if let Some(g) = shorter {
+                // `kubectl delete --grace-period=0 --force` after a plain
+                // delete: the stop is cut short.
+                new.metadata.deletion_grace_period_seconds = Some(g);
                 EventType::Modified
             } else {
                 return Ok(Outcome::Unchanged(cur.clone()));
@@ -367,7 +380,7 @@ mod tests {
         let mut o = s.object.clone();
         o.metadata.finalizers = vec!["steward.dev/containerd".into()];
         let (_, s2) = changed(apply(Write::Update { key: key(), object: o }, Some(&s), 2, Time::now(), String::new));
-        let del = || Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let del = || Write::Delete { key: key(), resource_version: String::new(), uid: String::new(), grace_period_seconds: None };
         let (t, s3) = changed(apply(del(), Some(&s2), 3, Time::now(), String::new));
         assert_eq!(t, EventType::Modified);
         assert!(s3.object.metadata.deletion_timestamp.is_some());
@@ -385,7 +398,7 @@ mod tests {
         assert_eq!(t, EventType::Deleted);
         assert_eq!(s4.revision, 4);
         // Without finalizers a delete is immediate; a wrong uid conflicts.
-        let e = apply(Write::Delete { key: key(), resource_version: String::new(), uid: "other".into() }, Some(&s), 2, Time::now(), String::new);
+        let e = apply(Write::Delete { key: key(), resource_version: String::new(), uid: "other".into(), grace_period_seconds: None }, Some(&s), 2, Time::now(), String::new);
         assert!(matches!(e, Err(StoreError::Conflict { .. })));
         let (t, _) = changed(apply(del(), Some(&s), 2, Time::now(), String::new));
         assert_eq!(t, EventType::Deleted);
@@ -401,7 +414,7 @@ mod tests {
         o.metadata.uid = "u1".into();
         let s = Stored::new(key(), o).unwrap();
         assert!(s.json.len() > MAX_STORED_BYTES);
-        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new(), grace_period_seconds: None };
         let (_, s2) = changed(apply(del, Some(&s), 2, Time::now(), String::new));
         assert!(s2.object.metadata.deletion_timestamp.is_some());
         let mut grown = s2.object.clone();
@@ -434,7 +447,7 @@ mod tests {
         assert!(s.json.len() > MAX_OBJECT_BYTES);
         let st = Write::UpdateStatus { key: key(), status: Some(json!({"phase": "Running"})), resource_version: String::new() };
         let (_, s) = changed(apply(st, Some(&s), 4, Time::now(), String::new));
-        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new() };
+        let del = Write::Delete { key: key(), resource_version: String::new(), uid: String::new(), grace_period_seconds: None };
         let (_, s) = changed(apply(del, Some(&s), 5, Time::now(), String::new));
         assert!(s.object.metadata.deletion_timestamp.is_some());
         // A client's label on the object over the cap is refused.

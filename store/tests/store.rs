@@ -38,7 +38,7 @@ async fn writes_survive_reopen() {
     let mut o = store.get(&key("c3")).unwrap().object.clone();
     o.spec = json!({"image": "b"});
     store.write(Write::Update { key: key("c3"), object: o }, false).await.unwrap();
-    store.write(Write::Delete { key: key("c4"), resource_version: String::new(), uid: String::new() }, false).await.unwrap();
+    store.write(Write::Delete { key: key("c4"), resource_version: String::new(), uid: String::new(), grace_period_seconds: None }, false).await.unwrap();
     let rev = store.revision();
     assert_eq!(rev, 12);
     store.shutdown().await;
@@ -222,7 +222,7 @@ async fn open_replays_the_event_log_after_the_snapshot() {
     let mut o = store.get(&key("c1")).unwrap().object.clone();
     o.spec = json!({"image": "new"});
     store.write(Write::Update { key: key("c1"), object: o }, false).await.unwrap();
-    store.write(Write::Delete { key: key("c2"), resource_version: String::new(), uid: String::new() }, false).await.unwrap();
+    store.write(Write::Delete { key: key("c2"), resource_version: String::new(), uid: String::new(), grace_period_seconds: None }, false).await.unwrap();
     create(&store, "c9").await;
 
     let other = Store::open(cfg).await.unwrap();
@@ -388,7 +388,7 @@ async fn list_at_an_older_revision_undoes_later_changes() {
     let mut o = store.get(&key("c")).unwrap().object.clone();
     o.spec = json!({"image": "changed"});
     store.write(Write::Update { key: key("c"), object: o }, false).await.unwrap();
-    store.write(Write::Delete { key: key("d"), resource_version: String::new(), uid: String::new() }, false).await.unwrap();
+    store.write(Write::Delete { key: key("d"), resource_version: String::new(), uid: String::new(), grace_period_seconds: None }, false).await.unwrap();
     create(&store, "e").await;
     let page = store.list_at("containers", None, Some(&next), 0, 4, |_| true).unwrap();
     let got: Vec<(String, String)> =
@@ -517,7 +517,7 @@ async fn replayed_events_carry_the_previous_version_after_a_restart() {
     };
     store.write(relabel(&store, "a", "web"), false).await.unwrap(); // 3, prev 1
     store.write(relabel(&store, "a", "db"), false).await.unwrap(); // 4, prev 3
-    store.write(Write::Delete { key: key("b"), resource_version: String::new(), uid: String::new() }, false).await.unwrap(); // 5, prev 2
+    store.write(Write::Delete { key: key("b"), resource_version: String::new(), uid: String::new(), grace_period_seconds: None }, false).await.unwrap(); // 5, prev 2
 
     // As after a crash: a new store on the file, no snapshot since 2.
     let other = Store::open(cfg).await.unwrap();

@@ -190,7 +190,12 @@ async fn cleanup<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action
         ctx.runtime.remove_logs(&m.namespace, &m.name, &m.uid).await?;
         return Ok(Action::AwaitChange);
     };
-    let (signal, grace) = stop_params(c, Some(&obj.spec));
+    let (signal, mut grace) = stop_params(c, Some(&obj.spec));
+    // The delete's own grace period (`kubectl delete --grace-period`)
+    // wins when shorter.
+    if let Some(g) = obj.metadata.deletion_grace_period_seconds {
+        grace = grace.min(std::time::Duration::from_secs(g.max(0) as u64));
+    }
     match execute(ctx, obj, teardown(c, signal, grace, &Time::now())).await? {
         // Not done until the containers are gone.
         Action::AwaitChange => Ok(Action::Requeue(KILL_RECHECK)),
