@@ -10,6 +10,7 @@ mod auth;
 mod containers;
 mod discovery;
 mod error;
+pub mod events;
 mod exec;
 mod images;
 mod io;
@@ -18,6 +19,7 @@ mod logs;
 mod metrics;
 pub mod pki;
 mod query;
+mod registry;
 mod reload;
 mod table;
 mod watch;
@@ -89,6 +91,8 @@ pub struct Config {
     pub not_ready: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// Serve HTTPS with this configuration (`None`: plain HTTP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long Events are kept, and how many.
+    pub event_retention: events::Retention,
 }
 
 impl Default for Config {
@@ -113,6 +117,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             not_ready: None,
             tls: None,
+            event_retention: events::Retention::default(),
         }
     }
 }
@@ -132,7 +137,7 @@ pub type AppState = Arc<App>;
 
 pub fn router(app: AppState) -> Router {
     let base = "/apis/steward.dev/v1alpha1";
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(discovery::healthz))
         .route("/livez", get(discovery::healthz))
         .route("/readyz", get(discovery::readyz))
@@ -145,28 +150,16 @@ pub fn router(app: AppState) -> Router {
         .route(base, get(discovery::resources))
         .route("/openapi/v3", get(discovery::openapi_root))
         .route("/openapi/v3/apis/steward.dev/v1alpha1", get(discovery::openapi_group_version))
-        .route(&format!("{base}/containers"), get(containers::list_all))
-        .route(
-            &format!("{base}/namespaces/{{ns}}/containers"),
-            get(containers::list).post(containers::create),
-        )
-        .route(
-            &format!("{base}/namespaces/{{ns}}/containers/{{name}}"),
-            get(containers::read)
-                .put(containers::replace)
-                .patch(containers::patch)
-                .delete(containers::delete),
-        )
-        .route(
-            &format!("{base}/namespaces/{{ns}}/containers/{{name}}/status"),
-            get(containers::read).put(containers::replace_status).patch(containers::patch_status),
-        )
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/exec"), get(exec::exec).post(exec::exec))
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))
         .route(&format!("{base}/images/pull"), axum::routing::post(images::pull))
         .route(&format!("{base}/images"), get(images::list))
-        .route(&format!("{base}/images/{{name}}"), get(images::read).delete(images::delete))
+        .route(&format!("{base}/images/{{name}}"), get(images::read).delete(images::delete));
+    // Every kind through the generic registry.
+    let router = registry::routes(router, containers::kind());
+    let router = registry::routes(router, events::kind());
+    router
         .fallback(discovery::not_found)
         .method_not_allowed_fallback(discovery::method_not_allowed)
         // Layers run last-added first: metrics, then authentication, then
@@ -201,6 +194,7 @@ pub async fn serve(
     // Flips to `true` when shutdown has waited long enough: the remaining
     // connections are dropped.
     let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(events::expire(store.clone(), config.event_retention, rx.clone()));
     let app = Arc::new(App { store: store.clone(), config, metrics: Metrics::default(), shutdown: rx.clone(), inflight });
     let service = hyper_util::service::TowerToHyperService::new(router(app));
     // Every connection task holds a clone; when all are dropped, every

@@ -34,7 +34,14 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
 }
 
 impl Params {
+    /// The parameters of a Container request.
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
+        Self::parse_for(raw, steward_schema::selector::SELECTABLE_FIELDS)
+    }
+
+    /// The parameters of a request for a kind whose field selectors may
+    /// name `selectable`.
+    pub fn parse_for(raw: Option<&str>, selectable: &[&str]) -> Result<Params, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
             .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
         let mut p = Params::default();
@@ -46,7 +53,8 @@ impl Params {
                     p.label_selector = LabelSelector::parse(&v).map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?
                 }
                 "fieldSelector" => {
-                    p.field_selector = FieldSelector::parse(&v).map_err(|e| ApiError::BadRequest(format!("fieldSelector: {e}")))?
+                    p.field_selector =
+                        FieldSelector::parse_for(&v, selectable).map_err(|e| ApiError::BadRequest(format!("fieldSelector: {e}")))?
                 }
                 "limit" => {
                     p.limit = v

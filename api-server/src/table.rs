@@ -5,7 +5,8 @@
 
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Value};
-use steward_schema::Container;
+
+use crate::registry::Strategy;
 
 pub const CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 
@@ -47,10 +48,9 @@ impl Include {
 
 /// One row for the object `raw` (its stored JSON); `None` if it does not
 /// decode (never for what the store holds).
-pub fn row(raw: &[u8], include: Include, now: chrono::DateTime<chrono::Utc>) -> Option<Value> {
+pub fn row(kind: &dyn Strategy, raw: &[u8], include: Include, now: chrono::DateTime<chrono::Utc>) -> Option<Value> {
     let obj: Value = serde_json::from_slice(raw).ok()?;
-    let c: Container = serde_json::from_value(obj.clone()).ok()?;
-    let cells: Vec<Value> = steward_schema::table::cells(&c, now).iter().map(|c| c.json()).collect();
+    let cells = kind.cells(&obj, now)?;
     let object = match include {
         Include::None => Value::Null,
         Include::Object => obj,
@@ -61,7 +61,7 @@ pub fn row(raw: &[u8], include: Include, now: chrono::DateTime<chrono::Utc>) -> 
 
 /// A Table of `rows`; `columns` false leaves the definitions out (the
 /// events of a watch after the first, as kube-apiserver does).
-pub fn table(rows: Vec<Value>, resource_version: &str, cont: Option<&str>, columns: bool) -> Value {
+pub fn table(kind: &dyn Strategy, rows: Vec<Value>, resource_version: &str, cont: Option<&str>, columns: bool) -> Value {
     let mut metadata = json!({"resourceVersion": resource_version});
     if let Some(c) = cont {
         metadata["continue"] = json!(c);
@@ -70,7 +70,7 @@ pub fn table(rows: Vec<Value>, resource_version: &str, cont: Option<&str>, colum
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "columnDefinitions": if columns { steward_schema::table::column_definitions() } else { json!([]) },
+        "columnDefinitions": if columns { kind.columns() } else { json!([]) },
         "rows": rows,
     })
 }
@@ -98,13 +98,13 @@ mod tests {
     fn rows_carry_the_get_columns_and_partial_metadata() {
         let raw = br#"{"apiVersion":"steward.dev/v1alpha1","kind":"Container","metadata":{"name":"web","namespace":"default","resourceVersion":"7","creationTimestamp":"2026-11-30T10:00:00Z"},"spec":{"image":"busybox"},"status":{"phase":"Running","restartCount":2,"ip":"10.88.0.2","conditions":[{"type":"Ready","status":"True"}]}}"#;
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:01:30Z").expect("time").with_timezone(&chrono::Utc);
-        let r = row(raw, Include::Metadata, now).expect("row");
+        let r = row(&crate::containers::Containers, raw, Include::Metadata, now).expect("row");
         assert_eq!(r["cells"], json!(["web", "1/1", "Running", 2, "90s", "busybox", "<none>", "<none>", "10.88.0.2"]));
         assert_eq!(r["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(r["object"]["metadata"]["namespace"], "default");
         assert!(r["object"].get("spec").is_none());
-        assert_eq!(row(raw, Include::Object, now).expect("row")["object"]["spec"]["image"], "busybox");
-        let t = table(vec![r], "7", None, true);
+        assert_eq!(row(&crate::containers::Containers, raw, Include::Object, now).expect("row")["object"]["spec"]["image"], "busybox");
+        let t = table(&crate::containers::Containers, vec![r], "7", None, true);
         let names: Vec<&str> = t["columnDefinitions"].as_array().expect("cols").iter().filter_map(|c| c["name"].as_str()).collect();
         assert_eq!(names, ["Name", "Ready", "Status", "Restarts", "Age", "Image", "Container-ID", "PID", "IP"]);
         assert_eq!(t["columnDefinitions"][5]["priority"], 1);

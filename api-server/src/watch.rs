@@ -8,11 +8,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
-use steward_schema::RESOURCE;
 use steward_store::{Event, EventType, StoreError, Watch};
 use tokio::time::Instant;
 
-use crate::containers::matches;
+use crate::registry::{matches, Kind};
 use crate::metrics::Verb;
 use crate::query::Params;
 use crate::{ApiError, AppState};
@@ -44,12 +43,12 @@ fn bookmark_frame(revision: i64) -> Bytes {
 /// the event as it is; was in, now out → DELETED; was out, now in →
 /// ADDED; a deletion of an object that was in (or whose last state is in)
 /// → DELETED; otherwise nothing.
-fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
+fn translate(kind: &dyn crate::registry::Strategy, p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
     if ns.is_some_and(|ns| ns != e.object.key.namespace) {
         return None;
     }
-    let now = matches(p, &e.object);
-    let before = e.prev.as_ref().map(|prev| matches(p, prev));
+    let now = matches(kind, p, &e.object);
+    let before = e.prev.as_ref().map(|prev| matches(kind, p, prev));
     let selective = !p.label_selector.is_empty() || !p.field_selector.is_empty();
     match (e.event_type, before, now) {
         (EventType::Added, _, now) => now.then_some(EventType::Added),
@@ -69,6 +68,7 @@ fn translate(p: &Params, ns: Option<&str>, e: &Event) -> Option<EventType> {
 
 struct Stream {
     app: AppState,
+    kind: Kind,
     ns: Option<String>,
     params: Params,
     watch: Option<Watch>,
@@ -86,9 +86,9 @@ struct Stream {
 /// gets a 200 whose only event is an ERROR with a 410 Status, as the
 /// Kubernetes API server does (an HTTP 410 makes some clients retry the
 /// same revision for ever).
-pub fn serve(app: AppState, ns: Option<String>, params: Params, table: Option<crate::table::Include>) -> Result<Response, ApiError> {
+pub fn serve(app: AppState, kind: Kind, ns: Option<String>, params: Params, table: Option<crate::table::Include>) -> Result<Response, ApiError> {
     let from = params.watch_from()?;
-    let (watch, first) = match app.store.watch(RESOURCE, from) {
+    let (watch, first) = match app.store.watch(kind.resource(), from) {
         Ok(w) => (Some(w), None),
         Err(e @ StoreError::Expired { .. }) => (None, Some(error_frame(&e))),
         Err(e) => return Err(e.into()),
@@ -96,7 +96,7 @@ pub fn serve(app: AppState, ns: Option<String>, params: Params, table: Option<cr
     let now = Instant::now();
     let deadline = params.timeout_seconds.map(|s| now + Duration::from_secs(s));
     let next_bookmark = params.allow_bookmarks.then(|| now + app.config.bookmark_interval);
-    let state = Stream { app, ns, params, watch, first, deadline, next_bookmark, table, columns_sent: false };
+    let state = Stream { app, kind, ns, params, watch, first, deadline, next_bookmark, table, columns_sent: false };
     let body = Body::from_stream(stream::unfold(state, step));
     // A Table watch says so (kubectl reads each event's object as a Table).
     let content_type = if table.is_some() { "application/json;as=Table;v=v1;g=meta.k8s.io;stream=watch" } else { "application/json;stream=watch" };
@@ -134,11 +134,11 @@ async fn step(mut s: Stream) -> Option<(Result<Bytes, Infallible>, Stream)> {
                     return Some((Ok(error_frame(&e)), s));
                 }
                 Some(Ok(e)) => {
-                    if let Some(t) = translate(&s.params, s.ns.as_deref(), &e) {
+                    if let Some(t) = translate(s.kind.as_ref(), &s.params, s.ns.as_deref(), &e) {
                         if let Some(include) = s.table {
-                            let rows = crate::table::row(&e.object.json, include, chrono::Utc::now()).into_iter().collect();
+                            let rows = crate::table::row(s.kind.as_ref(), &e.object.json, include, chrono::Utc::now()).into_iter().collect();
                             let rv = e.object.object.metadata.resource_version.clone();
-                            let table = crate::table::table(rows, &rv, None, !s.columns_sent);
+                            let table = crate::table::table(s.kind.as_ref(), rows, &rv, None, !s.columns_sent);
                             s.columns_sent = true;
                             return Some((Ok(frame(t.as_str(), table.to_string().as_bytes())), s));
                         }
@@ -164,6 +164,7 @@ mod tests {
             metadata: Default::default(),
             spec: serde_json::Value::Null,
             status: None,
+            rest: Default::default(),
         };
         o.metadata.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if deleting {
@@ -199,10 +200,10 @@ mod tests {
             (ev(Modified, None, web()), Some(Modified)),
         ];
         for (i, (e, want)) in cases.iter().enumerate() {
-            assert_eq!(translate(&p, None, e), *want, "case {i}");
+            assert_eq!(translate(&crate::containers::Containers, &p, None, e), *want, "case {i}");
         }
         // Without a selector nothing is translated.
         let all = Params::parse(None).unwrap();
-        assert_eq!(translate(&all, None, &ev(Deleted, Some(other()), other())), Some(Deleted));
+        assert_eq!(translate(&crate::containers::Containers, &all, None, &ev(Deleted, Some(other()), other())), Some(Deleted));
     }
 }

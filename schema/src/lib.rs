@@ -7,6 +7,7 @@
 //! `steward-store`, HTTP to `steward-apiserver`.
 
 pub mod container;
+pub mod event;
 pub mod manifest;
 pub mod meta;
 pub mod quantity;
@@ -16,6 +17,7 @@ pub mod table;
 pub mod validate;
 
 pub use container::*;
+pub use event::{Event, EventSource, ObjectReference};
 pub use manifest::{parse_manifests, Document, ManifestError};
 pub use meta::{ObjectMeta, Time};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};

@@ -26,7 +26,13 @@ pub struct ManifestError {
 /// Converts one parsed value into a `Container`, naming the field path of
 /// any type error or unknown field.
 pub fn container_from_value(v: serde_yaml::Value) -> Result<Container, String> {
-    match serde_path_to_error::deserialize::<_, Container>(v) {
+    object_from_value(v)
+}
+
+/// Converts one parsed value into an object of any kind, naming the field
+/// path of any type error or unknown field.
+pub fn object_from_value<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
         Ok(c) => Ok(c),
         Err(e) => {
             let path = e.path().to_string();
@@ -43,8 +49,14 @@ pub fn container_from_value(v: serde_yaml::Value) -> Result<Container, String> {
 /// Parses a JSON body into a `Container`, naming the line and column of a
 /// syntax error or the field path of a type error.
 pub fn container_from_json(body: &[u8]) -> Result<Container, String> {
+    object_from_json(body)
+}
+
+/// Parses a JSON body into an object of any kind, naming the line and
+/// column of a syntax error or the field path of a type error.
+pub fn object_from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    match serde_path_to_error::deserialize::<_, Container>(de) {
+    match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(c) => Ok(c),
         Err(e) => {
             let path = e.path().to_string();

@@ -73,6 +73,10 @@ pub struct ObjectMeta {
     /// Server-set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<Time>,
+    /// A prefix the server completes into a unique name when `name` is
+    /// left out (creates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
     /// Server-set when a delete waits for finalizers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<Time>,

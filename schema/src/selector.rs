@@ -140,7 +140,13 @@ pub struct FieldSelector {
 }
 
 impl FieldSelector {
+    /// A field selector over Containers' [`SELECTABLE_FIELDS`].
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
+        Self::parse_for(input, SELECTABLE_FIELDS)
+    }
+
+    /// A field selector over `selectable` (a kind's own fields).
+    pub fn parse_for(input: &str, selectable: &[&str]) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, eq, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -157,13 +163,13 @@ impl FieldSelector {
                 });
             };
             let field = field.trim();
-            if !SELECTABLE_FIELDS.contains(&field) {
+            if !selectable.contains(&field) {
                 return Err(SelectorError {
                     kind: "field",
                     input: input.into(),
                     message: format!(
                         "field {field:?} is not selectable (supported: {})",
-                        SELECTABLE_FIELDS.join(", ")
+                        selectable.join(", ")
                     ),
                 });
             }

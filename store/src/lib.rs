@@ -782,6 +782,7 @@ mod tests {
             metadata: Default::default(),
             spec: serde_json::Value::Null,
             status: None,
+            rest: Default::default(),
         };
         let first = tokio::spawn({
             let s = stalled.clone();

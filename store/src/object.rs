@@ -15,10 +15,15 @@ pub struct Object {
     pub api_version: String,
     pub kind: String,
     pub metadata: ObjectMeta,
-    #[serde(default)]
+    /// What users write, for kinds that have a spec (Containers).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub spec: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Value>,
+    /// The top-level fields of kinds without a spec (an Event's
+    /// `involvedObject`, `reason`, ...), written by users like a spec.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, Value>,
 }
 
 /// Identifies one object: its resource (plural, e.g. `containers`),

@@ -224,10 +224,11 @@ pub fn apply(
             new.metadata.finalizers = object.metadata.finalizers;
             new.metadata.owner_references = object.metadata.owner_references;
             new.spec = object.spec;
+            new.rest = object.rest;
             if new == *old {
                 return Ok(Outcome::Unchanged(cur.clone()));
             }
-            let spec_changed = new.spec != old.spec;
+            let spec_changed = new.spec != old.spec || new.rest != old.rest;
             if spec_changed {
                 new.metadata.generation += 1;
             }
@@ -308,6 +309,7 @@ mod tests {
             metadata: Default::default(),
             spec,
             status: None,
+            rest: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@ fn obj(name: &str, image: &str) -> Object {
         metadata: Default::default(),
         spec: json!({ "image": image }),
         status: None,
+        rest: Default::default(),
     };
     o.metadata.name = name.into();
     o
