@@ -2,7 +2,7 @@
 //! kubectl needs to send writes (see shared/notes/kubernetes-clients.md).
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -40,12 +40,133 @@ pub async fn version() -> Json<Value> {
     }))
 }
 
-pub async fn apis() -> Json<Value> {
-    Json(json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": [group_body()],
-    }))
+/// What a discovery request's `Accept` asks for, in its order of
+/// preference: kubectl 1.32 offers aggregated v2, then v2beta1, then plain
+/// JSON; kubectl 1.28 only v2beta1. Answering a version the client did not
+/// offer makes it see no resources at all, so the choice follows `Accept`.
+#[derive(Debug, PartialEq)]
+enum Discovery {
+    Aggregated(&'static str),
+    Plain,
+}
+
+fn negotiate(headers: &HeaderMap) -> Discovery {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(|p| p.trim().to_ascii_lowercase().replace(' ', ""));
+        let media = parts.next().unwrap_or_default();
+        let params: Vec<String> = parts.collect();
+        let has = |p: &str| params.iter().any(|x| x == p);
+        if has("as=apigroupdiscoverylist") && has("g=apidiscovery.k8s.io") {
+            if has("v=v2") {
+                return Discovery::Aggregated("v2");
+            }
+            if has("v=v2beta1") {
+                return Discovery::Aggregated("v2beta1");
+            }
+            continue;
+        }
+        if matches!(media.as_str(), "application/json" | "*/*" | "application/*") && !params.iter().any(|p| p.starts_with("as=")) {
+            return Discovery::Plain;
+        }
+    }
+    Discovery::Plain
+}
+
+const CONTAINER_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const EVENT_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+
+/// The resources of a group version, in APIResourceList's shape.
+fn resource_list(group_version: &str) -> Option<Value> {
+    let resources = match group_version {
+        "v1" => json!([
+            {"name": "events", "singularName": "event", "namespaced": true, "kind": "Event", "verbs": EVENT_VERBS, "shortNames": ["ev"]},
+        ]),
+        "steward.dev/v1alpha1" => json!([
+            {"name": "containers", "singularName": "container", "namespaced": true, "kind": "Container",
+             "shortNames": ["ct"], "verbs": CONTAINER_VERBS},
+            {"name": "containers/status", "singularName": "", "namespaced": true, "kind": "Container",
+             "verbs": ["get", "patch", "update"]},
+            {"name": "containers/log", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["get"]},
+            {"name": "containers/exec", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["create", "get"]},
+        ]),
+        _ => return None,
+    };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
+}
+
+/// An APIResourceList's resources in aggregated discovery's shape: each
+/// resource with its subresources folded in.
+fn aggregated_resources(group: &str, version: &str) -> Value {
+    let list = resource_list(&if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }).unwrap_or_default();
+    let all = list["resources"].as_array().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in all.iter().filter(|r| !r["name"].as_str().unwrap_or_default().contains('/')) {
+        let name = r["name"].as_str().unwrap_or_default();
+        let kind = |k: &Value| json!({"group": group, "version": version, "kind": k});
+        let subresources: Vec<Value> = all
+            .iter()
+            .filter_map(|s| {
+                let sub = s["name"].as_str()?.strip_prefix(&format!("{name}/"))?;
+                Some(json!({"subresource": sub, "responseKind": kind(&s["kind"]), "verbs": s["verbs"]}))
+            })
+            .collect();
+        let mut entry = json!({
+            "resource": name,
+            "responseKind": kind(&r["kind"]),
+            "scope": if r["namespaced"] == true { "Namespaced" } else { "Cluster" },
+            "singularResource": r["singularName"],
+            "verbs": r["verbs"],
+        });
+        if let Some(short) = r.get("shortNames") {
+            entry["shortNames"] = short.clone();
+        }
+        if !subresources.is_empty() {
+            entry["subresources"] = json!(subresources);
+        }
+        out.push(entry);
+    }
+    json!(out)
+}
+
+fn aggregated(version: &'static str, items: Vec<Value>) -> Response {
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items});
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    ([(header::CONTENT_TYPE, ct), (header::VARY, "Accept".to_string())], body.to_string()).into_response()
+}
+
+fn plain(body: Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json"), (header::VARY, "Accept")], body.to_string()).into_response()
+}
+
+/// `/api`: the core group (Events).
+pub async fn core(headers: HeaderMap) -> Response {
+    match negotiate(&headers) {
+        Discovery::Aggregated(v) => aggregated(
+            v,
+            vec![json!({"metadata": {"creationTimestamp": null},
+                        "versions": [{"version": "v1", "resources": aggregated_resources("", "v1"), "freshness": "Current"}]})],
+        ),
+        Discovery::Plain => plain(json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})),
+    }
+}
+
+/// `/api/v1`.
+pub async fn core_v1() -> Response {
+    plain(resource_list("v1").unwrap_or_default())
+}
+
+/// `/apis`: the steward.dev group.
+pub async fn apis(headers: HeaderMap) -> Response {
+    match negotiate(&headers) {
+        Discovery::Aggregated(v) => aggregated(
+            v,
+            vec![json!({"metadata": {"name": "steward.dev", "creationTimestamp": null},
+                        "versions": [{"version": "v1alpha1", "resources": aggregated_resources("steward.dev", "v1alpha1"), "freshness": "Current"}]})],
+        ),
+        Discovery::Plain => plain(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_body()]})),
+    }
 }
 
 fn group_body() -> Value {
@@ -63,21 +184,8 @@ pub async fn group() -> Json<Value> {
     Json(group_body())
 }
 
-pub async fn resources() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": "steward.dev/v1alpha1",
-        "resources": [
-            {"name": "containers", "singularName": "container", "namespaced": true, "kind": "Container",
-             "shortNames": ["ct"],
-             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
-            {"name": "containers/status", "singularName": "", "namespaced": true, "kind": "Container",
-             "verbs": ["get", "patch", "update"]},
-            {"name": "containers/log", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["get"]},
-            {"name": "containers/exec", "singularName": "", "namespaced": true, "kind": "Container", "verbs": ["create", "get"]},
-        ],
-    }))
+pub async fn resources() -> Response {
+    plain(resource_list("steward.dev/v1alpha1").unwrap_or_default())
 }
 
 pub async fn openapi_root() -> Json<Value> {
@@ -219,5 +327,26 @@ mod tests {
         }
         assert!(!text.contains("#/definitions/") && !text.contains("\"null\""), "JSON Schema forms left");
         assert_eq!(schemas["dev.steward.v1alpha1.Container"]["x-kubernetes-group-version-kind"], gvk);
+    }
+
+    #[test]
+    fn discovery_answers_the_version_the_client_offers() {
+        let h = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            h
+        };
+        let k132 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(&h(k132)), Discovery::Aggregated("v2"));
+        let k128 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(negotiate(&h(k128)), Discovery::Aggregated("v2beta1"));
+        assert_eq!(negotiate(&h("application/json")), Discovery::Plain);
+        assert_eq!(negotiate(&HeaderMap::new()), Discovery::Plain);
+        assert_eq!(negotiate(&h("application/json;g=apidiscovery.k8s.io;v=v3;as=APIGroupDiscoveryList,application/json")), Discovery::Plain);
+        let r = aggregated_resources("steward.dev", "v1alpha1");
+        assert_eq!(r[0]["resource"], "containers");
+        let subs: Vec<&str> = r[0]["subresources"].as_array().unwrap().iter().map(|s| s["subresource"].as_str().unwrap()).collect();
+        assert_eq!(subs, ["status", "log", "exec"]);
+        assert_eq!(aggregated_resources("", "v1")[0]["responseKind"], json!({"group": "", "version": "v1", "kind": "Event"}));
     }
 }

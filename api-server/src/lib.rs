@@ -145,6 +145,8 @@ pub fn router(app: AppState) -> Router {
         .route("/version", get(discovery::version))
         .route("/version/", get(discovery::version))
         .route("/-/reload", axum::routing::post(reload::reload))
+        .route("/api", get(discovery::core))
+        .route("/api/v1", get(discovery::core_v1))
         .route("/apis", get(discovery::apis))
         .route("/apis/steward.dev", get(discovery::group))
         .route(base, get(discovery::resources))

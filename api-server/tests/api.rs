@@ -263,7 +263,7 @@ async fn error_codes() {
     let (code, st) = body(s.client.post(s.ns_url("")).body(container("nct").to_string()).send().await.unwrap()).await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{st}");
     // 404 on an unknown path, as a Status.
-    let (code, st) = body(s.client.get(format!("{}/api/v1", s.url)).send().await.unwrap()).await;
+    let (code, st) = body(s.client.get(format!("{}/api/v2", s.url)).send().await.unwrap()).await;
     assert_eq!((code.as_u16(), st["reason"].as_str()), (404, Some("NotFound")));
     // 405.
     let (code, st) = body(s.client.post(s.ns_url("/x")).send().await.unwrap()).await;
@@ -1412,3 +1412,117 @@ async fn an_authenticated_create_without_a_content_type_is_json() {
     s.stop().await;
 }
 
+
+fn event(name: &str, object: &str, uid: &str, reason: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name},
+        "involvedObject": {"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "name": object, "namespace": "default", "uid": uid},
+        "reason": reason, "message": format!("{reason} for {object}"), "type": "Normal",
+        "source": {"component": "test"},
+    })
+}
+
+/// Events are a kind of their own through the generic registry: create,
+/// get, list, field selectors on involvedObject, patch, watch, table,
+/// discovery, expiry, and what kubectl does with them.
+#[tokio::test]
+async fn events_are_served_selected_expired_and_described() {
+    let mut s = TestServer::start().await;
+    let events = format!("{}/api/v1/namespaces/default/events", s.url);
+    let web = create(&s, &container("web")).await;
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_string();
+    for (name, obj, uid, reason) in [("web.1", "web", uid.as_str(), "Pulled"), ("web.2", "web", uid.as_str(), "Started"), ("db.1", "db", "other", "Pulled")] {
+        let (code, v) = body(s.client.post(&events).json(&event(name, obj, uid, reason)).send().await.unwrap()).await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+        assert_eq!((v["count"].as_i64(), v["involvedObject"]["name"].as_str()), (Some(1), Some(obj)), "defaults, fields at the top: {v}");
+        assert!(v["firstTimestamp"].is_string() && v["lastTimestamp"].is_string() && v.get("spec").is_none(), "{v}");
+    }
+    // Bad ones name their field.
+    let mut bad = event("bad.1", "web", &uid, "X");
+    bad["source"] = json!({});
+    bad["type"] = json!("Odd");
+    let (code, st) = body(s.client.post(&events).json(&bad).send().await.unwrap()).await;
+    assert_eq!(code.as_u16(), 422, "{st}");
+    let fields: Vec<&str> = st["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["type", "source.component"]);
+    // generateName.
+    let mut gen = event("", "web", &uid, "Gen");
+    gen["metadata"] = json!({"generateName": "web."});
+    let (code, v) = body(s.client.post(&events).json(&gen).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert!(v["metadata"]["name"].as_str().unwrap().starts_with("web.") && v["metadata"]["name"].as_str().unwrap().len() == 9, "{v}");
+
+    // Field selectors as `kubectl describe` sends them.
+    let sel = format!("involvedObject.kind=Container,involvedObject.uid={uid},involvedObject.name=web,involvedObject.namespace=default");
+    let (_, list) = body(s.client.get(&events).query(&[("fieldSelector", sel.as_str())]).send().await.unwrap()).await;
+    assert_eq!(list["kind"], "EventList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 3, "{list}");
+    let (code, st) = body(s.client.get(&events).query(&[("fieldSelector", "spec.image=x")]).send().await.unwrap()).await;
+    assert_eq!(code.as_u16(), 400, "{st}");
+    // Across namespaces.
+    let (_, all) = body(s.client.get(format!("{}/api/v1/events", s.url)).send().await.unwrap()).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 4);
+    // A repeat raises the count with a merge patch.
+    let (code, v) = body(
+        s.client.patch(format!("{events}/web.1")).header("content-type", "application/merge-patch+json").body(r#"{"count":2}"#).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!((code, v["count"].as_i64()), (StatusCode::OK, Some(2)), "{v}");
+
+    // Discovery: the core group lists events, plain and aggregated.
+    let (_, v1) = body(s.client.get(format!("{}/api/v1", s.url)).send().await.unwrap()).await;
+    assert_eq!(v1["resources"][0]["name"], "events");
+    let r = s
+        .client
+        .get(format!("{}/apis", s.url))
+        .header("Accept", "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList");
+    let (_, agg) = body(r).await;
+    assert_eq!(agg["apiVersion"], "apidiscovery.k8s.io/v2beta1");
+    assert_eq!(agg["items"][0]["versions"][0]["resources"][0]["resource"], "containers");
+
+    // The machine's kubectl: `get events`, and `describe` showing them.
+    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let kubectl = kubectl.expect("kubectl is needed: install kubectl 1.32 (it is on every machine of this kind)");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: s, context: {{cluster: s, namespace: default}}}}]\ncurrent-context: s\nusers: []\n",
+        s.url
+    )).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = tokio::process::Command::new(kubectl).env("KUBECONFIG", &kubeconfig).env("HOME", kubeconfig.parent().unwrap()).args(args).output().await.expect("run kubectl");
+            assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("unable to retrieve"), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let out = run(&["get", "events"]).await;
+    assert!(out.starts_with("LAST SEEN") && out.contains("container/web") && out.contains("Started for web"), "{out}");
+    let out = run(&["describe", "container", "web"]).await;
+    let tail = out.split("Events:").nth(1).unwrap_or_else(|| panic!("no Events section:\n{out}"));
+    assert!(tail.contains("Pulled") && tail.contains("Started") && !tail.contains("db"), "{out}");
+    let out = run(&["api-resources"]).await;
+    assert!(out.contains("events") && out.contains("containers"), "{out}");
+
+    // Expiry: last seen more than the TTL ago, or beyond the bound.
+    let mut old = event("web.old", "web", &uid, "Old");
+    old["lastTimestamp"] = json!((chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339());
+    old["firstTimestamp"] = old["lastTimestamp"].clone();
+    let (code, _) = body(s.client.post(&events).json(&old).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let r = steward_apiserver::events::Retention { ttl: Duration::from_secs(3600), max: 3, every: Duration::from_secs(60) };
+    let removed = steward_apiserver::events::expire_once(&s.store, r, chrono::Utc::now()).await;
+    assert_eq!(removed, 2, "the expired one and the oldest beyond 3");
+    let (_, all) = body(s.client.get(format!("{}/api/v1/events", s.url)).send().await.unwrap()).await;
+    let left: Vec<&str> = all["items"].as_array().unwrap().iter().map(|e| e["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(left.len(), 3);
+    assert!(!left.contains(&"web.old"), "{left:?}");
+    s.stop().await;
+}
