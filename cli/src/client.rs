@@ -291,6 +291,47 @@ impl Client {
         self.send(req).await
     }
 
+    /// `/api/v1/[namespaces/NS/]events`.
+    fn events_url(&self, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) => self.inner.url(&format!("/api/v1/namespaces/{ns}/events")),
+            None => self.inner.url("/api/v1/events"),
+        }
+    }
+
+    /// Events, in one namespace or all, matching `field_selector`; and the
+    /// list's resourceVersion.
+    pub async fn events(&self, ns: Option<&str>, field_selector: Option<&str>) -> Result<(Vec<steward_schema::Event>, String), ClientError> {
+        #[derive(Deserialize)]
+        struct EventList {
+            #[serde(default)]
+            metadata: ListMeta,
+            #[serde(default)]
+            items: Vec<steward_schema::Event>,
+        }
+        let mut req = self.request(Method::GET, self.events_url(ns));
+        if let Some(s) = field_selector {
+            req = req.query(&[("fieldSelector", s)]);
+        }
+        let list: EventList = self.json(self.send(req).await?).await?;
+        Ok((list.items, list.metadata.resource_version))
+    }
+
+    /// A watch of events from `resource_version`.
+    pub async fn watch_events(
+        &self,
+        ns: Option<&str>,
+        field_selector: Option<&str>,
+        resource_version: &str,
+    ) -> Result<steward_client::WatchStream<steward_schema::Event>, ClientError> {
+        let query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version)];
+        let mut req = self.inner.streaming(Method::GET, self.events_url(ns)).query(&query);
+        if let Some(s) = field_selector {
+            req = req.query(&[("fieldSelector", s)]);
+        }
+        Ok(self.inner.watch_stream(self.send(req).await?))
+    }
+
     /// Uploads an OCI archive to the server's runtime; returns image names.
     pub async fn import_image(&self, file: tokio::fs::File) -> Result<Vec<String>, ClientError> {
         let body = reqwest::Body::wrap_stream(file_chunks(file));

@@ -29,7 +29,18 @@ pub async fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<ExitCode> 
         match ctx.client.get(ctx.namespace(), name).await? {
             Some(c) => {
                 let sep = if first { "" } else { "\n\n" };
-                emit(&format!("{sep}{}", describe(&c, Utc::now())))?;
+                // As kubectl: the events of this object (this uid), and a
+                // describe that cannot read them still describes.
+                let selector = format!("involvedObject.name={},involvedObject.uid={}", c.metadata.name, c.metadata.uid);
+                let events = match ctx.client.events(Some(&c.metadata.namespace), Some(&selector)).await {
+                    Ok((events, _)) => events,
+                    Err(e) => {
+                        eprintln!("warning: cannot read events: {e}");
+                        Vec::new()
+                    }
+                };
+                let now = Utc::now();
+                emit(&format!("{sep}{}{}", describe(&c, now), events_section(&events, now)))?;
                 first = false;
             }
             None => {
@@ -223,8 +234,33 @@ pub fn describe(c: &Container, now: DateTime<Utc>) -> String {
             }
         }
     }
-    // There is no events API yet; the line keeps kubectl's layout.
-    let _ = writeln!(o, "Events:       <none>");
+    o
+}
+
+/// kubectl's Events section: oldest first, `Age` as `10s (x3 over 2m)`
+/// for repeats.
+pub fn events_section(events: &[steward_schema::Event], now: DateTime<Utc>) -> String {
+    if events.is_empty() {
+        return "Events:       <none>\n".into();
+    }
+    let mut events: Vec<&steward_schema::Event> = events.iter().collect();
+    events.sort_by_key(|e| e.last_seen());
+    let mut rows = vec![
+        vec!["Type".to_string(), "Reason".into(), "Age".into(), "From".into(), "Message".into()],
+        vec!["----".to_string(), "------".into(), "----".into(), "----".into(), "-------".into()],
+    ];
+    for e in events {
+        let last = e.last_seen().map_or_else(|| "<unknown>".to_string(), |t| human_age(now - t));
+        let age = match (e.count, e.first_timestamp) {
+            (n, Some(first)) if n > 1 => format!("{last} (x{n} over {})", human_age(now - first.0)),
+            _ => last,
+        };
+        rows.push(vec![e.type_.clone(), e.reason.clone(), age, e.source.component.clone(), e.message.clone()]);
+    }
+    let mut o = String::from("Events:\n");
+    for line in crate::table::TableWriter::default().render(&rows).lines() {
+        let _ = writeln!(o, "  {}", line.trim_end());
+    }
     o
 }
 
@@ -292,7 +328,23 @@ mod tests {
         assert!(text.contains("Labels:       app=web\n              tier=front\n"), "{text}");
         assert!(text.contains("  Restart Policy:     Always\n"), "{text}");
         assert!(text.contains("State:        <not yet observed>\n"), "{text}");
-        assert!(text.ends_with("Events:       <none>\n"), "{text}");
+        assert!(text.ends_with("State:        <not yet observed>\n"), "{text}");
+        assert_eq!(events_section(&[], now), "Events:       <none>\n");
+        let mut e = steward_schema::Event::default();
+        e.type_ = "Normal".into();
+        e.reason = "Pulled".into();
+        e.source.component = "steward".into();
+        e.message = "Container image \"busybox\" already present on machine".into();
+        e.count = 3;
+        e.first_timestamp = Some(Time(now - chrono::Duration::minutes(2)));
+        e.last_timestamp = Some(Time(now - chrono::Duration::seconds(10)));
+        let section = events_section(&[e], now);
+        assert_eq!(
+            section,
+            "Events:\n  Type     Reason   Age                From      Message\n  ----     ------   ----               ----      -------\n  \
+             Normal   Pulled   10s (x3 over 2m)   steward   Container image \"busybox\" already present on machine\n",
+            "{section}"
+        );
 
         c.status = Some(ContainerStatus {
             phase: Some(Phase::Running),

@@ -7,6 +7,7 @@ mod client;
 mod delete;
 mod describe;
 mod diff;
+mod events;
 mod exec;
 mod get;
 mod image;
@@ -82,6 +83,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Print a container's output.
     Logs(logs::LogsArgs),
+    /// What happened to containers (pulls, starts, restarts, probe failures).
+    Events(events::EventsArgs),
     /// Run a command in a running container.
     Exec(exec::ExecArgs),
     /// Manage images in the container runtime.
@@ -222,6 +225,7 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         // diff has its own exit codes, errors included (2).
         Command::Diff(args) => Ok(diff::run(&ctx, args).await),
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Events(args) => events::run(&ctx, args).await,
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
         Command::Config(_) | Command::Network(_) | Command::Kubeconfig { .. } | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),

@@ -71,6 +71,11 @@ impl<K: Resource> Api<K> {
         }
     }
 
+    /// The client underneath (for other kinds: events).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn collection(&self, ns: Option<&str>) -> String {
         match ns {
             Some(ns) => self.client.url(&format!("{API_ROOT}/namespaces/{ns}/{}", K::PLURAL)),

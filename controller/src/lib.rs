@@ -12,6 +12,7 @@ pub mod actual;
 pub mod client;
 pub mod container;
 pub mod containerd;
+pub mod events;
 pub mod manager;
 pub mod network;
 pub mod runtime;

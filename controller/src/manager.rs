@@ -58,6 +58,7 @@ pub async fn run<R: Runtime>(
     config: ManagerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let events = crate::events::Recorder::new(client.clone());
     let api: Api<Container> = Api::new(client);
     // Pulls run outside the reconcile slots; their waiters are woken when
     // they end.
@@ -65,7 +66,7 @@ pub async fn run<R: Runtime>(
     // Probes run on timers of their own; a changed outcome wakes the object.
     let (prober, probed) = Prober::new(Arc::new(RuntimeExec(runtime.clone())));
     let probed = futures_util::stream::unfold(probed, |mut rx| async move { rx.recv().await.map(|k| (k, rx)) });
-    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls, prober });
+    let ctx = Arc::new(Context { api: api.clone(), runtime: runtime.clone(), store_uid: config.store_uid.clone(), pulls, prober, events });
     let collector = Collector { runtime: runtime.clone(), api: api.clone(), store_uid: config.store_uid.clone() };
     let mut created = runtime.created();
     // Runtime events name containers; most ids say whose they are, hashed

@@ -266,7 +266,14 @@ impl Harness {
         let api: Api<Container> = Api::all(&url);
         let (pulls, pulled) = Pulls::new(fake.clone());
         let (prober, _probed) = steward_controller::container::probes::Prober::new(Arc::new(ExitZero));
-        let ctx = Arc::new(Context { api: api.clone(), runtime: fake.clone(), store_uid: StoreUid::new(STORE).unwrap(), pulls, prober });
+        let ctx = Arc::new(Context {
+            api: api.clone(),
+            runtime: fake.clone(),
+            store_uid: StoreUid::new(STORE).unwrap(),
+            pulls,
+            prober,
+            events: steward_controller::events::Recorder::new(api.client().clone()),
+        });
         let cfg = Config {
             error_backoff: (Duration::from_millis(50), Duration::from_millis(400)),
             concurrency: 2,

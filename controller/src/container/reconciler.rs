@@ -61,6 +61,8 @@ pub struct Context<R> {
     pub pulls: Pulls<R>,
     /// Health probes of running containers.
     pub prober: Arc<Prober>,
+    /// Events about the objects, for `describe`.
+    pub events: crate::events::Recorder,
 }
 
 /// The reconcile function handed to the controller runtime.
@@ -102,8 +104,27 @@ async fn apply<R: Runtime>(obj: &Container, ctx: &Context<R>) -> Result<Action, 
         }
     }
     tracing::debug!(?step, "planned");
+    status_events(ctx, obj, &status);
     let obj = write_status(ctx, obj, status).await?;
     execute(ctx, &obj, step).await
+}
+
+/// The events a change of status is worth: a crash loop's back-off, and a
+/// readiness probe that started failing (or fails differently).
+fn status_events<R>(ctx: &Context<R>, obj: &Container, next: &ContainerStatus) {
+    let prior = obj.status.as_ref();
+    let waiting = |s: Option<&ContainerStatus>| {
+        s.and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref()).map(|w| w.reason.clone()).unwrap_or_default()
+    };
+    if waiting(Some(next)) == super::plan::REASON_CRASH_LOOP && waiting(prior) != super::plan::REASON_CRASH_LOOP {
+        ctx.events.warning(obj, "BackOff", format!("Back-off restarting failed container {}", obj.metadata.name));
+    }
+    let ready = |s: Option<&ContainerStatus>| s.and_then(|s| s.condition("Ready")).map(|c| (c.reason.clone(), c.message.clone()));
+    if let Some((reason, message)) = ready(Some(next)) {
+        if reason == "ReadinessProbeFailed" && ready(prior) != Some((reason, message.clone())) {
+            ctx.events.warning(obj, "Unhealthy", message);
+        }
+    }
 }
 
 /// `RuntimeHandlerCurrent`: False while the container runs with a handler
@@ -222,8 +243,18 @@ async fn set_waiting<R>(ctx: &Context<R>, obj: &Container, reason: &str, message
     if shown.is_some_and(|w| w.reason == reason && w.message == message) {
         return Ok(());
     }
+    let new_reason = shown.is_none_or(|w| w.reason != reason);
     let patch = json!({"status": {"state": {"waiting": {"reason": reason, "message": message}, "running": null, "terminated": null}}});
     ctx.api.patch_status(&obj.metadata.namespace, &obj.metadata.name, &patch).await?;
+    let image = &obj.spec.image;
+    match reason {
+        // Progress of a pull is not an event; its start is.
+        super::plan::REASON_PULLING if new_reason => ctx.events.normal(obj, "Pulling", format!("Pulling image {image:?}")),
+        super::plan::REASON_PULL_BACKOFF if new_reason => ctx.events.normal(obj, "BackOff", format!("Back-off pulling image {image:?}")),
+        super::plan::REASON_PULLING | super::plan::REASON_PULL_BACKOFF => {}
+        super::plan::REASON_ERR_PULL => ctx.events.warning(obj, "Failed", format!("Failed to pull image {image:?}: {message}")),
+        _ => ctx.events.warning(obj, "Failed", message),
+    }
     Ok(())
 }
 
@@ -272,7 +303,10 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
                 Err(ImageError::Api(e)) => return Err(e),
             };
             match rt.create(&id, &obj.spec, &image, object_labels(ctx, obj)).await {
-                Ok(()) => Ok(Action::Requeue(Duration::ZERO)),
+                Ok(()) => {
+                    ctx.events.normal(obj, "Created", format!("Created container {}", obj.metadata.name));
+                    Ok(Action::Requeue(Duration::ZERO))
+                }
                 Err(e @ RuntimeError::Create(_)) => {
                     set_waiting(ctx, obj, REASON_CREATE_ERROR, e.to_string()).await?;
                     Err(e.into())
@@ -283,6 +317,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
         Step::Start { id } => match rt.start(&id).await {
             Ok(pid) => {
                 tracing::info!(container = %id, pid, "started");
+                ctx.events.normal(obj, "Started", format!("Started container {}", obj.metadata.name));
                 Ok(Action::Requeue(Duration::ZERO))
             }
             Err(e @ RuntimeError::Create(_)) => {
@@ -304,6 +339,7 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             rt.kill(&id, signal, false).await?;
             rt.mark_stopping(&id, Time::now()).await?;
             tracing::info!(container = %id, signal, grace = grace.as_secs(), "stopping");
+            ctx.events.normal(obj, "Killing", format!("Stopping container {}", obj.metadata.name));
             Ok(Action::Requeue(grace))
         }
         Step::Relabel { id, labels } => {
@@ -359,6 +395,10 @@ async fn execute<R: Runtime>(ctx: &Context<R>, obj: &Container, step: Step) -> R
             let why = obj.status.as_ref().and_then(|s| s.condition(super::plan::CONDITION_UNHEALTHY)).map(|c| c.message.clone());
             tracing::warn!(container = %id, signal, grace = grace.as_secs(), reason = why.as_deref().unwrap_or_default(), "unhealthy: stopping to restart");
             rt.kill(&id, signal, false).await?;
+            if let Some(why) = why {
+                ctx.events.warning(obj, "Unhealthy", why.rsplit_once(" [pid ").map_or(why.as_str(), |(m, _)| m).to_string());
+            }
+            ctx.events.normal(obj, "Killing", format!("Container {} failed its probe, will be restarted", obj.metadata.name));
             Ok(Action::Requeue(grace))
         }
         Step::DeleteTask { id } => {
@@ -418,6 +458,7 @@ async fn image_for<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<Imag
             Ok(cfg) => {
                 // Not waiting for a pull any more (if it was).
                 ctx.pulls.forget(image, &who);
+                ctx.events.normal(obj, "Pulled", format!("Container image {image:?} already present on machine"));
                 return Ok(Image::Ready(cfg));
             }
             Err(RuntimeError::ImageNeverPull(_)) if policy != PullPolicy::Never => {}
@@ -426,7 +467,10 @@ async fn image_for<R: Runtime>(ctx: &Context<R>, obj: &Container) -> Result<Imag
     }
     let shown = obj.status.as_ref().and_then(|s| s.state.as_ref()).and_then(|s| s.waiting.as_ref());
     match ctx.pulls.poll(image, policy, &who) {
-        PullState::Pulled(cfg) => Ok(Image::Ready(cfg)),
+        PullState::Pulled(cfg) => {
+            ctx.events.normal(obj, "Pulled", format!("Successfully pulled image {image:?}"));
+            Ok(Image::Ready(cfg))
+        }
         PullState::Failed(f) => {
             if !matches!(f.error, RuntimeError::ImagePull(_)) {
                 // containerd failed, not the pull: the controller's backoff.
