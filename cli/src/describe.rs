@@ -330,14 +330,16 @@ mod tests {
         assert!(text.contains("State:        <not yet observed>\n"), "{text}");
         assert!(text.ends_with("State:        <not yet observed>\n"), "{text}");
         assert_eq!(events_section(&[], now), "Events:       <none>\n");
-        let mut e = steward_schema::Event::default();
-        e.type_ = "Normal".into();
-        e.reason = "Pulled".into();
-        e.source.component = "steward".into();
-        e.message = "Container image \"busybox\" already present on machine".into();
-        e.count = 3;
-        e.first_timestamp = Some(Time(now - chrono::Duration::minutes(2)));
-        e.last_timestamp = Some(Time(now - chrono::Duration::seconds(10)));
+        let e = steward_schema::Event {
+            type_: "Normal".into(),
+            reason: "Pulled".into(),
+            source: steward_schema::EventSource { component: "steward".into(), host: String::new() },
+            message: "Container image \"busybox\" already present on machine".into(),
+            count: 3,
+            first_timestamp: Some(Time(now - chrono::Duration::minutes(2))),
+            last_timestamp: Some(Time(now - chrono::Duration::seconds(10))),
+            ..Default::default()
+        };
         let section = events_section(&[e], now);
         assert_eq!(
             section,
