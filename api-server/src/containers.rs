@@ -47,6 +47,10 @@ impl Strategy for Containers {
         let mut c = match input {
             Input::Body { media: "application/json", body } => container_from_json(body).map_err(ApiError::BadRequest)?,
             Input::Body { media, body } => container_from_value(yaml_body(media, body)?).map_err(ApiError::BadRequest)?,
+            Input::Applied(doc) => {
+                let yaml = serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                container_from_value(yaml).map_err(ApiError::BadRequest)?
+            }
             Input::Value(doc) => {
                 let yaml = serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?;
                 container_from_value(yaml).map_err(|e| ApiError::BadRequest(format!("the patched object is not a Container: {e}")))?
@@ -105,6 +109,7 @@ fn admit(app: &App, c: &mut Container, ns: &str, url_name: Option<&str>) -> Resu
     }
     c.apply_defaults();
     validate_container(c).map_err(|errors| ApiError::Invalid {
+        kind: "Container",
         name: c.metadata.name.clone(),
         errors,
     })?;
@@ -138,6 +143,7 @@ fn check_network(app: &App, c: &Container) -> Result<(), ApiError> {
         ),
     );
     Err(ApiError::Invalid {
+        kind: "Container",
         name: c.metadata.name.clone(),
         errors,
     })
@@ -161,7 +167,7 @@ fn check_runtime_class(app: &App, c: &Container) -> Result<(), ApiError> {
         "spec.runtimeClassName",
         format!("{rc:?} is not a runtime handler of this server (runtimes.handlers: {})", known.join(", ")),
     );
-    Err(ApiError::Invalid { name: c.metadata.name.clone(), errors })
+    Err(ApiError::Invalid { kind: "Container", name: c.metadata.name.clone(), errors })
 }
 
 fn to_object(c: Container) -> Result<Object, ApiError> {
@@ -188,6 +194,7 @@ fn status_of(doc: Value) -> Result<Option<Value>, ApiError> {
     };
     let typed: ContainerStatus = serde_path_to_status(status)?;
     validate_status(&typed).map_err(|errors| ApiError::Invalid {
+        kind: "Container",
         name: doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().into(),
         errors,
     })?;

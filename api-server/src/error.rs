@@ -10,7 +10,11 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{name:?} is invalid: {errors}")]
-    Invalid { name: String, errors: FieldErrors },
+    Invalid { kind: &'static str, name: String, errors: FieldErrors },
+    /// A server-side apply that would take fields other managers own: 409
+    /// with a cause per field.
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<StatusCause> },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -58,14 +62,23 @@ impl ApiError {
         let msg = self.to_string();
         match self {
             ApiError::BadRequest(_) => Status::failure(400, "BadRequest", msg),
-            ApiError::Invalid { name, errors } => {
+            ApiError::Invalid { kind, name, errors } => {
                 let causes = errors
                     .0
                     .iter()
                     .map(|e| StatusCause { field: e.field.clone(), reason: e.reason.into(), message: e.message.clone() })
                     .collect();
-                Status::failure(422, "Invalid", format!("Container {msg}")).with_details(details(name, causes))
+                let mut d = details(name, causes);
+                if *kind != "Container" {
+                    d.group = String::new();
+                    d.kind = kind.to_string();
+                }
+                Status::failure(422, "Invalid", format!("{kind} {msg}")).with_details(d)
             }
+            ApiError::ApplyConflict { causes, .. } => Status::failure(409, "Conflict", msg).with_details(StatusDetails {
+                causes: causes.clone(),
+                ..Default::default()
+            }),
             ApiError::NotFound(_) => Status::failure(404, "NotFound", msg),
             ApiError::Unauthorized(_) => Status::failure(401, "Unauthorized", msg),
             ApiError::Forbidden(_) => Status::failure(403, "Forbidden", msg),
@@ -80,15 +93,15 @@ impl ApiError {
             ApiError::RequestTimeout(_) => Status::failure(408, "Timeout", msg),
             ApiError::Store(e) => match e {
                 StoreError::NotFound { key } => {
-                    Status::failure(404, "NotFound", format!("containers.steward.dev {:?} not found", key.name))
-                        .with_details(details(&key.name, vec![]))
+                    Status::failure(404, "NotFound", format!("{} {:?} not found", qualified(&key.resource), key.name))
+                        .with_details(resource_details(&key.resource, &key.name))
                 }
                 StoreError::AlreadyExists { key } => Status::failure(
                     409,
                     "AlreadyExists",
-                    format!("containers.steward.dev {:?} already exists", key.name),
+                    format!("{} {:?} already exists", qualified(&key.resource), key.name),
                 )
-                .with_details(details(&key.name, vec![])),
+                .with_details(resource_details(&key.resource, &key.name)),
                 StoreError::Conflict { key, .. } => {
                     Status::failure(409, "Conflict", msg).with_details(details(&key.name, vec![]))
                 }
@@ -110,6 +123,20 @@ impl ApiError {
             },
         }
     }
+}
+
+/// A resource as kubectl names it: `containers.steward.dev`, `events`.
+fn qualified(resource: &str) -> String {
+    if resource == steward_schema::RESOURCE {
+        format!("{resource}.{}", steward_schema::GROUP)
+    } else {
+        resource.to_string()
+    }
+}
+
+fn resource_details(resource: &str, name: &str) -> StatusDetails {
+    let group = if resource == steward_schema::RESOURCE { steward_schema::GROUP } else { "" };
+    StatusDetails { name: name.into(), group: group.into(), kind: resource.into(), causes: vec![] }
 }
 
 /// Serialises a `Status` as the JSON response it is. A 429 tells the

@@ -43,6 +43,10 @@ impl Strategy for Events {
         let mut e: Event = match input {
             Input::Body { media: "application/json", body } => object_from_json(body).map_err(ApiError::BadRequest)?,
             Input::Body { media, body } => object_from_value(yaml_body(media, body)?).map_err(ApiError::BadRequest)?,
+            Input::Applied(doc) => {
+                let yaml = serde_yaml::to_value(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                object_from_value(yaml).map_err(ApiError::BadRequest)?
+            }
             Input::Value(doc) => serde_json::from_value(doc).map_err(|e| ApiError::BadRequest(format!("the patched object is not an Event: {e}")))?,
         };
         check_identity(&mut e.metadata, ns, url_name)?;
@@ -109,7 +113,7 @@ impl Strategy for Events {
 }
 
 fn validate(e: &Event) -> Result<(), ApiError> {
-    validate_event(e).map_err(|errors| ApiError::Invalid { name: e.metadata.name.clone(), errors })
+    validate_event(e).map_err(|errors| ApiError::Invalid { kind: "Event", name: e.metadata.name.clone(), errors })
 }
 
 fn to_object(e: Event) -> Result<Object, ApiError> {

@@ -11,6 +11,7 @@ mod containers;
 mod discovery;
 mod error;
 pub mod events;
+mod fields;
 mod exec;
 mod images;
 mod io;

@@ -23,6 +23,23 @@ pub struct Params {
     pub timeout_seconds: Option<u64>,
     pub allow_bookmarks: bool,
     pub dry_run: bool,
+    /// Who writes (`fieldManager`), for managedFields.
+    pub field_manager: Option<String>,
+    /// An apply takes the fields of its conflicts (`force=true`).
+    pub force: bool,
+    /// `fieldValidation`: what to do with unknown fields.
+    pub field_validation: FieldValidation,
+}
+
+/// `fieldValidation`: unknown or duplicate fields are refused (`Strict`,
+/// steward's default, so a typo is never silently dropped), dropped with
+/// a warning (`Warn`), or dropped (`Ignore`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    #[default]
+    Strict,
+    Warn,
+    Ignore,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ApiError> {
@@ -68,6 +85,27 @@ impl Params {
                     })?)
                 }
                 "allowWatchBookmarks" => p.allow_bookmarks = parse_bool(&k, &v)?,
+                "fieldManager" => {
+                    if v.len() > 128 || v.chars().any(|c| c.is_control()) {
+                        return Err(ApiError::BadRequest(
+                            "query parameter fieldManager: at most 128 printable characters".into(),
+                        ));
+                    }
+                    p.field_manager = Some(v).filter(|v| !v.is_empty());
+                }
+                "force" => p.force = parse_bool(&k, &v)?,
+                "fieldValidation" => {
+                    p.field_validation = match v.as_str() {
+                        "Strict" | "" => FieldValidation::Strict,
+                        "Warn" => FieldValidation::Warn,
+                        "Ignore" => FieldValidation::Ignore,
+                        _ => {
+                            return Err(ApiError::BadRequest(format!(
+                                "query parameter fieldValidation: {v:?} is not Strict, Warn or Ignore"
+                            )))
+                        }
+                    }
+                }
                 "dryRun" => match v.as_str() {
                     "All" => p.dry_run = true,
                     "" => {}

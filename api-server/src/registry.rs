@@ -20,7 +20,8 @@ use steward_store::{EventType, Key, Object, Stored, StoreError, Write, WriteResu
 use tracing::Instrument;
 
 use crate::metrics::Verb;
-use crate::query::{ContinueToken, Params};
+use crate::fields;
+use crate::query::{ContinueToken, FieldValidation, Params};
 use crate::{watch, ApiError, App, AppState};
 
 /// How often a patch or apply is retried when a concurrent write moved the
@@ -49,6 +50,9 @@ pub enum Input<'a> {
     Body { media: &'a str, body: &'a [u8] },
     /// A document already decoded and patched.
     Value(Value),
+    /// A whole document decoded by the registry (an apply's result, or a
+    /// body under `fieldValidation=Warn|Ignore`); errors as for a body.
+    Applied(Value),
 }
 
 /// One kind's rules, as kube-apiserver's `RESTCreateStrategy` and friends.
@@ -299,25 +303,154 @@ async fn create(app: AppState, kind: Kind, ns: String, q: Option<String>, header
     let p = params(&kind, q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
     let media = body_media_type(&app, &headers);
-    let mut obj = admit_body(&app, &kind, media, bytes, ns.clone(), None).await?;
+    let mut dropped = Vec::new();
+    let mut obj = match p.field_validation {
+        FieldValidation::Strict => admit_body(&app, &kind, media, bytes, ns.clone(), None).await?,
+        _ => admit_lenient(&app, &kind, decode_value(&media, &bytes)?, &ns, None, &mut dropped)?,
+    };
+    let warnings = warnings_of(p.field_validation, &dropped);
     generate_name(&mut obj);
     let name = obj.metadata.name.clone();
+    let manager = manager(&p, &headers);
     async {
+        let json = to_json(&obj)?;
+        obj.metadata.managed_fields = fields::after_update(None, &json, &manager, kind.api_version());
         let r = app.store.write(Write::Create { key: key(&kind, &ns, &name), object: obj }, p.dry_run).await?;
-        Ok(object_response(StatusCode::CREATED, "create", &r.object))
+        Ok(warn(object_response(StatusCode::CREATED, "create", &r.object), &warnings))
     }
     .instrument(span("create", &ns, &name))
     .await
+}
+
+/// The manager of a write that is not an apply: `fieldManager`, else the
+/// client's name from its User-Agent (`kubectl/v1.32.0 (...)` → `kubectl`),
+/// as kube-apiserver does.
+fn manager(p: &Params, headers: &HeaderMap) -> String {
+    p.field_manager.clone().unwrap_or_else(|| {
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(128).collect())
+            .unwrap_or_else(|| "unknown".into())
+    })
+}
+
+fn to_json(obj: &Object) -> Result<Value, ApiError> {
+    serde_json::to_value(obj).map_err(|e| ApiError::Store(StoreError::Internal(e.to_string())))
+}
+
+/// A body as a JSON value (JSON, or YAML read as JSON).
+fn decode_value(media: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if media == "application/json" {
+        return serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")));
+    }
+    serde_json::to_value(yaml_body(media, body)?).map_err(|e| ApiError::BadRequest(format!("the YAML is not a JSON object: {e}")))
+}
+
+/// [`Strategy::admit`] under `fieldValidation=Warn|Ignore`: an unknown
+/// field is dropped (its path added to `dropped`) instead of refusing the
+/// object.
+fn admit_lenient(app: &App, kind: &Kind, mut doc: Value, ns: &str, url_name: Option<&str>, dropped: &mut Vec<String>) -> Result<Object, ApiError> {
+    // Each pass drops one unknown field; a body has a bounded number.
+    for _ in 0..256 {
+        match kind.admit(app, Input::Applied(doc.clone()), ns, url_name) {
+            Err(ApiError::BadRequest(m)) => {
+                let Some(path) = unknown_field(&m) else { return Err(ApiError::BadRequest(m)) };
+                if !remove_path(&mut doc, &path) {
+                    return Err(ApiError::BadRequest(m));
+                }
+                dropped.push(path);
+            }
+            r => return r,
+        }
+    }
+    Err(ApiError::BadRequest("too many unknown fields".into()))
+}
+
+/// The warnings of dropped unknown fields (none under Ignore).
+fn warnings_of(v: FieldValidation, dropped: &[String]) -> Vec<String> {
+    match v {
+        FieldValidation::Warn => dropped.iter().map(|p| format!("unknown field {p:?}")).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The path of the unknown field a decoding error names
+/// (`spec.env[0].foo: unknown field `foo`, expected ...`).
+fn unknown_field(message: &str) -> Option<String> {
+    let (path, rest) = message.split_once(": ")?;
+    rest.starts_with("unknown field `").then(|| path.to_string())
+}
+
+/// Removes `spec.env[0].foo` from `doc`; whether it was there.
+fn remove_path(doc: &mut Value, path: &str) -> bool {
+    let mut cur = doc;
+    let segments: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let (name, indices) = match seg.find('[') {
+            Some(at) => (&seg[..at], &seg[at..]),
+            None => (*seg, ""),
+        };
+        let last = i + 1 == segments.len();
+        if last && indices.is_empty() {
+            return cur.as_object_mut().and_then(|m| m.remove(name)).is_some();
+        }
+        let Some(next) = cur.as_object_mut().and_then(|m| m.get_mut(name)) else { return false };
+        cur = next;
+        for idx in indices.split(']').filter_map(|s| s.strip_prefix('[')) {
+            let Some(next) = idx.parse::<usize>().ok().and_then(|i| cur.as_array_mut().and_then(|a| a.get_mut(i))) else { return false };
+            cur = next;
+        }
+    }
+    false
+}
+
+/// A response with `Warning` headers, as kube-apiserver sends them
+/// (kubectl prints each as `Warning: ...`).
+fn warn(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
 }
 
 async fn replace(app: AppState, kind: Kind, (ns, name): (String, String), q: Option<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = params(&kind, q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
     let media = body_media_type(&app, &headers);
+    let manager = manager(&p, &headers);
     async {
-        let obj = admit_body(&app, &kind, media, bytes, ns.clone(), Some(name.clone())).await?;
-        let r = app.store.write(Write::Update { key: key(&kind, &ns, &name), object: obj }, p.dry_run).await?;
-        Ok(object_response(StatusCode::OK, "update", &r.object))
+        let mut dropped = Vec::new();
+        let obj = match p.field_validation {
+            FieldValidation::Strict => admit_body(&app, &kind, media, bytes, ns.clone(), Some(name.clone())).await?,
+            _ => admit_lenient(&app, &kind, decode_value(&media, &bytes)?, &ns, Some(&name), &mut dropped)?,
+        };
+        let warnings = warnings_of(p.field_validation, &dropped);
+        // The managed fields are computed against the object this write
+        // replaces: a write without a resourceVersion of its own gets that
+        // one's, and is retried if another write came in between.
+        let explicit_rv = !obj.metadata.resource_version.is_empty();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cur = get_current(&app, &kind, &ns, &name)?;
+            let old: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let mut obj = obj.clone();
+            if !explicit_rv {
+                obj.metadata.resource_version = cur.object.metadata.resource_version.clone();
+            }
+            obj.metadata.managed_fields = fields::after_update(Some(&old), &to_json(&obj)?, &manager, kind.api_version());
+            match app.store.write(Write::Update { key: key(&kind, &ns, &name), object: obj }, p.dry_run).await {
+                Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
+                r => return Ok(warn(object_response(StatusCode::OK, "update", &r?.object), &warnings)),
+            }
+        }
     }
     .instrument(span("update", &ns, &name))
     .await
@@ -513,13 +646,28 @@ async fn patch(app: AppState, kind: Kind, (ns, name): (String, String), q: Optio
     let bytes = read_body(&app, &headers, body).await?;
     let flavour = patch_kind(&media_type(&headers))?;
     if let PatchKind::Apply = flavour {
-        return apply(&app, &kind, &ns, &name, bytes, p.dry_run).instrument(span("apply", &ns, &name)).await;
+        return apply(&app, &kind, &ns, &name, bytes, &p).instrument(span("apply", &ns, &name)).await;
     }
-    let to_write = |doc: Value| {
-        let object = kind.admit(&app, Input::Value(doc), &ns, Some(&name))?;
+    let manager = manager(&p, &headers);
+    let warnings = std::sync::Mutex::new(Vec::new());
+    let to_write = |old: &Value, doc: Value| {
+        let mut object = match p.field_validation {
+            FieldValidation::Strict => kind.admit(&app, Input::Value(doc), &ns, Some(&name))?,
+            v => {
+                let mut dropped = Vec::new();
+                let o = admit_lenient(&app, &kind, doc, &ns, Some(&name), &mut dropped)?;
+                if let Ok(mut all) = warnings.lock() {
+                    *all = warnings_of(v, &dropped);
+                }
+                o
+            }
+        };
+        object.metadata.managed_fields = fields::after_update(Some(old), &to_json(&object)?, &manager, kind.api_version());
         Ok(Write::Update { key: key(&kind, &ns, &name), object })
     };
-    patch_with(&app, &kind, &ns, &name, &flavour, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await
+    let r = patch_with(&app, &kind, &ns, &name, &flavour, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await?;
+    let warnings = warnings.into_inner().unwrap_or_default();
+    Ok(warn(r, &warnings))
 }
 
 /// Read, patch, write: retried when a concurrent write moved the object in
@@ -533,48 +681,110 @@ async fn patch_with(
     flavour: &PatchKind,
     body: &[u8],
     dry_run: bool,
-    to_write: impl Fn(Value) -> Result<Write, ApiError>,
+    to_write: impl Fn(&Value, Value) -> Result<Write, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let cur = get_current(app, kind, ns, name)?;
-        let mut doc: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let old: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut doc = old.clone();
         let explicit_rv = apply_patch(flavour, body, &mut doc)?;
-        match app.store.write(to_write(doc)?, dry_run).await {
+        match app.store.write(to_write(&old, doc)?, dry_run).await {
             Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
             r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
         }
     }
 }
 
-/// Server-side apply, simplified: create when absent; otherwise replace
-/// what users write (spec, or an Event's fields), labels and annotations
-/// with the manifest's, keeping finalizers, server-set metadata and
-/// status. An apply that changes nothing writes nothing. The
-/// `X-Steward-Apply` header says which happened.
-async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, dry_run: bool) -> Result<Response, ApiError> {
-    let desired = admit_body(app, kind, "application/apply-patch+yaml".into(), body, ns.into(), Some(name.into())).await?;
-    let explicit_rv = !desired.metadata.resource_version.is_empty();
+/// Server-side apply: the manifest's fields become the manager's (its
+/// `managedFields` entry, operation `Apply`); fields it applied before and
+/// no longer does are removed unless another manager has them; a field
+/// another manager set to another value is a 409 conflict naming both,
+/// unless `force=true`, which takes it. Creates the object when absent. An
+/// apply that changes nothing writes nothing. The `X-Steward-Apply`
+/// header says which happened.
+///
+/// An object stored before steward tracked field ownership has no
+/// managers: its first applier is taken to own all of it, so fields its
+/// manifest no longer names go, as they did before.
+async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, p: &Params) -> Result<Response, ApiError> {
+    let Some(manager) = p.field_manager.clone() else {
+        return Err(ApiError::BadRequest("fieldManager: Required value: is required for apply patch".into()));
+    };
+    let mut config = decode_value("application/apply-patch+yaml", &body)?;
+    if !config.is_object() {
+        return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+    }
+    // Unknown fields of the manifest itself are dropped first: decoding
+    // reports them before validation, which a partial manifest may fail
+    // (that is judged after the merge).
+    let mut dropped = Vec::new();
+    if p.field_validation != FieldValidation::Strict {
+        match admit_lenient(app, kind, config.clone(), ns, Some(name), &mut dropped) {
+            Ok(_) | Err(ApiError::Invalid { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        for path in &dropped {
+            remove_path(&mut config, path);
+        }
+    }
+    let warnings = warnings_of(p.field_validation, &dropped);
+    let explicit_rv = config.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (write, created) = match app.store.get(&key(kind, ns, name)) {
-            None => (Write::Create { key: key(kind, ns, name), object: desired.clone() }, true),
-            Some(cur) => {
-                let mut o = cur.object.clone();
-                o.metadata.labels = desired.metadata.labels.clone();
-                o.metadata.annotations = desired.metadata.annotations.clone();
-                if explicit_rv {
-                    o.metadata.resource_version = desired.metadata.resource_version.clone();
-                }
-                o.spec = desired.spec.clone();
-                o.rest = desired.rest.clone();
-                (Write::Update { key: key(kind, ns, name), object: o }, false)
-            }
+        let cur = app.store.get(&key(kind, ns, name));
+        let current: Option<Value> = match &cur {
+            Some(c) => Some(serde_json::from_slice(&c.json).map_err(|e| StoreError::Internal(e.to_string()))?),
+            None => None,
         };
+        let current = current.map(|mut c| {
+            if c.pointer("/metadata/managedFields").is_none() {
+                // Stored before ownership was tracked: this applier's.
+                let all: fields::FieldSet = fields::leaves(&c).into_keys().collect();
+                let entry = fields::Entry {
+                    manager: manager.clone(),
+                    operation: fields::Operation::Apply,
+                    api_version: kind.api_version().into(),
+                    time: String::new(),
+                    fields: all,
+                };
+                if let Some(mf) = fields::write(&[entry]) {
+                    fields::set(&mut c, &["metadata".into(), "managedFields".into()], mf);
+                }
+            }
+            c
+        });
+        let merged = match fields::apply(current.as_ref(), &config, &manager, kind.api_version(), p.force) {
+            Ok(m) => m,
+            Err(c) if current.as_ref().is_some_and(|cur| fields::from_client_side_apply(cur, &c)) => {
+                fields::apply(current.as_ref(), &config, &manager, kind.api_version(), true).map_err(|c| fields::conflict_error(&c))?
+            }
+            Err(c) => return Err(fields::conflict_error(&c)),
+        };
+        let mut object = kind.admit(app, Input::Applied(merged.clone()), ns, Some(name))?;
+        object.metadata.managed_fields = merged.pointer("/metadata/managedFields").cloned();
+        let created = cur.is_none();
+        if let Some(c) = &cur {
+            if !explicit_rv {
+                object.metadata.resource_version = c.object.metadata.resource_version.clone();
+            }
+            // An apply that changes no value writes nothing, not even the
+            // fields it would now own: applying `get -o yaml` output (its
+            // defaults included) stays a no-op.
+            let o = &c.object;
+            if object.spec == o.spec
+                && object.rest == o.rest
+                && object.metadata.labels == o.metadata.labels
+                && object.metadata.annotations == o.metadata.annotations
+            {
+                object.metadata.managed_fields = o.metadata.managed_fields.clone();
+            }
+        }
+        let write = if created { Write::Create { key: key(kind, ns, name), object } } else { Write::Update { key: key(kind, ns, name), object } };
         let retry = attempt <= CONFLICT_RETRIES && !explicit_rv;
-        let WriteResult { object, event_type } = match app.store.write(write, dry_run).await {
+        let WriteResult { object, event_type } = match app.store.write(write, p.dry_run).await {
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) if retry => continue,
             r => r?,
         };
@@ -587,7 +797,7 @@ async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, d
         tracing::debug!(outcome, "applied");
         let mut r = object_response(code, "apply", &object);
         r.headers_mut().insert("x-steward-apply", HeaderValue::from_static(outcome));
-        return Ok(r);
+        return Ok(warn(r, &warnings));
     }
 }
 
@@ -624,7 +834,7 @@ async fn patch_status(app: AppState, kind: Kind, (ns, name): (String, String), q
     if let PatchKind::Apply = flavour {
         return Err(ApiError::UnsupportedMediaType("apply is not supported on the status subresource; use a merge patch".into()));
     }
-    let to_write = |doc: Value| {
+    let to_write = |_: &Value, doc: Value| {
         let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
         Ok(Write::UpdateStatus { key: key(&kind, &ns, &name), status: status_of(&kind, doc)?, resource_version: rv })
     };

@@ -1526,3 +1526,93 @@ async fn events_are_served_selected_expired_and_described() {
     assert!(!left.contains(&"web.old"), "{left:?}");
     s.stop().await;
 }
+
+/// Server-side apply tracks who set which field: a second manager's
+/// different value is a 409 naming the field and the manager, unless
+/// forced; fields a manager stops applying go, others' stay; an update's
+/// fields are its own; fieldValidation Warn and Ignore drop unknown fields.
+#[tokio::test]
+async fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let mut s = TestServer::start().await;
+    let apply = |manager: &'static str, force: bool, body: Value| {
+        let req = s
+            .client
+            .patch(s.ns_url(&format!("/web?fieldManager={manager}&force={force}")))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(body.to_string());
+        async move { body_of(req.send().await.unwrap()).await }
+    };
+    async fn body_of(r: Response) -> (StatusCode, Value) {
+        body(r).await
+    }
+    let manifest = |image: &str, extra: Value| {
+        let mut m = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": "web", "labels": {"app": "web"}},
+                           "spec": {"image": image}});
+        if let Value::Object(e) = extra {
+            for (k, v) in e {
+                m["spec"][k] = v;
+            }
+        }
+        m
+    };
+    let (code, v) = apply("alice", false, manifest("busybox:1", json!({"args": ["sleep", "1"]}))).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let mf = &v["metadata"]["managedFields"][0];
+    assert_eq!((mf["manager"].as_str(), mf["operation"].as_str(), mf["fieldsType"].as_str()), (Some("alice"), Some("Apply"), Some("FieldsV1")));
+    assert_eq!(mf["fieldsV1"]["f:spec"]["f:image"], json!({}));
+    assert_eq!(mf["fieldsV1"]["f:metadata"]["f:labels"]["f:app"], json!({}));
+    // Apply needs a manager.
+    let r = s.client.patch(s.ns_url("/web")).header("content-type", "application/apply-patch+yaml").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // Bob's other image: 409 naming the field and alice.
+    let (code, st) = apply("bob", false, json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": "web"}, "spec": {"image": "busybox:2"}})).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{st}");
+    assert_eq!(st["reason"], "Conflict");
+    assert_eq!(st["message"], "Apply failed with 1 conflict: conflict with \"alice\" using steward.dev/v1alpha1: .spec.image");
+    assert_eq!(st["details"]["causes"][0]["field"], ".spec.image");
+    // The same value is no conflict; forced, bob takes the image.
+    let (code, _) = apply("bob", false, json!({"metadata": {"name": "web"}, "spec": {"image": "busybox:1"}})).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, v) = apply("bob", true, json!({"metadata": {"name": "web"}, "spec": {"image": "busybox:2"}})).await;
+    assert_eq!((code, v["spec"]["image"].as_str()), (StatusCode::OK, Some("busybox:2")), "{v}");
+    let managers: Vec<(String, Value)> = v["metadata"]["managedFields"].as_array().unwrap().iter()
+        .map(|e| (e["manager"].as_str().unwrap().to_string(), e["fieldsV1"].clone())).collect();
+    let alice = &managers.iter().find(|(m, _)| m == "alice").unwrap().1;
+    assert!(alice["f:spec"].get("f:image").is_none() && alice["f:spec"]["f:args"] == json!({}), "{alice}");
+
+    // A label added by an update (kubectl label) is that manager's, and
+    // survives alice's next apply; args alice no longer applies go.
+    let r = s.client.patch(s.ns_url("/web?fieldManager=kubectl-label")).header("content-type", "application/merge-patch+json")
+        .body(r#"{"metadata":{"labels":{"tier":"front"}}}"#).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (code, v) = apply("alice", false, json!({"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"image": "busybox:2"}})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["metadata"]["labels"], json!({"app": "web", "tier": "front"}));
+    assert!(v["spec"].get("args").is_none(), "alice's dropped args stayed: {v}");
+    // Applying the same again writes nothing.
+    let rv_before = v["metadata"]["resourceVersion"].clone();
+    let r = s.client.patch(s.ns_url("/web?fieldManager=alice")).header("content-type", "application/apply-patch+yaml")
+        .body(json!({"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"image": "busybox:2"}}).to_string()).send().await.unwrap();
+    assert_eq!(r.headers()["x-steward-apply"], "unchanged");
+    let (_, v) = body(r).await;
+    assert_eq!(v["metadata"]["resourceVersion"], rv_before);
+
+    // fieldValidation: Strict refuses an unknown field, Warn drops it with
+    // a warning, Ignore drops it quietly.
+    let typo = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": "t"}, "spec": {"image": "busybox", "imagee": "x"}});
+    let post = |q: &'static str| s.client.post(format!("{}{q}", s.ns_url(""))).json(&typo).send();
+    let r = post("?fieldValidation=Strict").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = post("?fieldValidation=Warn").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["warning"], "299 - \"unknown field \\\"spec.imagee\\\"\"");
+    let r = s.client.delete(s.ns_url("/t")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = post("?fieldValidation=Ignore").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().get("warning").is_none());
+    let r = post("?fieldValidation=Maybe").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    s.stop().await;
+}

@@ -29,6 +29,12 @@ pub struct ApplyArgs {
     /// Label selector naming the objects --prune may delete.
     #[arg(short = 'l', long)]
     selector: Option<String>,
+    /// Take the fields the manifests set from any other field manager
+    /// (the manifests are the truth, as in a GitOps pipeline);
+    /// `--force-conflicts=false` stops at such a conflict instead, naming
+    /// the fields and their managers.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    force_conflicts: bool,
 }
 
 /// The manifest as it is sent: what the user declares, without the
@@ -100,7 +106,7 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<ExitCode> {
         let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
         namespaces.insert(ns.clone());
         applied.insert((ns, name.clone()));
-        match apply_one(ctx, obj, args.dry_run, &mut outcome_header).await {
+        match apply_one(ctx, obj, args.dry_run, args.force_conflicts, &mut outcome_header).await {
             Ok(outcome) => emit(&format!("{} {outcome}{suffix}\n", qualified(&name)))?,
             Err(e) => match api_status(&e) {
                 Some(status) => {
@@ -135,6 +141,7 @@ async fn apply_one(
     ctx: &Context,
     obj: Container,
     dry_run: bool,
+    force: bool,
     outcome_header: &mut Option<bool>,
 ) -> anyhow::Result<&'static str> {
     let obj = for_apply(obj);
@@ -143,7 +150,7 @@ async fn apply_one(
     } else {
         ctx.client.get(&obj.metadata.namespace, &obj.metadata.name).await?
     };
-    let r = ctx.client.apply(&obj, dry_run).await?;
+    let r = ctx.client.apply(&obj, dry_run, force).await?;
     *outcome_header = Some(r.outcome.is_some());
     match r.outcome.as_deref() {
         Some("created") => return Ok("created"),

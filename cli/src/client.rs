@@ -247,11 +247,14 @@ impl Client {
         Ok(WatchStream(self.inner.watch_stream(response)))
     }
 
-    /// Server-side apply of one object: creates it when absent, otherwise
-    /// replaces its spec, labels and annotations.
-    pub async fn apply(&self, obj: &Container, dry_run: bool) -> Result<Applied, ClientError> {
+    /// Server-side apply of one object as field manager `steward`
+    /// (`force`: taking fields other managers set).
+    pub async fn apply(&self, obj: &Container, dry_run: bool, force: bool) -> Result<Applied, ClientError> {
         let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut query = vec![("fieldManager", FIELD_MANAGER)];
+        if force {
+            query.push(("force", "true"));
+        }
         if dry_run {
             query.push(("dryRun", "All"));
         }

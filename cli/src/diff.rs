@@ -83,7 +83,7 @@ async fn diff_all(ctx: &Context, args: &DiffArgs) -> anyhow::Result<u8> {
 async fn diff_one(ctx: &Context, obj: Container) -> anyhow::Result<String> {
     let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
     let live = ctx.client.get(&ns, &name).await?;
-    let merged = ctx.client.apply(&for_apply(obj), true).await?.object;
+    let merged = ctx.client.apply(&for_apply(obj), true, true).await?.object;
     let old = match &live {
         Some(c) => serde_yaml::to_string(&declared(c))?,
         None => String::new(),

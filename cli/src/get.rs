@@ -35,6 +35,10 @@ pub struct GetArgs {
     /// After printing, watch for changes and print each.
     #[arg(short = 'w', long)]
     watch: bool,
+    /// Keep `metadata.managedFields` in JSON and YAML output (left out by
+    /// default, as kubectl does).
+    #[arg(long)]
+    show_managed_fields: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +52,7 @@ pub enum Format {
 /// Prints objects in the chosen format, one at a time or as a whole.
 struct Printer {
     format: Option<Format>,
+    show_managed_fields: bool,
     columns: Columns,
     table: TableWriter,
     header_done: bool,
@@ -56,12 +61,19 @@ struct Printer {
 impl Printer {
     fn new(format: Option<Format>, all_namespaces: bool) -> Self {
         let columns = Columns { namespace: all_namespaces, wide: format == Some(Format::Wide) };
-        Printer { format, columns, table: TableWriter::default(), header_done: false }
+        Printer { format, show_managed_fields: false, columns, table: TableWriter::default(), header_done: false }
     }
 
     /// Formats objects as they arrive (`-w`): table rows, or one document
     /// per object.
     fn objects(&mut self, objects: &[Container]) -> anyhow::Result<String> {
+        let stripped;
+        let objects = if self.show_managed_fields {
+            objects
+        } else {
+            stripped = objects.iter().cloned().map(without_managed_fields).collect::<Vec<_>>();
+            &stripped[..]
+        };
         let mut out = String::new();
         match self.format {
             None | Some(Format::Wide) => {
@@ -97,7 +109,10 @@ impl Printer {
 
     /// Formats a complete answer: for json/yaml a `ContainerList`, or the
     /// object itself when exactly one name was asked for.
-    fn answer(&mut self, list: ContainerList, single: bool) -> anyhow::Result<String> {
+    fn answer(&mut self, mut list: ContainerList, single: bool) -> anyhow::Result<String> {
+        if !self.show_managed_fields {
+            list.items = list.items.into_iter().map(without_managed_fields).collect();
+        }
         match self.format {
             Some(Format::Json) if single && list.items.len() == 1 => to_json(&list.items[0]),
             Some(Format::Yaml) if single && list.items.len() == 1 => Ok(serde_yaml::to_string(&list.items[0])?),
@@ -106,6 +121,11 @@ impl Printer {
             _ => self.objects(&list.items),
         }
     }
+}
+
+fn without_managed_fields(mut c: Container) -> Container {
+    c.metadata.managed_fields = None;
+    c
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
@@ -128,6 +148,7 @@ pub async fn run(ctx: &Context, args: GetArgs) -> anyhow::Result<ExitCode> {
     }
     let ns = if args.all_namespaces { None } else { Some(ctx.namespace()) };
     let mut printer = Printer::new(args.output, args.all_namespaces);
+    printer.show_managed_fields = args.show_managed_fields;
 
     if args.watch {
         return watch(ctx, ns, &names, args.selector, &mut printer).await;

@@ -70,7 +70,7 @@ async fn writer(url: String, token: String, cycle: usize, w: usize) -> Acked {
 
         let value = (cycle * 1_000_000 + i) as u64;
         let r = client
-            .patch(format!("{url}{BASE}/{counter}"))
+            .patch(format!("{url}{BASE}/{counter}?fieldManager=crash-test"))
             .header("content-type", "application/apply-patch+yaml")
             .body(obj(&counter, value).to_string())
             .send()

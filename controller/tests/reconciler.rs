@@ -292,7 +292,7 @@ impl Harness {
         let body = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": name}, "spec": spec});
         let r = self
             .http
-            .patch(format!("{}{BASE}/{name}", self.url))
+            .patch(format!("{}{BASE}/{name}?fieldManager=test", self.url))
             .header("content-type", "application/apply-patch+yaml")
             .body(body.to_string())
             .send()

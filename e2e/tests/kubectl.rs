@@ -97,6 +97,23 @@ fn kubectl_drives_steward_through_its_kubeconfig() {
         phase(v) == "Running" && v.pointer("/spec/command/1").and_then(serde_json::Value::as_str) == Some("3601")
     });
 
+    // A second field manager's other value conflicts, named; forced, it wins.
+    let other = e.dir.path().join("other");
+    std::fs::create_dir(&other).expect("mkdir");
+    write(&other, "db.yaml", &manifest("db", &img, "  command: [sleep, \"3602\"]\n  terminationGracePeriodSeconds: 1\n"));
+    let other_arg = other.to_string_lossy().into_owned();
+    let o = kubectl(s, &["apply", "--server-side", "--field-manager=other", "-f", &other_arg]);
+    assert!(!o.status.success(), "a conflicting apply succeeded: {}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.contains("conflict with \"kubectl\"") && err.contains(".spec.command"), "{err}");
+    let out = ok(s, &["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", &other_arg]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let managers = ok(s, &["get", "container", "db", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]);
+    assert!(managers.contains("other"), "{managers}");
+    s.wait("db", "replaced again", T, |v| {
+        phase(v) == "Running" && v.pointer("/spec/command/1").and_then(serde_json::Value::as_str) == Some("3602")
+    });
+
     // get: the table, wide, yaml.
     let out = ok(s, &["get", "containers"]);
     let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();

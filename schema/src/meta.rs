@@ -91,8 +91,10 @@ pub struct ObjectMeta {
     /// Owners of this object (stored; garbage collection comes later).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
-    /// Accepted and dropped: server-side apply field ownership comes later.
-    #[serde(default, skip_serializing)]
+    /// Server-set: which field manager set which fields, and how (`Apply`
+    /// or `Update`), as Kubernetes' `ManagedFieldsEntry` list in the
+    /// `FieldsV1` format. What a client sends here is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
     pub managed_fields: Option<serde_json::Value>,
 }

@@ -225,6 +225,7 @@ pub fn apply(
             new.metadata.owner_references = object.metadata.owner_references;
             new.spec = object.spec;
             new.rest = object.rest;
+            new.metadata.managed_fields = object.metadata.managed_fields;
             if new == *old {
                 return Ok(Outcome::Unchanged(cur.clone()));
             }
