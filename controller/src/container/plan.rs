@@ -467,6 +467,10 @@ pub const CONDITION_TASK_UNKNOWN: &str = "TaskStatusUnknown";
 /// How long a task may stay unknown before it is deleted and restarted per
 /// policy.
 pub const UNKNOWN_GRACE: Duration = Duration::from_secs(30);
+/// As [`UNKNOWN_GRACE`], for a task never seen running.
+pub const UNKNOWN_GRACE_NEVER_RAN: Duration = Duration::from_secs(3);
+/// How the unknown condition's message says the task never ran.
+const NEVER_RAN: &str = " (never seen running)";
 
 /// What a container that has finished for good still needs: its network
 /// released (the kubelet frees a terminated pod's host ports), else
@@ -680,8 +684,17 @@ pub fn plan_with(obj: &Container, actual: &[ActualContainer], probes: &ProbeView
                 // UNKNOWN_GRACE: the task is deleted (refused while a live
                 // process holds it) and its end taken as an unknown exit,
                 // which the restart policy decides on.
-                let unknown_since = prior.condition(CONDITION_TASK_UNKNOWN).and_then(|c| c.last_transition_time).unwrap_or(*now);
-                if since(&unknown_since, now) >= UNKNOWN_GRACE {
+                let known = prior.condition(CONDITION_TASK_UNKNOWN);
+                let unknown_since = known.and_then(|c| c.last_transition_time).unwrap_or(*now);
+                // A task never seen running (when it became unknown) is one
+                // whose create was cut short, containerd killed meanwhile:
+                // no process to wait for, so it goes after a short settle.
+                let never_ran = match known {
+                    Some(c) => c.message.ends_with(NEVER_RAN),
+                    None => prior.pid.is_none(),
+                };
+                let grace = if never_ran { UNKNOWN_GRACE_NEVER_RAN } else { UNKNOWN_GRACE };
+                if since(&unknown_since, now) >= grace {
                     let t = StateTerminated {
                         exit_code: UNKNOWN_EXIT_CODE,
                         signal: None,
@@ -709,10 +722,10 @@ pub fn plan_with(obj: &Container, actual: &[ActualContainer], probes: &ProbeView
                     type_: CONDITION_TASK_UNKNOWN.into(),
                     status: "True".into(),
                     reason: REASON_STATUS_UNKNOWN.into(),
-                    message: format!("containerd cannot describe task {id}"),
+                    message: format!("containerd cannot describe task {id}{}", if never_ran { NEVER_RAN } else { "" }),
                     last_transition_time: Some(unknown_since),
                 });
-                return Plan { step: Step::Nothing { requeue: Some(RECHECK) }, status };
+                return Plan { step: Step::Nothing { requeue: Some(RECHECK.min(grace)) }, status };
             }
             _ => {
                 status.state = Some(running);
@@ -1324,10 +1337,16 @@ mod tests {
                 assert_eq!(st.running.as_ref().unwrap().started_at, Some(t(0)));
             }
         }
-        // Unknown before ever seen running: Pending.
+        // Unknown before ever seen running: Pending, and deleted after a
+        // short settle (a create cut short has no process to wait for).
         let fresh = obj(RestartPolicy::Always);
-        let p = plan(&fresh, &[actual(&fresh, task(0, TaskStatus::Unknown))], &t(0));
+        let unknown = actual(&fresh, task(0, TaskStatus::Unknown));
+        let p = plan(&fresh, std::slice::from_ref(&unknown), &t(0));
         assert_eq!((p.status.phase, reason(&p), p.status.pid), (Some(Phase::Pending), REASON_STATUS_UNKNOWN, None));
+        assert_eq!(p.step, Step::Nothing { requeue: Some(UNKNOWN_GRACE_NEVER_RAN) });
+        let fresh = with_status(&fresh, p.status);
+        let p = plan(&fresh, std::slice::from_ref(&unknown), &t(3));
+        assert_eq!(p.step, Step::DeleteTask { id: unknown.id.clone() });
     }
 
     #[test]
