@@ -35,6 +35,14 @@ pub struct ApplyArgs {
     /// the fields and their managers.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     force_conflicts: bool,
+    /// Then follow every applied object until it is Ready, has Succeeded
+    /// or has failed (one live line each); exit 1 naming the ones that
+    /// failed or did not finish in --timeout.
+    #[arg(long, conflicts_with = "dry_run")]
+    wait: bool,
+    /// How long --wait waits in all, e.g. 90s, 5m.
+    #[arg(long, default_value = "5m", value_parser = steward_config::parse_duration, requires = "wait")]
+    timeout: std::time::Duration,
 }
 
 /// The manifest as it is sent: what the user declares, without the
@@ -91,6 +99,7 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut applied: HashSet<(String, String)> = HashSet::new();
     let mut namespaces: BTreeSet<String> = ctx.namespace.iter().cloned().collect();
     let mut outcome_header = None;
+    let mut to_follow: Vec<(String, String)> = Vec::new();
 
     for doc in docs {
         let location = doc.location();
@@ -105,9 +114,12 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<ExitCode> {
         };
         let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
         namespaces.insert(ns.clone());
-        applied.insert((ns, name.clone()));
+        applied.insert((ns.clone(), name.clone()));
         match apply_one(ctx, obj, args.dry_run, args.force_conflicts, &mut outcome_header).await {
-            Ok(outcome) => emit(&format!("{} {outcome}{suffix}\n", qualified(&name)))?,
+            Ok(outcome) => {
+                emit(&format!("{} {outcome}{suffix}\n", qualified(&name)))?;
+                to_follow.push((ns, name));
+            }
             Err(e) => match api_status(&e) {
                 Some(status) => {
                     for line in status_lines(status) {
@@ -128,6 +140,9 @@ pub async fn run(ctx: &Context, args: ApplyArgs) -> anyhow::Result<ExitCode> {
         } else if !prune(ctx, selector, &namespaces, &applied, args.dry_run, suffix).await? {
             failed = true;
         }
+    }
+    if args.wait && !crate::follow::follow(ctx, &to_follow, args.timeout).await? {
+        failed = true;
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -16,7 +16,7 @@ use crate::{emit, report, Context};
 #[derive(clap::Args, Debug)]
 pub struct DeleteArgs {
     /// `containers NAME...`, or `container/NAME...`.
-    #[arg(value_name = "TYPE NAME...")]
+    #[arg(value_name = "TYPE NAME...", add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     targets: Vec<String>,
     /// Delete the objects named in these files or folders (`-` for stdin).
     #[arg(short = 'f', long = "filename", num_args = 1.., value_name = "PATH", conflicts_with = "targets")]

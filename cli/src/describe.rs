@@ -14,7 +14,7 @@ use crate::{emit, Context};
 #[derive(clap::Args, Debug)]
 pub struct DescribeArgs {
     /// `container NAME...`, or `container/NAME...`.
-    #[arg(required = true, value_name = "TYPE NAME...")]
+    #[arg(required = true, value_name = "TYPE NAME...", add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     targets: Vec<String>,
 }
 

@@ -38,6 +38,7 @@ const CHUNK: usize = 32 * 1024;
 #[derive(clap::Args, Debug)]
 pub struct ExecArgs {
     /// The container (`NAME` or `container/NAME`).
+    #[arg(add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     pub name: String,
     /// Send stdin to the command (its end closes the command's stdin).
     #[arg(short = 'i', long)]

@@ -21,7 +21,7 @@ const WATCH_SPAN: Duration = Duration::from_secs(300);
 #[derive(clap::Args, Debug)]
 pub struct GetArgs {
     /// `containers` (or `container`, `ct`) and optional names, or `container/NAME`.
-    #[arg(required = true, value_name = "TYPE [NAME...]")]
+    #[arg(required = true, value_name = "TYPE [NAME...]", add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     targets: Vec<String>,
     /// List across all namespaces.
     #[arg(short = 'A', long)]

@@ -9,6 +9,7 @@ use crate::{emit, Context};
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
     /// The container (`NAME` or `container/NAME`).
+    #[arg(add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     pub name: String,
     /// Keep streaming new output.
     #[arg(short = 'f', long)]

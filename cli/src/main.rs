@@ -4,11 +4,13 @@
 
 mod apply;
 mod client;
+mod completion;
 mod delete;
 mod describe;
 mod diff;
 mod events;
 mod exec;
+mod follow;
 mod get;
 mod image;
 mod live;
@@ -92,6 +94,13 @@ enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script: `source <(steward completion
+    /// bash)`, or put `steward completion fish` in
+    /// ~/.config/fish/completions/steward.fish.
+    Completion {
+        #[arg(value_enum)]
+        shell: completion::Shell,
+    },
     /// Print the kubeconfig `steward serve` wrote for its data dir (for
     /// kubectl, client libraries and this CLI on other machines).
     Kubeconfig {
@@ -200,6 +209,10 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         // It becomes part of every URL.
         steward_schema::validate::dns1123_label(ns).map_err(|m| anyhow::anyhow!("invalid namespace: {m}"))?;
     }
+    if let Command::Completion { shell } = &cli.command {
+        emit(&completion::script(*shell)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Kubeconfig { data_dir } = &cli.command {
         let path = data_dir.join("kubeconfig");
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -228,11 +241,16 @@ async fn run(cli: Cli, config: Option<serve::LoadedConfig>) -> anyhow::Result<Ex
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Image(args) => image::run(&ctx, args).await,
-        Command::Config(_) | Command::Network(_) | Command::Kubeconfig { .. } | Command::LogDriver { .. } => Ok(ExitCode::SUCCESS),
+        Command::Config(_) | Command::Network(_) | Command::Kubeconfig { .. } | Command::Completion { .. } | Command::LogDriver { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn main() -> ExitCode {
+    // A shell asking for completions (the scripts of `steward completion`
+    // call back with COMPLETE set): answer and exit.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).var(completion::VAR).complete();
     let cli = Cli::parse();
     if let Command::LogDriver { arg } = &cli.command {
         // Plain blocking I/O in its own process: no async runtime needed.
@@ -278,6 +296,13 @@ fn main() -> ExitCode {
 
 /// A local `steward serve`'s data dir by default.
 const DEFAULT_DATA_DIR: &str = "/var/lib/steward";
+
+/// [`client_config`] from the environment alone (completion, where the
+/// command line is still being typed).
+pub fn client_config_from_env() -> anyhow::Result<steward_client::Config> {
+    let cli = Cli::try_parse_from(["steward", "get", "containers"])?;
+    client_config(&cli)
+}
 
 /// The server, token and CA to use: flags, then the kubeconfig
 /// (`--kubeconfig`, `$KUBECONFIG`, the default data dir's), then

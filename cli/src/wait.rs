@@ -21,7 +21,7 @@ use crate::{emit, report, Context};
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
     /// `container/NAME...`, or `container NAME...`.
-    #[arg(required = true, value_name = "container/NAME")]
+    #[arg(required = true, value_name = "container/NAME", add = clap_complete::engine::ArgValueCompleter::new(crate::completion::targets))]
     targets: Vec<String>,
     /// `condition=TYPE` (status "True"), `condition=TYPE=STATUS`, or `delete`.
     #[arg(long = "for", value_name = "condition=TYPE|delete", value_parser = parse_goal)]

@@ -255,3 +255,38 @@ fn plain_http_and_no_auth_stay_on_loopback() {
     expect_code(&o, 2);
     assert!(stderr(&o).contains("--tls-san"), "{}", stderr(&o));
 }
+
+#[test]
+fn completion_scripts_and_live_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = TestServer::start_tls(&data, &[]);
+    let kubeconfig = data.join("kubeconfig");
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(&manifest, "apiVersion: steward.dev/v1alpha1\nkind: Container\nmetadata: {name: webby}\nspec: {image: busybox}\n").unwrap();
+    expect_code(&server.steward(&["apply", "-f", &manifest.to_string_lossy()]), 0);
+    for shell in ["bash", "zsh", "fish"] {
+        let o = cli_env(&[], &["completion", shell]);
+        expect_code(&o, 0);
+        assert!(stdout(&o).contains("COMPLETE="), "{shell}: {}", stdout(&o));
+    }
+    // What the bash script asks, as bash would: the live name completes.
+    let ask = |words: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+            .env("_CLAP_COMPLETE_SPACE", "true")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("STEWARD_DATA_DIR", "/nonexistent/steward-test")
+            .arg("--")
+            .args(words);
+        stdout(&c.output().expect("complete"))
+    };
+    let names = ask(&["steward", "describe", "container", "we"]);
+    assert!(names.lines().any(|l| l == "webby"), "{names}");
+    let kinds = ask(&["steward", "get", "con"]);
+    assert!(kinds.lines().any(|l| l == "containers"), "{kinds}");
+    let verbs = ask(&["steward", "ev"]);
+    assert!(verbs.lines().any(|l| l == "events"), "{verbs}");
+}

@@ -178,3 +178,27 @@ fn kubectl_drives_steward_through_its_kubeconfig() {
     let o = kubectl(s, &["get", "container", "db"]);
     assert!(text(&o.stderr).contains("Error from server (NotFound)"), "{}", text(&o.stderr));
 }
+
+/// `steward apply --wait` follows each applied object to Ready, Succeeded
+/// or failure, and exits 1 naming the failures.
+#[test]
+fn apply_wait_follows_each_object_to_its_end() {
+    let e = Env::start();
+    let (s, img) = (&e.steward, e.registry.image());
+    let dir = e.dir.path().join("wait");
+    std::fs::create_dir(&dir).expect("mkdir");
+    write(&dir, "up.yaml", &manifest("up", &img, "  command: [sleep, \"3600\"]\n  terminationGracePeriodSeconds: 1\n  network: none\n"));
+    write(&dir, "once.yaml", &manifest("once", &img, "  command: [\"true\"]\n  restartPolicy: Never\n  network: none\n"));
+    let o = s.cli(&["apply", "-f", &dir.to_string_lossy(), "--wait", "--timeout", "90s"]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("container.steward.dev/up Ready") && out.contains("container.steward.dev/once Succeeded"), "{out}");
+    // An image that does not exist: the wait ends at the pull's failure.
+    let bad = e.dir.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    write(&bad, "nope.yaml", &manifest("nope", &format!("{}/no-such-image:1", e.registry.addr), "  network: none\n"));
+    let o = s.cli(&["apply", "-f", &bad.to_string_lossy(), "--wait", "--timeout", "90s"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}{err}", text(&o.stdout));
+    assert!(err.contains("error: container.steward.dev/nope: ErrImagePull: "), "{err}");
+}
