@@ -189,39 +189,179 @@ pub async fn resources() -> Response {
 }
 
 pub async fn openapi_root() -> Json<Value> {
-    Json(json!({"paths": {"apis/steward.dev/v1alpha1": {
-        "serverRelativeURL": format!("/openapi/v3/apis/steward.dev/v1alpha1?hash={STEWARD_VERSION}")}}}))
+    Json(json!({"paths": {
+        "apis/steward.dev/v1alpha1": {"serverRelativeURL": format!("/openapi/v3/apis/steward.dev/v1alpha1?hash={STEWARD_VERSION}")},
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={STEWARD_VERSION}")},
+    }}))
 }
 
-/// Enough for kubectl to trust the server with validation
-/// (`fieldValidation=Strict`) and for `kubectl explain`.
-pub async fn openapi_group_version() -> Response {
-    let gvk = json!([{"group": "steward.dev", "version": "v1alpha1", "kind": "Container"}]);
-    let schemas = component_schemas(&gvk);
-    let body = json!({
+/// One kind's OpenAPI: where it is served and what its schemas are called.
+struct KindDoc {
+    base: &'static str,
+    plural: &'static str,
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    /// Prefix of its component names (`dev.steward.v1alpha1.`).
+    prefix: &'static str,
+    status: bool,
+    description: &'static str,
+}
+
+const CONTAINERS: KindDoc = KindDoc {
+    base: "/apis/steward.dev/v1alpha1",
+    plural: "containers",
+    group: "steward.dev",
+    version: "v1alpha1",
+    kind: "Container",
+    prefix: "dev.steward.v1alpha1.",
+    status: true,
+    description: "A desired container (spec) and what a controller last observed of it (status).",
+};
+
+const EVENTS: KindDoc = KindDoc {
+    base: "/api/v1",
+    plural: "events",
+    group: "",
+    version: "v1",
+    kind: "Event",
+    prefix: "io.k8s.api.core.v1.",
+    status: false,
+    description: "Something that happened to an object, reported by a component.",
+};
+
+/// The group-version document: every operation of the kind, each with its
+/// group-version-kind and action, `fieldValidation` on writes (without
+/// it kubectl refuses to apply unless --validate=false), and every schema
+/// as a component with its description (`kubectl explain`).
+fn document(k: &KindDoc, root: Value) -> Value {
+    let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
+    let list_gvk = json!({"group": k.group, "version": k.version, "kind": format!("{}List", k.kind)});
+    let mut schemas = component_schemas(root, k.prefix, k.kind, &json!([gvk]), k.description);
+    let obj_ref = json!({"$ref": format!("#/components/schemas/{}{}", k.prefix, k.kind)});
+    schemas.insert(
+        format!("{}{}List", k.prefix, k.kind),
+        json!({
+            "description": format!("A list of {}s.", k.kind),
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "apiVersion": {"type": "string", "description": "APIVersion of this list."},
+                "kind": {"type": "string", "description": "Kind of this list."},
+                "metadata": {"type": "object", "description": "The list's resourceVersion and continue token.",
+                             "properties": {"resourceVersion": {"type": "string"}, "continue": {"type": "string"}}},
+                "items": {"type": "array", "items": obj_ref.clone(), "description": format!("The {}s.", k.kind)},
+            },
+            "x-kubernetes-group-version-kind": [list_gvk],
+        }),
+    );
+    let list_ref = json!({"$ref": format!("#/components/schemas/{}{}List", k.prefix, k.kind)});
+    let q = |name: &str, description: &str, ty: &str| json!({"name": name, "in": "query", "description": description, "schema": {"type": ty}, "uniqueItems": true});
+    let path_param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "uniqueItems": true});
+    let write_params = || {
+        vec![
+            q("dryRun", "All: validate and answer, store nothing.", "string"),
+            q("fieldManager", "Who writes, for metadata.managedFields.", "string"),
+            q("fieldValidation", "Strict (default), Warn or Ignore: what to do with unknown fields.", "string"),
+        ]
+    };
+    let list_params = vec![
+        q("labelSelector", "Only objects whose labels match.", "string"),
+        q("fieldSelector", "Only objects whose fields match.", "string"),
+        q("limit", "At most this many per page.", "integer"),
+        q("continue", "The next page's token.", "string"),
+        q("resourceVersion", "For a watch: changes after this revision.", "string"),
+        q("watch", "Stream changes instead of a list.", "boolean"),
+        q("allowWatchBookmarks", "Send BOOKMARK events.", "boolean"),
+        q("timeoutSeconds", "End a watch after this long.", "integer"),
+    ];
+    let body = |schema: &Value, types: &[&str]| {
+        let content: serde_json::Map<String, Value> = types.iter().map(|t| (t.to_string(), json!({"schema": schema}))).collect();
+        json!({"required": true, "content": content})
+    };
+    let ok = |schema: &Value| json!({"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}});
+    let created = |schema: &Value| {
+        json!({"200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
+               "201": {"description": "Created", "content": {"application/json": {"schema": schema}}}})
+    };
+    let op = |action: &str, id: &str, params: Vec<Value>, request: Option<Value>, responses: Value, gvk: &Value| {
+        let mut o = json!({
+            "operationId": id,
+            "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(r) = request {
+            o["requestBody"] = r;
+        }
+        o
+    };
+    let id = |verb: &str, suffix: &str| format!("{verb}Namespaced{}{suffix}", k.kind);
+    let mut patch_params = write_params();
+    patch_params.push(q("force", "An apply takes the fields of its conflicts.", "boolean"));
+    let patch_types = ["application/merge-patch+json", "application/json-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"];
+    let delete_options = json!({"type": "object", "description": "DeleteOptions: gracePeriodSeconds, preconditions, propagationPolicy, dryRun."});
+    let collection = format!("{}/namespaces/{{namespace}}/{}", k.base, k.plural);
+    let object = format!("{collection}/{{name}}");
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        format!("{}/{}", k.base, k.plural),
+        json!({"get": op("list", &format!("list{}ForAllNamespaces", k.kind), list_params.clone(), None, ok(&list_ref), &gvk)}),
+    );
+    paths.insert(
+        collection,
+        json!({
+            "parameters": [path_param("namespace")],
+            "get": op("list", &id("list", ""), list_params, None, ok(&list_ref), &gvk),
+            "post": op("post", &id("create", ""), write_params(), Some(body(&obj_ref, &["application/json", "application/yaml"])), created(&obj_ref), &gvk),
+        }),
+    );
+    paths.insert(
+        object.clone(),
+        json!({
+            "parameters": [path_param("namespace"), path_param("name")],
+            "get": op("get", &id("read", ""), vec![], None, ok(&obj_ref), &gvk),
+            "put": op("put", &id("replace", ""), write_params(), Some(body(&obj_ref, &["application/json", "application/yaml"])), created(&obj_ref), &gvk),
+            "patch": op("patch", &id("patch", ""), patch_params.clone(), Some(body(&json!({"type": "object"}), &patch_types)), created(&obj_ref), &gvk),
+            "delete": op("delete", &id("delete", ""), vec![q("dryRun", "All: answer, delete nothing.", "string"), q("gracePeriodSeconds", "Seconds the object gets to stop.", "integer"), q("propagationPolicy", "Orphan, Background or Foreground.", "string")],
+                         Some(json!({"content": {"application/json": {"schema": delete_options}}})), ok(&obj_ref), &gvk),
+        }),
+    );
+    if k.status {
+        paths.insert(
+            format!("{object}/status"),
+            json!({
+                "parameters": [path_param("namespace"), path_param("name")],
+                "get": op("get", &id("read", "Status"), vec![], None, ok(&obj_ref), &gvk),
+                "put": op("put", &id("replace", "Status"), write_params(), Some(body(&obj_ref, &["application/json"])), ok(&obj_ref), &gvk),
+                "patch": op("patch", &id("patch", "Status"), write_params(), Some(body(&json!({"type": "object"}), &patch_types[..3])), ok(&obj_ref), &gvk),
+            }),
+        );
+    }
+    json!({
         "openapi": "3.0.0",
         "info": {"title": "steward", "version": STEWARD_VERSION},
-        "paths": {"/apis/steward.dev/v1alpha1/namespaces/{namespace}/containers/{name}": {
-            "patch": {
-                "x-kubernetes-group-version-kind": gvk[0],
-                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "OK"}},
-            }
-        }},
+        "paths": paths,
         "components": {"schemas": schemas},
-    });
+    })
+}
+
+pub async fn openapi_group_version() -> Response {
+    let body = document(&CONTAINERS, steward_schema::Container::json_schema());
     ([(header::CONTENT_TYPE, "application/json")], Json(body)).into_response()
 }
 
-/// Where the schemas live in the group-version document.
-const SCHEMA_PREFIX: &str = "dev.steward.v1alpha1.";
+pub async fn openapi_core_v1() -> Response {
+    let body = document(&EVENTS, steward_schema::Event::json_schema());
+    ([(header::CONTENT_TYPE, "application/json")], Json(body)).into_response()
+}
 
-/// The Container's JSON Schema (from the schema crate: its doc comments
-/// are the descriptions) as OpenAPI v3 `components.schemas`: each
-/// definition a component of its own, every `$ref` pointing there, so
-/// `kubectl explain containers.spec.resources` can walk it.
-fn component_schemas(gvk: &Value) -> serde_json::Map<String, Value> {
-    let mut root = steward_schema::Container::json_schema();
+/// A kind's JSON Schema (from the schema crate: its doc comments are the
+/// descriptions) as OpenAPI v3 `components.schemas`: each definition a
+/// component of its own, every `$ref` pointing there, so `kubectl explain
+/// containers.spec.resources` can walk it.
+fn component_schemas(mut root: Value, prefix: &str, kind: &str, gvk: &Value, description: &str) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
     let Some(o) = root.as_object_mut() else { return out };
     o.remove("$schema");
@@ -229,16 +369,16 @@ fn component_schemas(gvk: &Value) -> serde_json::Map<String, Value> {
     let defs = o.remove("definitions").or_else(|| o.remove("$defs"));
     if let Some(Value::Object(defs)) = defs {
         for (name, mut d) in defs {
-            rewrite_refs(&mut d);
-            out.insert(format!("{SCHEMA_PREFIX}{name}"), d);
+            rewrite_refs(&mut d, prefix);
+            out.insert(format!("{prefix}{name}"), d);
         }
     }
-    rewrite_refs(&mut root);
+    rewrite_refs(&mut root, prefix);
     if let Some(o) = root.as_object_mut() {
         o.insert("x-kubernetes-group-version-kind".into(), gvk.clone());
-        o.entry("description").or_insert_with(|| json!("A desired container (spec) and what a controller last observed of it (status)."));
+        o.entry("description").or_insert_with(|| json!(description));
     }
-    out.insert(format!("{SCHEMA_PREFIX}Container"), root);
+    out.insert(format!("{prefix}{kind}"), root);
     out
 }
 
@@ -247,12 +387,12 @@ fn component_schemas(gvk: &Value) -> serde_json::Map<String, Value> {
 /// `type: [T, null]` → `type: T, nullable`; `anyOf: [ref, null]` →
 /// `allOf: [ref], nullable` (kube-apiserver's wrapping of a ref); a number
 /// or a string (a port by number or name) → Kubernetes' int-or-string.
-fn rewrite_refs(v: &mut Value) {
+fn rewrite_refs(v: &mut Value, prefix: &str) {
     match v {
         Value::Object(o) => {
             if let Some(Value::String(r)) = o.get_mut("$ref") {
                 if let Some(name) = r.strip_prefix("#/definitions/").or_else(|| r.strip_prefix("#/$defs/")) {
-                    *r = format!("#/components/schemas/{SCHEMA_PREFIX}{name}");
+                    *r = format!("#/components/schemas/{prefix}{name}");
                 }
             }
             if let Some(Value::Array(types)) = o.get("type").cloned() {
@@ -280,10 +420,10 @@ fn rewrite_refs(v: &mut Value) {
                 }
             }
             for (_, child) in o.iter_mut() {
-                rewrite_refs(child);
+                rewrite_refs(child, prefix);
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_refs(x, prefix)),
         _ => {}
     }
 }
@@ -310,23 +450,38 @@ mod tests {
                 "d": {"items": {"$ref": "#/definitions/EnvVar"}},
             }
         });
-        rewrite_refs(&mut v);
+        rewrite_refs(&mut v, "dev.steward.v1alpha1.");
         let p = &v["properties"];
         assert_eq!(p["a"], json!({"type": "string", "nullable": true}));
         assert_eq!(p["b"], json!({"allOf": [{"$ref": "#/components/schemas/dev.steward.v1alpha1.Resources"}], "nullable": true}));
         assert_eq!(p["c"]["x-kubernetes-int-or-string"], true);
         assert_eq!(p["d"]["items"]["$ref"], "#/components/schemas/dev.steward.v1alpha1.EnvVar");
-        // Every ref of the real document points at a component it has.
-        let gvk = json!([{"group": "steward.dev", "version": "v1alpha1", "kind": "Container"}]);
-        let schemas = component_schemas(&gvk);
-        let text = serde_json::to_string(&schemas).unwrap_or_default();
-        for r in text.split("\"$ref\":\"").skip(1) {
-            let target = r.split('"').next().unwrap_or_default();
-            let name = target.strip_prefix("#/components/schemas/").unwrap_or(target);
-            assert!(schemas.contains_key(name), "dangling {target}");
+        // Every ref of the real documents points at a component they
+        // have; every operation names its kind; writes take fieldValidation.
+        for (k, root) in [(&CONTAINERS, steward_schema::Container::json_schema()), (&EVENTS, steward_schema::Event::json_schema())] {
+            let doc = document(k, root);
+            let schemas = doc["components"]["schemas"].as_object().unwrap();
+            let text = serde_json::to_string(&doc).unwrap_or_default();
+            for r in text.split("\"$ref\":\"").skip(1) {
+                let target = r.split('"').next().unwrap_or_default();
+                let name = target.strip_prefix("#/components/schemas/").unwrap_or(target);
+                assert!(schemas.contains_key(name), "{}: dangling {target}", k.kind);
+            }
+            assert!(!text.contains("#/definitions/") && !text.contains("\"null\""), "JSON Schema forms left");
+            assert_eq!(schemas[&format!("{}{}", k.prefix, k.kind)]["x-kubernetes-group-version-kind"][0]["kind"], k.kind);
+            assert!(schemas.contains_key(&format!("{}{}List", k.prefix, k.kind)));
+            let mut writes = 0;
+            for (_, item) in doc["paths"].as_object().unwrap() {
+                for (verb, op) in item.as_object().unwrap().iter().filter(|(v, _)| *v != "parameters") {
+                    assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], k.kind, "{verb}");
+                    if matches!(verb.as_str(), "post" | "put" | "patch") {
+                        writes += 1;
+                        assert!(op["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"), "{verb}");
+                    }
+                }
+            }
+            assert!(writes >= 3, "{}: {writes} writes", k.kind);
         }
-        assert!(!text.contains("#/definitions/") && !text.contains("\"null\""), "JSON Schema forms left");
-        assert_eq!(schemas["dev.steward.v1alpha1.Container"]["x-kubernetes-group-version-kind"], gvk);
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub fn router(app: AppState) -> Router {
         .route(base, get(discovery::resources))
         .route("/openapi/v3", get(discovery::openapi_root))
         .route("/openapi/v3/apis/steward.dev/v1alpha1", get(discovery::openapi_group_version))
+        .route("/openapi/v3/api/v1", get(discovery::openapi_core_v1))
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/log"), get(logs::get))
         .route(&format!("{base}/namespaces/{{ns}}/containers/{{name}}/exec"), get(exec::exec).post(exec::exec))
         .route(&format!("{base}/images/import"), axum::routing::post(images::import))

@@ -157,9 +157,23 @@ fn kubectl_drives_steward_through_its_kubeconfig() {
     let own = s.ok(&["events", "--for", "container/web"]);
     assert!(own.starts_with("LAST SEEN") && own.contains("Started") && !own.contains("container/db"), "{own}");
 
-    // explain walks the OpenAPI document.
+    // explain walks the OpenAPI documents (both groups).
     let out = ok(s, &["explain", "containers.spec.restartPolicy"]);
     assert!(out.contains("FIELD: restartPolicy"), "{out}");
+    let out = ok(s, &["explain", "events.involvedObject"]);
+    assert!(out.contains("KIND:       Event") && out.contains("FIELD: involvedObject"), "{out}");
+
+    // Field validation: kubectl's default (Strict) refuses a typo, naming
+    // it; --validate=warn drops it with a warning.
+    let typo = e.dir.path().join("typo");
+    std::fs::create_dir(&typo).expect("mkdir");
+    let typo_file = write(&typo, "t.yaml", &manifest("typo", &img, "  imagee: x\n  network: none\n"));
+    let o = kubectl(s, &["apply", "-f", &typo_file]);
+    assert!(!o.status.success() && text(&o.stderr).contains("spec.imagee: unknown field"), "{}", text(&o.stderr));
+    let o = kubectl(s, &["apply", "--validate=warn", "-f", &typo_file]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("Warning: unknown field \"spec.imagee\""), "{}", text(&o.stderr));
+    ok(s, &["delete", "container", "typo"]);
 
     // delete --grace-period cuts the 30 s the spec asks for; kubectl waits.
     let t = Instant::now();

@@ -109,6 +109,11 @@ fn is_zero(n: &i32) -> bool {
 }
 
 impl Event {
+    /// The JSON Schema of the kind (for the OpenAPI document).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(Event)).unwrap_or_default()
+    }
+
     /// When this event last happened: `lastTimestamp`, else `eventTime`,
     /// else when it was stored.
     pub fn last_seen(&self) -> Option<chrono::DateTime<chrono::Utc>> {
