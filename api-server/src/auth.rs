@@ -29,7 +29,10 @@ fn browser_guard(req: &Request) -> Result<(), ApiError> {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    if !matches!(name, "127.0.0.1" | "localhost" | "::1" | "") && !name.starts_with("127.") {
+    // Loopback by address, not by prefix: `127.attacker.example` is a
+    // name a rebinding page controls.
+    let loopback = name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    if !matches!(name, "localhost" | "") && !loopback {
         return Err(ApiError::Forbidden(format!("Host {host:?} is not this machine (this server runs without a token)")));
     }
     Ok(())

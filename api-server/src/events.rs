@@ -18,6 +18,9 @@ use crate::{ApiError, App};
 /// core/v1 Events.
 pub struct Events;
 
+/// The largest Event stored: a record for people, not a payload.
+const MAX_EVENT_BYTES: usize = 32 * 1024;
+
 pub fn kind() -> Kind {
     Arc::new(Events)
 }
@@ -50,20 +53,24 @@ impl Strategy for Events {
             Input::Value(doc) => serde_json::from_value(doc).map_err(|e| ApiError::BadRequest(format!("the patched object is not an Event: {e}")))?,
         };
         check_identity(&mut e.metadata, ns, url_name)?;
-        if e.metadata.name.is_empty() {
-            if let Some(prefix) = e.metadata.generate_name.clone().filter(|p| !p.is_empty()) {
-                // Validated with a stand-in suffix; the registry makes the real one.
-                e.metadata.name = format!("{prefix}xxxxx");
-                validate(&e)?;
-                e.metadata.name.clear();
-            }
-        }
         if e.involved_object.namespace.is_empty() {
             e.involved_object.namespace = e.metadata.namespace.clone();
         }
         e.apply_defaults();
-        if !e.metadata.name.is_empty() {
-            validate(&e)?;
+        let generated = e.metadata.name.is_empty() && e.metadata.generate_name.as_deref().is_some_and(|p| !p.is_empty());
+        if generated {
+            // Validated with a stand-in suffix; the registry makes the real one.
+            e.metadata.name = format!("{}xxxxx", e.metadata.generate_name.as_deref().unwrap_or_default());
+        }
+        validate(&e)?;
+        if generated {
+            e.metadata.name.clear();
+        }
+        let size = serde_json::to_vec(&e).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_EVENT_BYTES {
+            let mut errors = steward_schema::validate::FieldErrors::default();
+            errors.invalid("", format!("an Event may be at most {MAX_EVENT_BYTES} bytes (this one is {size})"));
+            return Err(ApiError::Invalid { kind: "Event", name: e.metadata.name.clone(), errors });
         }
         to_object(e)
     }
@@ -153,24 +160,30 @@ impl Default for Retention {
 /// beyond `max`. Returns how many went.
 pub async fn expire_once(store: &Store, r: Retention, now: chrono::DateTime<chrono::Utc>) -> usize {
     let page = store.list(EVENT_RESOURCE, None, None, 0, |_| true);
-    let mut seen: Vec<(chrono::DateTime<chrono::Utc>, Key)> = page
+    let mut seen: Vec<(chrono::DateTime<chrono::Utc>, Key, String)> = page
         .items
         .iter()
         .map(|s| {
             let e: Option<Event> = serde_json::from_slice(&s.json).ok();
-            (e.and_then(|e| e.last_seen()).unwrap_or(now), s.key.clone())
+            // When it was last seen, as its writer says, but never later
+            // than now: a timestamp in the future would keep an event for
+            // ever. Such an event counts from when it was stored.
+            let created = s.object.metadata.creation_timestamp.map(|t| t.0).unwrap_or(now);
+            let seen = e.and_then(|e| e.last_seen()).filter(|t| *t <= now + chrono::Duration::minutes(5)).unwrap_or(created);
+            (seen, s.key.clone(), s.object.metadata.resource_version.clone())
         })
         .collect();
     seen.sort();
     let ttl = chrono::Duration::from_std(r.ttl).unwrap_or(chrono::Duration::MAX);
-    let expired = seen.iter().take_while(|(t, _)| now - *t > ttl).count();
+    let expired = seen.iter().take_while(|(t, _, _)| now - *t > ttl).count();
     let over = seen.len().saturating_sub(expired).saturating_sub(r.max);
     let mut removed = 0;
-    for (_, key) in seen.into_iter().take(expired + over) {
-        let write = Write::Delete { key: key.clone(), resource_version: String::new(), uid: String::new(), grace_period_seconds: None };
+    for (_, key, rv) in seen.into_iter().take(expired + over) {
+        // As it was listed: one a repeat just refreshed is kept.
+        let write = Write::Delete { key: key.clone(), resource_version: rv, uid: String::new(), grace_period_seconds: None };
         match store.write(write, false).await {
             Ok(_) => removed += 1,
-            Err(steward_store::StoreError::NotFound { .. }) => {}
+            Err(steward_store::StoreError::NotFound { .. } | steward_store::StoreError::Conflict { .. }) => {}
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "expiring an event");
                 break;

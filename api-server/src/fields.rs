@@ -63,8 +63,42 @@ pub fn leaves(doc: &Value) -> BTreeMap<Path, Value> {
                 walk(vec!["metadata".into(), m.into()], v, &mut out);
             }
         }
+        // Owned whole, as a list.
+        if let Some(v) = meta.get("ownerReferences").filter(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+            out.insert(vec!["metadata".into(), "ownerReferences".into()], v.clone());
+        }
     }
     out
+}
+
+/// Whether any field of `set` overlaps `p` (is it, inside it, or holds
+/// it): a few ordered lookups, not a scan.
+fn overlaps_any<'a>(set: impl SetLike<'a>, p: &Path) -> bool {
+    (1..=p.len()).any(|i| set.has(&p[..i])) || set.first_from(p).is_some_and(|q| q.starts_with(p))
+}
+
+/// The ordered sets of paths [`overlaps_any`] looks in.
+trait SetLike<'a>: Copy {
+    fn has(self, p: &[String]) -> bool;
+    fn first_from(self, p: &Path) -> Option<&'a Path>;
+}
+
+impl<'a> SetLike<'a> for &'a FieldSet {
+    fn has(self, p: &[String]) -> bool {
+        self.contains(p)
+    }
+    fn first_from(self, p: &Path) -> Option<&'a Path> {
+        self.range(p.clone()..).next()
+    }
+}
+
+impl<'a> SetLike<'a> for &'a BTreeMap<Path, Value> {
+    fn has(self, p: &[String]) -> bool {
+        self.contains_key(p)
+    }
+    fn first_from(self, p: &Path) -> Option<&'a Path> {
+        self.range(p.clone()..).next().map(|(k, _)| k)
+    }
 }
 
 fn walk(path: Path, v: &Value, out: &mut BTreeMap<Path, Value>) {
@@ -205,11 +239,11 @@ fn now() -> String {
 
 /// Records that `manager` set `fields` by `op`: its entry gets them (its
 /// time moves only when its set changes), and every other manager loses
-/// them (an update takes fields over silently; an apply only after its
-/// conflicts were forced or found equal).
-fn take(entries: &mut Vec<Entry>, manager: &str, op: Operation, api_version: &str, fields: FieldSet, replace: bool) {
+/// `strip` (an update takes what it changed; an apply only what it forced:
+/// a field two appliers set to the same value is both of theirs).
+fn take(entries: &mut Vec<Entry>, manager: &str, op: Operation, api_version: &str, fields: FieldSet, strip: &FieldSet, replace: bool) {
     for e in entries.iter_mut().filter(|e| !(e.manager == manager && e.operation == op)) {
-        e.fields.retain(|p| !fields.iter().any(|f| overlaps(f, p)));
+        e.fields.retain(|p| !overlaps_any(strip, p));
     }
     match entries.iter_mut().find(|e| e.manager == manager && e.operation == op) {
         Some(e) => {
@@ -235,10 +269,10 @@ pub fn after_update(old: Option<&Value>, new: &Value, manager: &str, api_version
     let changed: FieldSet = after.iter().filter(|(p, v)| before.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
     // Fields that are gone are nobody's.
     for e in entries.iter_mut() {
-        e.fields.retain(|p| after.keys().any(|a| overlaps(a, p)));
+        e.fields.retain(|p| overlaps_any(&after, p));
     }
     if !changed.is_empty() {
-        take(&mut entries, manager, Operation::Update, api_version, changed, false);
+        take(&mut entries, manager, Operation::Update, api_version, changed.clone(), &changed, false);
     }
     entries.retain(|e| !e.fields.is_empty());
     write(&entries)
@@ -262,12 +296,10 @@ pub fn apply(current: Option<&Value>, config: &Value, manager: &str, api_version
     let mut result = current.cloned().unwrap_or_else(|| json!({}));
     let mut conflicts = Vec::new();
     for e in entries.iter().filter(|e| !(e.manager == manager && e.operation == Operation::Apply)) {
-        for owned in &e.fields {
-            for (p, v) in applied.iter().filter(|(p, _)| overlaps(p, owned)) {
-                // Equal values are shared, not fought over.
-                if get(&result, p) != Some(v) {
-                    conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), path: p.clone() });
-                }
+        for (p, v) in &applied {
+            // Equal values are shared, not fought over.
+            if overlaps_any(&e.fields, p) && get(&result, p) != Some(v) {
+                conflicts.push(Conflict { manager: e.manager.clone(), api_version: e.api_version.clone(), path: p.clone() });
             }
         }
     }
@@ -283,8 +315,8 @@ pub fn apply(current: Option<&Value>, config: &Value, manager: &str, api_version
         let shared = entries
             .iter()
             .filter(|e| !(e.manager == manager && e.operation == Operation::Apply))
-            .any(|e| e.fields.iter().any(|o| overlaps(o, p)));
-        if !shared && !fields.iter().any(|f| overlaps(f, p)) {
+            .any(|e| overlaps_any(&e.fields, p));
+        if !shared && !overlaps_any(&fields, p) {
             remove(&mut result, p);
         }
     }
@@ -302,8 +334,20 @@ pub fn apply(current: Option<&Value>, config: &Value, manager: &str, api_version
                 set(&mut result, &["metadata".into(), k.into()], v.clone());
             }
         }
+        // Finalizers are a set others add to (controllers): the manifest's
+        // join them, and an apply never removes one.
+        if let Some(add) = m.get("finalizers").and_then(Value::as_array) {
+            let mut all: Vec<Value> = get(&result, &["metadata".into(), "finalizers".into()]).and_then(Value::as_array).cloned().unwrap_or_default();
+            for f in add {
+                if !all.contains(f) {
+                    all.push(f.clone());
+                }
+            }
+            set(&mut result, &["metadata".into(), "finalizers".into()], Value::Array(all));
+        }
     }
-    take(&mut entries, manager, Operation::Apply, api_version, fields, true);
+    let forced: FieldSet = conflicts.iter().map(|c| c.path.clone()).collect();
+    take(&mut entries, manager, Operation::Apply, api_version, fields, &forced, true);
     match write(&entries) {
         Some(mf) => set(&mut result, &["metadata".into(), "managedFields".into()], mf),
         None => remove(&mut result, &["metadata".into(), "managedFields".into()]),
@@ -420,5 +464,42 @@ mod tests {
         let other = Conflict { manager: "someone".into(), api_version: "v".into(), path: p("spec.image") };
         assert!(!from_client_side_apply(&cur, &[other]));
         assert!(!from_client_side_apply(&json!({"spec": {}}), &[csa("spec.image")]));
+    }
+
+    #[test]
+    fn equal_values_are_co_owned_and_stay_with_the_other_applier() {
+        let alice = apply(None, &json!({"metadata": {"name": "w", "labels": {"a": "1"}}, "spec": {"image": "i"}}), "alice", "v", false).unwrap();
+        let both = apply(Some(&alice), &json!({"metadata": {"labels": {"a": "1", "b": "2"}}}), "bob", "v", false).unwrap();
+        // Bob drops a: alice still applies it, so it stays.
+        let after = apply(Some(&both), &json!({"metadata": {"labels": {"b": "2"}}}), "bob", "v", false).unwrap();
+        assert_eq!(after["metadata"]["labels"], json!({"a": "1", "b": "2"}));
+        // Owner references are applied and owned; finalizers join the set.
+        let mut cur = after.clone();
+        cur["metadata"]["finalizers"] = json!(["steward.dev/cleanup"]);
+        let owned = apply(
+            Some(&cur),
+            &json!({"metadata": {"finalizers": ["x.dev/f"], "ownerReferences": [{"apiVersion": "v", "kind": "K", "name": "o", "uid": "u"}]}}),
+            "op",
+            "v",
+            false,
+        )
+        .unwrap();
+        assert_eq!(owned["metadata"]["finalizers"], json!(["steward.dev/cleanup", "x.dev/f"]));
+        assert_eq!(owned["metadata"]["ownerReferences"][0]["name"], "o");
+        let op = read(&owned).into_iter().find(|e| e.manager == "op").unwrap();
+        assert!(op.fields.contains(&p("metadata.ownerReferences")));
+    }
+
+    #[test]
+    fn many_fields_are_handled_in_ordered_lookups() {
+        let labels: serde_json::Map<String, Value> = (0..20_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let big = json!({"metadata": {"name": "w", "labels": labels}, "spec": {"image": "i"}});
+        let o = apply(None, &big, "alice", "v", false).unwrap();
+        let mut changed = o.clone();
+        changed["metadata"]["labels"]["k1"] = json!("w");
+        let entries = read(&json!({"metadata": {"managedFields": after_update(Some(&o), &changed, "bob", "v")}}));
+        let bob = entries.iter().find(|e| e.manager == "bob").unwrap();
+        assert_eq!(bob.fields, [p("metadata.labels.k1")].into_iter().collect());
+        assert_eq!(entries.iter().find(|e| e.manager == "alice").unwrap().fields.len(), 20_000);
     }
 }

@@ -113,6 +113,34 @@ impl Ca {
         }
     }
 
+    /// Whether a certificate issued by this CA verifies against its
+    /// `ca.crt`: a CA file that is not the one steward made with its key
+    /// (an operator's own) would sign certificates no client can check.
+    pub fn check_pair(&self, dir: &Path) -> Result<(), PkiError> {
+        let path = dir.join("ca.crt");
+        let bad = |message: String| PkiError::Invalid { path: path.clone(), message };
+        let issued = self.issue(&["localhost".to_string()], Duration::from_secs(3600))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+        roots.add(ca).map_err(|e| bad(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+        let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).map_err(|e| PkiError::Generate(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| PkiError::Generate(e.to_string()))?;
+        use rustls::client::danger::ServerCertVerifier;
+        verifier.verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now()).map_err(|e| {
+            bad(format!(
+                "certificates signed with ca.key do not verify against it ({e}): DATA/pki holds steward's own CA only; \
+                 present another certificate with --tls-cert-file, or remove DATA/pki to make a new CA"
+            ))
+        })?;
+        Ok(())
+    }
+
     /// A serving certificate for `sans` (DNS names and IP addresses),
     /// valid for `validity` (never past the CA).
     pub fn issue(&self, sans: &[String], validity: Duration) -> Result<Issued, PkiError> {
@@ -134,6 +162,23 @@ impl Ca {
         let key = rcgen::KeyPair::generate().map_err(gen)?;
         let cert = p.signed_by(&key, &self.issuer, &self.key).map_err(gen)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), not_after: SystemTime::from(end) })
+    }
+}
+
+/// Whether `name` can go into a certificate: an IP address, or a DNS name
+/// of letters, digits, `-`, `.` and a leading `*.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err("not an IP address or a DNS name (letters, digits, '-' and '.'; IDNs in their xn-- form)".into())
     }
 }
 

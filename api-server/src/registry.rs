@@ -185,6 +185,8 @@ async fn admit_body(app: &AppState, kind: &Kind, media: String, body: Bytes, ns:
 /// The namespace and name of a whole object against the request's: filled
 /// when left out, refused when different.
 pub fn check_identity(meta: &mut steward_schema::ObjectMeta, ns: &str, url_name: Option<&str>) -> Result<(), ApiError> {
+    // The URL's namespace becomes part of the key of every kind.
+    steward_schema::validate::dns1123_label(ns).map_err(|m| ApiError::BadRequest(format!("namespace {ns:?} in the URL: {m}")))?;
     if meta.namespace.is_empty() {
         meta.namespace = ns.to_string();
     } else if meta.namespace != ns {
@@ -385,27 +387,48 @@ fn unknown_field(message: &str) -> Option<String> {
     rest.starts_with("unknown field `").then(|| path.to_string())
 }
 
-/// Removes `spec.env[0].foo` from `doc`; whether it was there.
+/// Removes `spec.env[0].foo` from `doc`; whether it was there. A key may
+/// itself hold dots (`foo.bar`): the longest key present wins.
 fn remove_path(doc: &mut Value, path: &str) -> bool {
-    let mut cur = doc;
     let segments: Vec<&str> = path.split('.').collect();
-    for (i, seg) in segments.iter().enumerate() {
-        let (name, indices) = match seg.find('[') {
-            Some(at) => (&seg[..at], &seg[at..]),
-            None => (*seg, ""),
+    remove_segments(doc, &segments)
+}
+
+fn remove_segments(cur: &mut Value, segments: &[&str]) -> bool {
+    // The longest run of segments that is one key here.
+    for take in (1..=segments.len()).rev() {
+        let joined = segments[..take].join(".");
+        let (name, indices) = match joined.find('[') {
+            Some(at) if joined.ends_with(']') => (joined[..at].to_string(), joined[at..].to_string()),
+            _ => (joined.clone(), String::new()),
         };
-        let last = i + 1 == segments.len();
-        if last && indices.is_empty() {
-            return cur.as_object_mut().and_then(|m| m.remove(name)).is_some();
+        let rest = &segments[take..];
+        if rest.is_empty() && indices.is_empty() {
+            if cur.as_object_mut().and_then(|m| m.remove(&name)).is_some() {
+                return true;
+            }
+            continue;
         }
-        let Some(next) = cur.as_object_mut().and_then(|m| m.get_mut(name)) else { return false };
-        cur = next;
-        for idx in indices.split(']').filter_map(|s| s.strip_prefix('[')) {
-            let Some(next) = idx.parse::<usize>().ok().and_then(|i| cur.as_array_mut().and_then(|a| a.get_mut(i))) else { return false };
-            cur = next;
+        if rest.is_empty() {
+            continue;
+        }
+        let Some(child) = cur.as_object_mut().and_then(|m| m.get_mut(&name)) else { continue };
+        if let Some(target) = descend(child, &indices) {
+            if remove_segments(target, rest) {
+                return true;
+            }
         }
     }
     false
+}
+
+/// The element `[i][j]...` of `v`, if there is one.
+fn descend<'a>(mut v: &'a mut Value, indices: &str) -> Option<&'a mut Value> {
+    for idx in indices.split(']').filter_map(|s| s.strip_prefix('[')) {
+        let i: usize = idx.parse().ok()?;
+        v = v.as_array_mut()?.get_mut(i)?;
+    }
+    Some(v)
 }
 
 /// A response with `Warning` headers, as kube-apiserver sends them
@@ -690,6 +713,13 @@ async fn patch_with(
         let old: Value = serde_json::from_slice(&cur.json).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut doc = old.clone();
         let explicit_rv = apply_patch(flavour, body, &mut doc)?;
+        // Only a resourceVersion the patch sets to a value is the client's
+        // precondition; one it removed or nulled is the read's, so a
+        // concurrent write is a conflict to retry, never overwritten.
+        let explicit_rv = explicit_rv && doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+        if !explicit_rv {
+            fields::set(&mut doc, &["metadata".into(), "resourceVersion".into()], Value::String(cur.object.metadata.resource_version.clone()));
+        }
         match app.store.write(to_write(&old, doc)?, dry_run).await {
             Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
             r => return Ok(object_response(StatusCode::OK, "patch", &r?.object)),
@@ -924,5 +954,22 @@ mod rand_lite {
             }
             raw.iter().map(|b| char::from(CHARS[usize::from(*b) % CHARS.len()])).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_removed_where_the_error_points() {
+        let mut doc = json!({"spec": {"env": [{"name": "A", "foo": 1}], "foo.bar": 2, "image": "i"}});
+        assert_eq!(unknown_field("spec.env[0].foo: unknown field `foo`, expected one of ..."), Some("spec.env[0].foo".into()));
+        assert!(remove_path(&mut doc, "spec.env[0].foo"));
+        assert!(remove_path(&mut doc, "spec.foo.bar"), "a key with a dot");
+        assert!(!remove_path(&mut doc, "spec.nothing"));
+        assert!(!remove_path(&mut doc, "spec.env[7].name"));
+        assert_eq!(doc, json!({"spec": {"env": [{"name": "A"}], "image": "i"}}));
     }
 }

@@ -1616,3 +1616,28 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     s.stop().await;
 }
+
+/// A token-less server takes no request a web page could make: by Origin,
+/// or by a Host that is not loopback by address (DNS rebinding).
+#[tokio::test]
+async fn a_token_less_server_refuses_web_pages_and_foreign_hosts() {
+    let mut s = TestServer::start().await;
+    let get = |host: &'static str| s.client.get(s.ns_url("")).header("Host", host).send();
+    for (host, code) in [("127.0.0.1:80", 200), ("localhost", 200), ("[::1]:7420", 200), ("evil.example", 403), ("127.attacker.example:80", 403)] {
+        assert_eq!(get(host).await.unwrap().status().as_u16(), code, "Host {host}");
+    }
+    let r = s.client.get(s.ns_url("")).header("Origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Events: a name is required, and the URL's namespace must be one.
+    let mut nameless = event("", "web", "u", "X");
+    nameless["metadata"] = json!({});
+    let r = s.client.post(format!("{}/api/v1/namespaces/default/events", s.url)).json(&nameless).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let r = s.client.post(format!("{}/api/v1/namespaces/BAD%20NS/events", s.url)).json(&event("e.1", "web", "u", "X")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let mut huge = event("e.2", "web", "u", "X");
+    huge["series"] = json!({"note": "x".repeat(40_000)});
+    let r = s.client.post(format!("{}/api/v1/namespaces/default/events", s.url)).json(&huge).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    s.stop().await;
+}

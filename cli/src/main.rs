@@ -338,15 +338,19 @@ fn client_config(cli: &Cli) -> anyhow::Result<steward_client::Config> {
     Ok(config)
 }
 
-/// Whether a server URL names this machine.
+/// Whether a server URL names this machine (as URL parsers read it: a
+/// `user@` part is not the host, and such a URL is never local).
 fn is_local(server: &str) -> bool {
-    let rest = server.split_once("://").map(|(_, r)| r).unwrap_or(server);
-    let hostport = rest.split('/').next().unwrap_or_default();
-    let host = match hostport.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => hostport.split(':').next().unwrap_or_default(),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+    let Ok(url) = reqwest::Url::parse(server) else { return false };
+    if !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
 }
 
 /// Logs of `serve` go to stderr through `tracing`; `RUST_LOG` filters
@@ -388,6 +392,7 @@ mod tests {
         assert!(!is_local("https://otherhost:7420"));
         assert!(!is_local("https://localhost.evil.example:7420"), "a prefix is not the host");
         assert!(!is_local("https://127.0.0.1.evil.example"));
+        assert!(!is_local("http://127.0.0.1:1@otherhost:7420"), "user info is not the host");
     }
 
     #[test]

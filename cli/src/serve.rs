@@ -431,6 +431,17 @@ fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
     }
     let dir = args.data_dir.join("pki");
     let ca = pki::Ca::load_or_create(&dir)?;
+    for san in &args.tls_san {
+        pki::check_name(san).map_err(|m| anyhow::anyhow!("--tls-san {san:?}: {m}"))?;
+    }
+    if ca.not_after.is_some_and(|end| end <= std::time::SystemTime::now()) {
+        anyhow::bail!(
+            "{}: the API's CA has expired; remove {} to make a new one (kubeconfigs then need the new CA)",
+            dir.join("ca.crt").display(),
+            dir.display()
+        );
+    }
+    ca.check_pair(&dir)?;
     if let Some(end) = ca.not_after {
         if end < std::time::SystemTime::now() + Duration::from_secs(90 * 86400) {
             tracing::warn!(ca = %dir.join("ca.crt").display(), "the API's CA expires within 90 days; remove DATA/pki to make a new one (kubeconfigs then need the new CA)");
@@ -449,6 +460,7 @@ fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
         }
     };
     let (first, mut not_after) = issue(&ca)?;
+    let dir = dir.clone();
     tracing::info!(sans = ?pki::serving_names(addr.ip(), &args.tls_san), dir = %dir.display(), "serving certificate issued");
     let slot = pki::CertSlot::new(first);
     let server = pki::server_config(slot.clone())?;
@@ -465,6 +477,16 @@ fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
                 continue;
             }
             match issue(&ca) {
+                // The CA ends first: a new certificate would end no later
+                // than the one served. Say so, hourly, instead of renewing
+                // in a loop.
+                Ok((_, end)) if end <= not_after => {
+                    tracing::error!(
+                        ca = %dir.join("ca.crt").display(),
+                        "the API's CA expires before the serving certificate could be renewed; remove DATA/pki and restart to make a new CA (kubeconfigs then need the new one)"
+                    );
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
                 Ok((ck, end)) => {
                     slot.replace(ck);
                     not_after = end;

@@ -290,3 +290,33 @@ fn completion_scripts_and_live_names() {
     let verbs = ask(&["steward", "ev"]);
     assert!(verbs.lines().any(|l| l == "events"), "{verbs}");
 }
+
+#[test]
+fn a_ca_that_ends_first_is_said_once_and_a_foreign_ca_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Serving certificates asked for longer than the CA lives: the one
+    // issued ends with the CA, and renewing cannot help: said, not looped.
+    let server = TestServer::start_tls(&dir.path().join("long"), &["--tls-cert-validity", "262800h"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = server.logs();
+    assert_eq!(logs.matches("expires before the serving certificate could be renewed").count(), 1, "{logs}");
+    assert!(!logs.contains("serving certificate renewed"), "{logs}");
+    drop(server);
+    // DATA/pki/ca.crt replaced by another CA: refused at start, by name.
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    drop(TestServer::start_tls(&a, &[]));
+    drop(TestServer::start_tls(&b, &[]));
+    std::fs::copy(b.join("pki/ca.crt"), a.join("pki/ca.crt")).unwrap();
+    let o = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--data-dir"]).arg(&a).output().expect("serve");
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&format!("{}: certificates signed with ca.key do not verify", a.join("pki/ca.crt").display())), "{}", stderr(&o));
+    // A --tls-san that cannot be a certificate name is refused, by flag.
+    let o = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-controller", "--tls-san", "foo bar", "--data-dir"])
+        .arg(dir.path().join("c"))
+        .output()
+        .expect("serve");
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("--tls-san \"foo bar\""), "{}", stderr(&o));
+}

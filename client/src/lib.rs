@@ -118,6 +118,11 @@ impl Client {
         if !https && !server.starts_with("http://") {
             return Err(Error::Config(format!("server {server:?}: the URL must start with https:// (or http:// for a --plain-http server)")));
         }
+        match reqwest::Url::parse(&server) {
+            Ok(u) if u.username().is_empty() && u.password().is_none() && u.host().is_some() => {}
+            Ok(_) => return Err(Error::Config(format!("server {server:?}: the URL must name a host and no user (credentials go in the kubeconfig)"))),
+            Err(e) => return Err(Error::Config(format!("server {server:?}: {e}"))),
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = &config.token {
             let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
@@ -447,5 +452,7 @@ mod tests {
         let e = Client::new(&Config { server: "ftp://x".into(), ..Default::default() }, "t").err().unwrap();
         assert!(e.to_string().contains("ftp://x"), "{e}");
         assert!(Client::new(&Config { server: "http://127.0.0.1:1".into(), ..Default::default() }, "t").is_ok());
+        let e = Client::new(&Config { server: "http://127.0.0.1:1@evil:2".into(), ..Default::default() }, "t").err().unwrap();
+        assert!(e.to_string().contains("no user"), "{e}");
     }
 }
