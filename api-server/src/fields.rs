@@ -278,6 +278,48 @@ pub fn after_update(old: Option<&Value>, new: &Value, manager: &str, api_version
     write(&entries)
 }
 
+/// The managed fields of an object `manager` creates (operation
+/// `Update`): every field it set, found without copying a value.
+pub fn created(obj: &steward_store::Object, manager: &str, api_version: &str) -> Option<Value> {
+    fn paths(path: &mut Path, v: &Value, out: &mut FieldSet) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    path.push(k.clone());
+                    paths(path, x, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+    }
+    let mut fields = FieldSet::new();
+    let mut path = Vec::new();
+    if !obj.spec.is_null() {
+        path.push("spec".to_string());
+        paths(&mut path, &obj.spec, &mut fields);
+        path.clear();
+    }
+    for (k, v) in &obj.rest {
+        path.push(k.clone());
+        paths(&mut path, v, &mut fields);
+        path.clear();
+    }
+    let m = &obj.metadata;
+    for (map, keys) in [("labels", m.labels.keys()), ("annotations", m.annotations.keys())] {
+        for k in keys {
+            fields.insert(vec!["metadata".into(), map.into(), k.clone()]);
+        }
+    }
+    if !m.owner_references.is_empty() {
+        fields.insert(vec!["metadata".into(), "ownerReferences".into()]);
+    }
+    let entry = Entry { manager: manager.into(), operation: Operation::Update, api_version: api_version.into(), time: now(), fields };
+    write(&[entry])
+}
+
 /// A field another manager owns with another value.
 #[derive(Debug, PartialEq)]
 pub struct Conflict {
@@ -501,5 +543,24 @@ mod tests {
         let bob = entries.iter().find(|e| e.manager == "bob").unwrap();
         assert_eq!(bob.fields, [p("metadata.labels.k1")].into_iter().collect());
         assert_eq!(entries.iter().find(|e| e.manager == "alice").unwrap().fields.len(), 20_000);
+    }
+
+    #[test]
+    fn a_create_owns_what_after_update_would_give_it() {
+        let mut obj = steward_store::Object {
+            api_version: "v".into(),
+            kind: "K".into(),
+            metadata: Default::default(),
+            spec: json!({"image": "i", "env": [{"name": "A"}], "resources": {"limits": {"cpu": "1"}}}),
+            status: None,
+            rest: Default::default(),
+        };
+        obj.metadata.labels.insert("app".into(), "web".into());
+        obj.metadata.annotations.insert("note".into(), "x".into());
+        let json = serde_json::to_value(&obj).unwrap();
+        let a = read(&json!({"metadata": {"managedFields": created(&obj, "m", "v")}}));
+        let b = read(&json!({"metadata": {"managedFields": after_update(None, &json, "m", "v")}}));
+        assert_eq!(a[0].fields, b[0].fields);
+        assert_eq!(a[0].fields.len(), 5);
     }
 }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::metrics::Verb;
 use crate::fields;
+use steward_schema::meta::ManagedFields;
 use crate::query::{ContinueToken, FieldValidation, Params};
 use crate::{watch, ApiError, App, AppState};
 
@@ -315,8 +316,7 @@ async fn create(app: AppState, kind: Kind, ns: String, q: Option<String>, header
     let name = obj.metadata.name.clone();
     let manager = manager(&p, &headers);
     async {
-        let json = to_json(&obj)?;
-        obj.metadata.managed_fields = fields::after_update(None, &json, &manager, kind.api_version());
+        obj.metadata.managed_fields = fields::created(&obj, &manager, kind.api_version()).as_ref().and_then(ManagedFields::from_value);
         let r = app.store.write(Write::Create { key: key(&kind, &ns, &name), object: obj }, p.dry_run).await?;
         Ok(warn(object_response(StatusCode::CREATED, "create", &r.object), &warnings))
     }
@@ -468,7 +468,8 @@ async fn replace(app: AppState, kind: Kind, (ns, name): (String, String), q: Opt
             if !explicit_rv {
                 obj.metadata.resource_version = cur.object.metadata.resource_version.clone();
             }
-            obj.metadata.managed_fields = fields::after_update(Some(&old), &to_json(&obj)?, &manager, kind.api_version());
+            obj.metadata.managed_fields =
+                fields::after_update(Some(&old), &to_json(&obj)?, &manager, kind.api_version()).as_ref().and_then(ManagedFields::from_value);
             match app.store.write(Write::Update { key: key(&kind, &ns, &name), object: obj }, p.dry_run).await {
                 Err(StoreError::Conflict { .. }) if !explicit_rv && attempt <= CONFLICT_RETRIES => continue,
                 r => return Ok(warn(object_response(StatusCode::OK, "update", &r?.object), &warnings)),
@@ -685,7 +686,8 @@ async fn patch(app: AppState, kind: Kind, (ns, name): (String, String), q: Optio
                 o
             }
         };
-        object.metadata.managed_fields = fields::after_update(Some(old), &to_json(&object)?, &manager, kind.api_version());
+        object.metadata.managed_fields =
+            fields::after_update(Some(old), &to_json(&object)?, &manager, kind.api_version()).as_ref().and_then(ManagedFields::from_value);
         Ok(Write::Update { key: key(&kind, &ns, &name), object })
     };
     let r = patch_with(&app, &kind, &ns, &name, &flavour, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await?;
@@ -794,7 +796,7 @@ async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, p
             Err(c) => return Err(fields::conflict_error(&c)),
         };
         let mut object = kind.admit(app, Input::Applied(merged.clone()), ns, Some(name))?;
-        object.metadata.managed_fields = merged.pointer("/metadata/managedFields").cloned();
+        object.metadata.managed_fields = merged.pointer("/metadata/managedFields").and_then(ManagedFields::from_value);
         let created = cur.is_none();
         if let Some(c) = &cur {
             if !explicit_rv {

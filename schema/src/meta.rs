@@ -96,7 +96,44 @@ pub struct ObjectMeta {
     /// `FieldsV1` format. What a client sends here is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
-    pub managed_fields: Option<serde_json::Value>,
+    pub managed_fields: Option<ManagedFields>,
+}
+
+/// `metadata.managedFields`, kept as its compact JSON text: every stored
+/// object carries one, and a text is a tenth of the memory of a parsed
+/// tree. Read from any format (JSON, YAML), written as the JSON it is.
+#[derive(Clone, Debug)]
+pub struct ManagedFields(Box<serde_json::value::RawValue>);
+
+impl ManagedFields {
+    /// From a parsed value (`None` if it cannot be written as JSON).
+    pub fn from_value(v: &serde_json::Value) -> Option<ManagedFields> {
+        serde_json::value::to_raw_value(v).ok().map(ManagedFields)
+    }
+
+    /// The entries, parsed.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for ManagedFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for ManagedFields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ManagedFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        ManagedFields::from_value(&v).ok_or_else(|| serde::de::Error::custom("managedFields is not JSON"))
+    }
 }
 
 /// A reference to an owning object, as Kubernetes' `OwnerReference`.
