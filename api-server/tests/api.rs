@@ -1356,22 +1356,8 @@ async fn tables_for_kubectl_get() {
     assert_eq!(events[1]["object"]["rows"][0]["cells"][0], "web");
 
     // The machine's kubectl prints them.
-    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let kubectl = kubectl.expect("kubectl is needed: install kubectl 1.32 (it is on every machine of this kind)");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("config");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: s, context: {{cluster: s, namespace: default}}}}]\ncurrent-context: s\nusers: []\n",
-        s.url
-    )).unwrap();
-    let run = |args: &'static [&'static str]| {
-        let kubeconfig = kubeconfig.clone();
-        async move {
-            let out = tokio::process::Command::new(kubectl).env("KUBECONFIG", &kubeconfig).env("HOME", kubeconfig.parent().unwrap()).args(args).output().await.expect("run kubectl");
-            assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
+    let kubectl = Kubectl::new(&s);
+    let run = |args: &'static [&'static str]| kubectl.run(args);
     let out = run(&["get", "containers"]).await;
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
@@ -1486,23 +1472,8 @@ async fn events_are_served_selected_expired_and_described() {
     assert_eq!(agg["items"][0]["versions"][0]["resources"][0]["resource"], "containers");
 
     // The machine's kubectl: `get events`, and `describe` showing them.
-    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists());
-    let kubectl = kubectl.expect("kubectl is needed: install kubectl 1.32 (it is on every machine of this kind)");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("config");
-    std::fs::write(&kubeconfig, format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: s, context: {{cluster: s, namespace: default}}}}]\ncurrent-context: s\nusers: []\n",
-        s.url
-    )).unwrap();
-    let run = |args: &'static [&'static str]| {
-        let kubeconfig = kubeconfig.clone();
-        async move {
-            let out = tokio::process::Command::new(kubectl).env("KUBECONFIG", &kubeconfig).env("HOME", kubeconfig.parent().unwrap()).args(args).output().await.expect("run kubectl");
-            assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            assert!(!String::from_utf8_lossy(&out.stderr).contains("unable to retrieve"), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
+    let kubectl = Kubectl::new(&s);
+    let run = |args: &'static [&'static str]| kubectl.run(args);
     let out = run(&["get", "events"]).await;
     assert!(out.starts_with("LAST SEEN") && out.contains("container/web") && out.contains("Started for web"), "{out}");
     let out = run(&["describe", "container", "web"]).await;
@@ -1640,4 +1611,41 @@ async fn a_token_less_server_refuses_web_pages_and_foreign_hosts() {
     let r = s.client.post(format!("{}/api/v1/namespaces/default/events", s.url)).json(&huge).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 422);
     s.stop().await;
+}
+
+/// The machine's kubectl against a token-less test server, through a
+/// kubeconfig of its own.
+struct Kubectl {
+    bin: &'static str,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(s: &TestServer) -> Kubectl {
+        let bin = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let bin = bin.expect("kubectl is needed: install kubectl 1.32 (it is on every machine of this kind)");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("config");
+        std::fs::write(&kubeconfig, format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"{}\"}}}}]\ncontexts: [{{name: s, context: {{cluster: s, namespace: default}}}}]\ncurrent-context: s\nusers: []\n",
+            s.url
+        )).unwrap();
+        Kubectl { bin, kubeconfig, _dir: dir }
+    }
+
+    /// Runs kubectl, which must succeed without a discovery complaint; its stdout.
+    async fn run(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new(self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.kubeconfig.parent().unwrap())
+            .args(args)
+            .output()
+            .await
+            .expect("run kubectl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl {args:?}: {err}");
+        assert!(!err.contains("unable to retrieve"), "kubectl {args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
