@@ -79,10 +79,7 @@ impl Strategy for Events {
         match field {
             "metadata.name" => s.key.name.clone(),
             "metadata.namespace" => s.key.namespace.clone(),
-            f => {
-                let v = Value::Object(s.object.rest.clone());
-                event_field(&v, f)
-            }
+            f => event_field(&s.object.rest, f),
         }
     }
 

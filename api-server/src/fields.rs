@@ -52,15 +52,18 @@ const NOT_TRACKED: &[&str] = &["apiVersion", "kind", "metadata", "status"];
 pub fn leaves(doc: &Value) -> BTreeMap<Path, Value> {
     let mut out = BTreeMap::new();
     let Some(top) = doc.as_object() else { return out };
+    let mut leaf = |p: &Path, v: &Value| {
+        out.insert(p.clone(), v.clone());
+    };
     for (k, v) in top {
         if !NOT_TRACKED.contains(&k.as_str()) {
-            walk(vec![k.clone()], v, &mut out);
+            walk(&mut vec![k.clone()], v, &mut leaf);
         }
     }
     if let Some(meta) = top.get("metadata").and_then(Value::as_object) {
         for m in ["labels", "annotations"] {
             if let Some(v) = meta.get(m) {
-                walk(vec!["metadata".into(), m.into()], v, &mut out);
+                walk(&mut vec!["metadata".into(), m.into()], v, &mut leaf);
             }
         }
         // Owned whole, as a list.
@@ -101,18 +104,18 @@ impl<'a> SetLike<'a> for &'a BTreeMap<Path, Value> {
     }
 }
 
-fn walk(path: Path, v: &Value, out: &mut BTreeMap<Path, Value>) {
+/// Calls `leaf` with every leaf under `path`: a value that is not a
+/// non-empty map.
+fn walk(path: &mut Path, v: &Value, leaf: &mut impl FnMut(&Path, &Value)) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, x) in m {
-                let mut p = path.clone();
-                p.push(k.clone());
-                walk(p, x, out);
+                path.push(k.clone());
+                walk(path, x, leaf);
+                path.pop();
             }
         }
-        _ => {
-            out.insert(path, v.clone());
-        }
+        _ => leaf(path, v),
     }
 }
 
@@ -281,31 +284,15 @@ pub fn after_update(old: Option<&Value>, new: &Value, manager: &str, api_version
 /// The managed fields of an object `manager` creates (operation
 /// `Update`): every field it set, found without copying a value.
 pub fn created(obj: &steward_store::Object, manager: &str, api_version: &str) -> Option<Value> {
-    fn paths(path: &mut Path, v: &Value, out: &mut FieldSet) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    path.push(k.clone());
-                    paths(path, x, out);
-                    path.pop();
-                }
-            }
-            _ => {
-                out.insert(path.clone());
-            }
-        }
-    }
     let mut fields = FieldSet::new();
-    let mut path = Vec::new();
+    let mut leaf = |p: &Path, _: &Value| {
+        fields.insert(p.clone());
+    };
     if !obj.spec.is_null() {
-        path.push("spec".to_string());
-        paths(&mut path, &obj.spec, &mut fields);
-        path.clear();
+        walk(&mut vec!["spec".to_string()], &obj.spec, &mut leaf);
     }
     for (k, v) in &obj.rest {
-        path.push(k.clone());
-        paths(&mut path, v, &mut fields);
-        path.clear();
+        walk(&mut vec![k.clone()], v, &mut leaf);
     }
     let m = &obj.metadata;
     for (map, keys) in [("labels", m.labels.keys()), ("annotations", m.annotations.keys())] {

@@ -297,8 +297,12 @@ fn generate_name(obj: &mut Object) {
         return;
     }
     if let Some(prefix) = obj.metadata.generate_name.clone().filter(|p| !p.is_empty()) {
-        use rand_lite::Alnum;
-        obj.metadata.name = format!("{prefix}{}", Alnum::five());
+        // Five characters of kube-apiserver's alphabet, from the uuid
+        // generator the store already draws uids from.
+        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let raw = uuid::Uuid::new_v4().into_bytes();
+        let suffix: String = raw[..5].iter().map(|b| char::from(CHARS[usize::from(*b) % CHARS.len()])).collect();
+        obj.metadata.name = format!("{prefix}{suffix}");
     }
 }
 
@@ -673,16 +677,14 @@ async fn patch(app: AppState, kind: Kind, (ns, name): (String, String), q: Optio
         return apply(&app, &kind, &ns, &name, bytes, &p).instrument(span("apply", &ns, &name)).await;
     }
     let manager = manager(&p, &headers);
-    let warnings = std::sync::Mutex::new(Vec::new());
+    let mut warnings = Vec::new();
     let to_write = |old: &Value, doc: Value| {
         let mut object = match p.field_validation {
             FieldValidation::Strict => kind.admit(&app, Input::Value(doc), &ns, Some(&name))?,
             v => {
                 let mut dropped = Vec::new();
                 let o = admit_lenient(&app, &kind, doc, &ns, Some(&name), &mut dropped)?;
-                if let Ok(mut all) = warnings.lock() {
-                    *all = warnings_of(v, &dropped);
-                }
+                warnings = warnings_of(v, &dropped);
                 o
             }
         };
@@ -691,7 +693,6 @@ async fn patch(app: AppState, kind: Kind, (ns, name): (String, String), q: Optio
         Ok(Write::Update { key: key(&kind, &ns, &name), object })
     };
     let r = patch_with(&app, &kind, &ns, &name, &flavour, &bytes, p.dry_run, to_write).instrument(span("patch", &ns, &name)).await?;
-    let warnings = warnings.into_inner().unwrap_or_default();
     Ok(warn(r, &warnings))
 }
 
@@ -706,7 +707,7 @@ async fn patch_with(
     flavour: &PatchKind,
     body: &[u8],
     dry_run: bool,
-    to_write: impl Fn(&Value, Value) -> Result<Write, ApiError>,
+    mut to_write: impl FnMut(&Value, Value) -> Result<Write, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut attempt = 0;
     loop {
@@ -934,29 +935,6 @@ async fn list_or_watch(app: AppState, kind: Kind, ns: Option<String>, q: Option<
     let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     r.extensions_mut().insert(Verb("list"));
     Ok(r)
-}
-
-/// Random lowercase alphanumerics for generated names.
-mod rand_lite {
-    pub struct Alnum;
-
-    impl Alnum {
-        /// Five characters of [a-z0-9] (kube-apiserver's generated suffix),
-        /// from the kernel's random source.
-        pub fn five() -> String {
-            use std::io::Read;
-            const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-            let mut raw = [0u8; 5];
-            if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw)).is_err() {
-                // No /dev/urandom: the clock's nanoseconds will do for a name.
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-                for (i, b) in raw.iter_mut().enumerate() {
-                    *b = (t >> (i * 8)) as u8;
-                }
-            }
-            raw.iter().map(|b| char::from(CHARS[usize::from(*b) % CHARS.len()])).collect()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -525,8 +525,8 @@ pub fn open_networks(
 }
 
 fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let what = || format!("--token-file {}", path.display());
     match std::fs::symlink_metadata(path) {
         Ok(m) => {
@@ -555,17 +555,7 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).with_context(what)?;
-    let tmp = dir.join(format!(".token.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("{}: cannot create {}", what(), tmp.display()))?;
-    f.write_all(token.as_bytes()).and_then(|()| f.sync_all()).with_context(what)?;
-    std::fs::rename(&tmp, path).with_context(what)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(what)?;
+    steward_apiserver::pki::write_atomic(path, token.as_bytes(), 0o600).with_context(what)?;
     tracing::info!(path = %path.display(), "created a new API token");
     Ok(token)
 }

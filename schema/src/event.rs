@@ -230,13 +230,15 @@ pub const EVENT_SELECTABLE_FIELDS: &[&str] = &[
     "type",
 ];
 
-/// An event's value of a selectable field ("" when unset).
-pub fn event_field(e: &serde_json::Value, field: &str) -> String {
-    let path = match field {
-        "source" => "/source/component".to_string(),
-        f => format!("/{}", f.replace('.', "/")),
-    };
-    e.pointer(&path).and_then(serde_json::Value::as_str).unwrap_or_default().to_string()
+/// An event's value of a selectable field ("" when unset), from its
+/// top-level fields.
+pub fn event_field(e: &serde_json::Map<String, serde_json::Value>, field: &str) -> String {
+    let path: Vec<&str> = if field == "source" { vec!["source", "component"] } else { field.split('.').collect() };
+    let mut cur = path.first().and_then(|k| e.get(*k));
+    for k in path.iter().skip(1) {
+        cur = cur.and_then(|v| v.get(*k));
+    }
+    cur.and_then(serde_json::Value::as_str).unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
@@ -281,8 +283,9 @@ mod tests {
         let e: Event = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(e.other["series"], serde_json::json!({"count": 3}));
         assert_eq!(serde_json::to_value(&e).unwrap()["series"]["count"], 3);
-        assert_eq!(event_field(&v, "involvedObject.uid"), "u1");
-        assert_eq!(event_field(&v, "source"), "me");
-        assert_eq!(event_field(&v, "type"), "");
+        let top = v.as_object().unwrap();
+        assert_eq!(event_field(top, "involvedObject.uid"), "u1");
+        assert_eq!(event_field(top, "source"), "me");
+        assert_eq!(event_field(top, "type"), "");
     }
 }
