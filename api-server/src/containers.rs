@@ -60,8 +60,12 @@ impl Strategy for Containers {
         to_object(c)
     }
 
-    fn status(&self, doc: Value) -> Option<Result<Option<Value>, ApiError>> {
-        Some(status_of(doc))
+    fn has_status(&self) -> bool {
+        true
+    }
+
+    fn status(&self, doc: Value) -> Result<Option<Value>, ApiError> {
+        status_of(doc)
     }
 
     fn field(&self, s: &Stored, field: &str) -> String {

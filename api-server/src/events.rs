@@ -57,15 +57,7 @@ impl Strategy for Events {
             e.involved_object.namespace = e.metadata.namespace.clone();
         }
         e.apply_defaults();
-        let generated = e.metadata.name.is_empty() && e.metadata.generate_name.as_deref().is_some_and(|p| !p.is_empty());
-        if generated {
-            // Validated with a stand-in suffix; the registry makes the real one.
-            e.metadata.name = format!("{}xxxxx", e.metadata.generate_name.as_deref().unwrap_or_default());
-        }
         validate(&e)?;
-        if generated {
-            e.metadata.name.clear();
-        }
         let size = serde_json::to_vec(&e).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_EVENT_BYTES {
             let mut errors = steward_schema::validate::FieldErrors::default();

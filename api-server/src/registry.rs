@@ -70,11 +70,14 @@ pub trait Strategy: Send + Sync + 'static {
     /// The object `input` describes, defaulted and validated, in the
     /// store's shape; `ns` and `url_name` are the request's.
     fn admit(&self, app: &App, input: Input<'_>, ns: &str, url_name: Option<&str>) -> Result<Object, ApiError>;
+    /// Whether the kind has a status subresource.
+    fn has_status(&self) -> bool {
+        false
+    }
     /// The status subresource: the validated status of a whole-object
-    /// document (`None` when the document has none). `None` here: the
-    /// kind has no status subresource.
-    fn status(&self, _doc: Value) -> Option<Result<Option<Value>, ApiError>> {
-        None
+    /// document (`None` when the document has none).
+    fn status(&self, _doc: Value) -> Result<Option<Value>, ApiError> {
+        Err(ApiError::BadRequest(format!("{} have no status subresource", self.resource())))
     }
     /// The object's value of selectable field `field` ("" when unset).
     fn field(&self, s: &Stored, field: &str) -> String;
@@ -196,6 +199,9 @@ pub fn check_identity(meta: &mut steward_schema::ObjectMeta, ns: &str, url_name:
             meta.namespace
         )));
     }
+    if url_name.is_none() && meta.name.is_empty() {
+        generate_name(meta);
+    }
     if let Some(name) = url_name {
         if meta.name.is_empty() {
             meta.name = name.to_string();
@@ -207,6 +213,20 @@ pub fn check_identity(meta: &mut steward_schema::ObjectMeta, ns: &str, url_name:
         }
     }
     Ok(())
+}
+
+/// A name for an object created with only `metadata.generateName`, as
+/// kube-apiserver makes one: the prefix and five random characters (the
+/// kind's validation then judges the whole name).
+fn generate_name(meta: &mut steward_schema::ObjectMeta) {
+    if let Some(prefix) = meta.generate_name.clone().filter(|p| !p.is_empty()) {
+        // Five characters of kube-apiserver's alphabet, from the uuid
+        // generator the store already draws uids from.
+        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let raw = uuid::Uuid::new_v4().into_bytes();
+        let suffix: String = raw[..5].iter().map(|b| char::from(CHARS[usize::from(*b) % CHARS.len()])).collect();
+        meta.name = format!("{prefix}{suffix}");
+    }
 }
 
 /// The stored object `ns/name` of `kind`, or 404.
@@ -250,7 +270,7 @@ pub fn routes(router: Router<AppState>, kind: Kind) -> Router<AppState> {
             delete(app, k4, p, q, h, b)
         }),
     );
-    if kind.status(Value::Null).is_none() {
+    if !kind.has_status() {
         return router;
     }
     let (k1, k2, k3) = (kind.clone(), kind.clone(), kind);
@@ -290,22 +310,6 @@ fn table_response(t: Value, verb: &'static str) -> Response {
     r
 }
 
-/// A name for an object that gives only `metadata.generateName`, as
-/// kube-apiserver makes one: the prefix and five random characters.
-fn generate_name(obj: &mut Object) {
-    if !obj.metadata.name.is_empty() {
-        return;
-    }
-    if let Some(prefix) = obj.metadata.generate_name.clone().filter(|p| !p.is_empty()) {
-        // Five characters of kube-apiserver's alphabet, from the uuid
-        // generator the store already draws uids from.
-        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let raw = uuid::Uuid::new_v4().into_bytes();
-        let suffix: String = raw[..5].iter().map(|b| char::from(CHARS[usize::from(*b) % CHARS.len()])).collect();
-        obj.metadata.name = format!("{prefix}{suffix}");
-    }
-}
-
 async fn create(app: AppState, kind: Kind, ns: String, q: Option<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = params(&kind, q.as_deref())?;
     let bytes = read_body(&app, &headers, body).await?;
@@ -316,7 +320,6 @@ async fn create(app: AppState, kind: Kind, ns: String, q: Option<String>, header
         _ => admit_lenient(&app, &kind, decode_value(&media, &bytes)?, &ns, None, &mut dropped)?,
     };
     let warnings = warnings_of(p.field_validation, &dropped);
-    generate_name(&mut obj);
     let name = obj.metadata.name.clone();
     let manager = manager(&p, &headers);
     async {
@@ -834,10 +837,6 @@ async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, p
     }
 }
 
-/// The status of a whole-object document, through the kind's strategy.
-fn status_of(kind: &Kind, doc: Value) -> Result<Option<Value>, ApiError> {
-    kind.status(doc).unwrap_or_else(|| Err(ApiError::BadRequest(format!("{} have no status subresource", kind.resource()))))
-}
 
 async fn replace_status(app: AppState, kind: Kind, (ns, name): (String, String), q: Option<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let p = params(&kind, q.as_deref())?;
@@ -852,7 +851,7 @@ async fn replace_status(app: AppState, kind: Kind, (ns, name): (String, String),
             return Err(ApiError::BadRequest(format!("the name of the object ({body_name}) does not match the name in the URL ({name})")));
         }
         let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        let status = status_of(&kind, doc)?;
+        let status = kind.status(doc)?;
         let r = app.store.write(Write::UpdateStatus { key: key(&kind, &ns, &name), status, resource_version: rv }, p.dry_run).await?;
         Ok(object_response(StatusCode::OK, "update", &r.object))
     }
@@ -869,7 +868,7 @@ async fn patch_status(app: AppState, kind: Kind, (ns, name): (String, String), q
     }
     let to_write = |_: &Value, doc: Value| {
         let rv = doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-        Ok(Write::UpdateStatus { key: key(&kind, &ns, &name), status: status_of(&kind, doc)?, resource_version: rv })
+        Ok(Write::UpdateStatus { key: key(&kind, &ns, &name), status: kind.status(doc)?, resource_version: rv })
     };
     patch_with(&app, &kind, &ns, &name, &flavour, &bytes, p.dry_run, to_write).instrument(span("patch-status", &ns, &name)).await
 }
