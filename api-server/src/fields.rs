@@ -307,6 +307,21 @@ pub fn created(obj: &steward_store::Object, manager: &str, api_version: &str) ->
     write(&[entry])
 }
 
+/// Whether the ownership an apply by `manager` gives (`merged`, against
+/// `current`) must be recorded even though no value changed: `manager`
+/// had no entry yet, or it now shares a field another manager owns.
+pub fn ownership_matters(current: &Value, merged: &Value, manager: &str) -> bool {
+    let mine = |e: &&Entry| e.manager == manager && e.operation == Operation::Apply;
+    let (old, new) = (read(current), read(merged));
+    let (Some(before), Some(after)) = (old.iter().find(mine), new.iter().find(mine)) else {
+        return new.iter().any(|e| mine(&e));
+    };
+    after
+        .fields
+        .difference(&before.fields)
+        .any(|p| new.iter().filter(|e| !mine(e)).any(|e| overlaps_any(&e.fields, p)))
+}
+
 /// A field another manager owns with another value.
 #[derive(Debug, PartialEq)]
 pub struct Conflict {

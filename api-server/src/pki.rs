@@ -18,7 +18,9 @@ use rustls::sign::CertifiedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
+    /// Shown as the path; the cause is the error's source (a report with
+    /// its chain says both once).
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -106,8 +108,24 @@ impl Ca {
                 tracing::info!(cert = %cert_path.display(), "created the API's certificate authority");
                 Ok(Ca { cert_pem, key, issuer, not_after: Some(not_after) })
             }
-            (cert, _) => Err(PkiError::Invalid {
-                path: if cert { key_path } else { cert_path },
+            (false, true) => {
+                // A first start killed between writing the key and its
+                // certificate: the certificate is derived from the key
+                // (its name and extensions are), so it is made again.
+                check_private(&key_path)?;
+                let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+                let key = rcgen::KeyPair::from_pem(&key_pem)
+                    .map_err(|e| PkiError::Invalid { path: key_path.clone(), message: format!("not a private key steward can use: {e}") })?;
+                let params = ca_params(&key, CA_VALIDITY)?;
+                let not_after = SystemTime::from(params.not_after);
+                let issuer = params.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
+                let cert_pem = issuer.pem();
+                write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
+                tracing::warn!(cert = %cert_path.display(), "the CA's certificate was missing beside its key; made again from the key");
+                Ok(Ca { cert_pem, key, issuer, not_after: Some(not_after) })
+            }
+            (true, false) => Err(PkiError::Invalid {
+                path: key_path,
                 message: "missing, while its partner is there; restore it, or remove both to make a new CA (kubeconfigs then need the new one)".into(),
             }),
         }
@@ -267,9 +285,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // A full disk leaves no half-written temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(PkiError::Io { path: path.to_path_buf(), source: e });
+    }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(())
 }
@@ -436,5 +463,16 @@ mod tests {
         std::fs::remove_file(dir.path().join("ca.key")).unwrap();
         let e = Ca::load_or_create(dir.path()).err().unwrap();
         assert!(e.to_string().contains("ca.key: missing"), "{e}");
+    }
+
+    #[test]
+    fn a_key_without_its_certificate_gets_the_certificate_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
+        let again = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.key.serialize_pem(), ca.key.serialize_pem());
+        assert!(dir.path().join("ca.crt").exists());
+        again.check_pair(dir.path()).unwrap();
     }
 }

@@ -219,7 +219,16 @@ pub fn check_identity(meta: &mut steward_schema::ObjectMeta, ns: &str, url_name:
 /// kube-apiserver makes one: the prefix and five random characters (the
 /// kind's validation then judges the whole name).
 fn generate_name(meta: &mut steward_schema::ObjectMeta) {
-    if let Some(prefix) = meta.generate_name.clone().filter(|p| !p.is_empty()) {
+    if let Some(mut prefix) = meta.generate_name.clone().filter(|p| !p.is_empty()) {
+        // As kube-apiserver: the prefix is cut to 58 characters, so the
+        // name fits 63 with its suffix.
+        if prefix.len() > 58 {
+            let mut end = 58;
+            while !prefix.is_char_boundary(end) {
+                end -= 1;
+            }
+            prefix.truncate(end);
+        }
         // Five characters of kube-apiserver's alphabet, from the uuid
         // generator the store already draws uids from.
         const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -806,15 +815,18 @@ async fn apply(app: &AppState, kind: &Kind, ns: &str, name: &str, body: Bytes, p
             if !explicit_rv {
                 object.metadata.resource_version = c.object.metadata.resource_version.clone();
             }
-            // An apply that changes no value writes nothing, not even the
-            // fields it would now own: applying `get -o yaml` output (its
-            // defaults included) stays a no-op.
+            // An apply that changes no value writes nothing when the only
+            // news is fields no one else has (applying `get -o yaml` output,
+            // its defaults included, stays a no-op). A new manager, or one
+            // now sharing another's field, is written: without its entry,
+            // the other could remove what it declared.
             let o = &c.object;
-            if object.spec == o.spec
+            let same_values = object.spec == o.spec
                 && object.rest == o.rest
                 && object.metadata.labels == o.metadata.labels
-                && object.metadata.annotations == o.metadata.annotations
-            {
+                && object.metadata.annotations == o.metadata.annotations;
+            let must_record = current.as_ref().is_some_and(|cur| fields::ownership_matters(cur, &merged, &manager));
+            if same_values && !must_record {
                 object.metadata.managed_fields = o.metadata.managed_fields.clone();
             }
         }

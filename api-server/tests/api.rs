@@ -1649,3 +1649,40 @@ impl Kubectl {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// Review: a second applier of an equal value is recorded (so the first
+/// cannot remove it alone); a Container's kind is checked, not
+/// overwritten; a long generateName is cut to fit.
+#[tokio::test]
+async fn equal_applies_are_recorded_kinds_checked_and_generated_names_fit() {
+    let mut s = TestServer::start().await;
+    let apply = |manager: &'static str, labels: Value| {
+        let mut doc = json!({"apiVersion": "steward.dev/v1alpha1", "kind": "Container", "metadata": {"name": "a1"}, "spec": {"image": "busybox"}});
+        if !labels.is_null() {
+            doc["metadata"]["labels"] = labels;
+        }
+        let req = s.client.patch(s.ns_url(&format!("/a1?fieldManager={manager}"))).header("content-type", "application/apply-patch+yaml").body(doc.to_string());
+        async move { body(req.send().await.unwrap()).await }
+    };
+    let (code, _) = apply("m3", json!({"x": "y"})).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let (code, v) = apply("m7", json!({"x": "y"})).await;
+    assert_eq!(code, StatusCode::OK);
+    let managers: Vec<&str> = v["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| e["manager"].as_str().unwrap()).collect();
+    assert!(managers.contains(&"m7"), "{managers:?}");
+    let (_, v) = apply("m3", Value::Null).await;
+    assert_eq!(v["metadata"]["labels"], json!({"x": "y"}), "m7 still declares it: {v}");
+    // A Pod is not a Container.
+    let mut pod = container("p");
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    let (code, st) = body(s.client.post(s.ns_url("")).json(&pod).send().await.unwrap()).await;
+    assert_eq!(code.as_u16(), 422, "{st}");
+    // generateName longer than a name may be: cut, then suffixed.
+    let mut ev = event("", "web", "u", "X");
+    ev["metadata"] = json!({"generateName": "g".repeat(250)});
+    let (code, v) = body(s.client.post(format!("{}/api/v1/namespaces/default/events", s.url)).json(&ev).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    assert_eq!(v["metadata"]["name"].as_str().unwrap().len(), 63);
+    s.stop().await;
+}

@@ -325,11 +325,11 @@ fn client_config(cli: &Cli) -> anyhow::Result<steward_client::Config> {
     let (mut config, source) = overrides.resolve(DEFAULT_SERVER)?;
     if source == steward_client::kubeconfig::Source::None && is_local(&config.server) {
         if config.token.is_none() {
-            config.token = std::fs::read_to_string(data_dir.join("token")).ok().map(|t| t.trim().to_string());
+            config.token = steward_client::read_text(&data_dir.join("token")).ok().map(|t| t.trim().to_string());
         }
         if config.ca_pem.is_none() && config.server.starts_with("https://") {
             let ca = data_dir.join("pki/ca.crt");
-            if let Ok(pem) = std::fs::read(&ca) {
+            if let Ok(pem) = steward_client::read_file(&ca) {
                 config.ca_pem = Some(pem);
                 config.ca_source = ca.display().to_string();
             }

@@ -201,6 +201,11 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!("--data-dir {}: another steward is already serving from it", args.data_dir.display())
     })?;
+    // Temporary files of whole-file writes a crash cut short (the lock
+    // says no other steward is writing them).
+    for dir in [args.data_dir.clone(), args.data_dir.join("pki")] {
+        remove_stale_temporaries(&dir);
+    }
 
     let mut cfg = steward_store::Config::new(args.data_dir.join("steward.db"));
     // The store's identity lives in the store; a store made by a steward
@@ -237,7 +242,14 @@ pub async fn run(mut args: ServeArgs, loaded: LoadedConfig) -> anyhow::Result<()
     let ca_pem = tls.as_ref().and_then(|t| t.ca_pem.clone());
     let kubeconfig = steward_client::Kubeconfig::single(&url, ca_pem.as_deref().map(str::as_bytes), token.as_deref());
     let kubeconfig_path = args.data_dir.join("kubeconfig");
-    steward_apiserver::pki::write_atomic(&kubeconfig_path, kubeconfig.to_yaml().as_bytes(), 0o600)?;
+    // Written when it changed (a new port or token); a full disk with an
+    // unchanged kubeconfig does not stop a start.
+    let text = kubeconfig.to_yaml();
+    if std::fs::read(&kubeconfig_path).ok().as_deref() != Some(text.as_bytes()) {
+        if let Err(e) = steward_apiserver::pki::write_atomic(&kubeconfig_path, text.as_bytes(), 0o600) {
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "kubeconfig not written; clients keep the old one");
+        }
+    }
     let mut api = steward_apiserver::Config {
         tls: tls.as_ref().map(|t| t.server.clone()),
         max_body_bytes: args.max_body_bytes,
@@ -399,8 +411,8 @@ fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
     use steward_apiserver::pki;
     if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_private_key_file) {
         let load = |cert: &std::path::Path, key: &std::path::Path| -> anyhow::Result<rustls::sign::CertifiedKey> {
-            let c = std::fs::read(cert).with_context(|| format!("--tls-cert-file {}", cert.display()))?;
-            let k = std::fs::read(key).with_context(|| format!("--tls-private-key-file {}", key.display()))?;
+            let c = steward_client::read_file(cert).with_context(|| format!("--tls-cert-file {}", cert.display()))?;
+            let k = steward_client::read_file(key).with_context(|| format!("--tls-private-key-file {}", key.display()))?;
             Ok(pki::certified_key(&c, &k, cert, key)?)
         };
         let slot = pki::CertSlot::new(load(cert, key)?);
@@ -448,20 +460,24 @@ fn start_tls(args: &ServeArgs, addr: SocketAddr) -> anyhow::Result<Tls> {
         }
     }
     let names = pki::serving_names(addr.ip(), &args.tls_san);
+    tracing::info!(sans = ?names, dir = %dir.display(), "serving certificates are issued for these names");
     let validity = args.tls_cert_validity;
     let issue = {
         let dir = dir.clone();
         move |ca: &pki::Ca| -> anyhow::Result<(rustls::sign::CertifiedKey, std::time::SystemTime)> {
             let issued = ca.issue(&names, validity)?;
-            pki::write_atomic(&dir.join("serving.key"), issued.key_pem.as_bytes(), 0o600)?;
-            pki::write_atomic(&dir.join("serving.crt"), issued.cert_pem.as_bytes(), 0o644)?;
+            // The files are for people to inspect; the server presents the
+            // certificate from memory, so a full disk does not stop a start.
+            let written = pki::write_atomic(&dir.join("serving.key"), issued.key_pem.as_bytes(), 0o600)
+                .and_then(|()| pki::write_atomic(&dir.join("serving.crt"), issued.cert_pem.as_bytes(), 0o644));
+            if let Err(e) = written {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "serving certificate not written to DATA/pki; serving it from memory");
+            }
             let ck = pki::certified_key(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes(), &dir.join("serving.crt"), &dir.join("serving.key"))?;
             Ok((ck, issued.not_after))
         }
     };
     let (first, mut not_after) = issue(&ca)?;
-    let dir = dir.clone();
-    tracing::info!(sans = ?pki::serving_names(addr.ip(), &args.tls_san), dir = %dir.display(), "serving certificate issued");
     let slot = pki::CertSlot::new(first);
     let server = pki::server_config(slot.clone())?;
     let ca_pem = Some(ca.cert_pem.clone());
@@ -558,6 +574,21 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     steward_apiserver::pki::write_atomic(path, token.as_bytes(), 0o600).with_context(what)?;
     tracing::info!(path = %path.display(), "created a new API token");
     Ok(token)
+}
+
+/// Removes `.NAME.PID` files [`steward_apiserver::pki::write_atomic`]
+/// left in `dir` when it was killed mid-write.
+fn remove_stale_temporaries(dir: &std::path::Path) {
+    const WRITTEN: &[&str] = &["kubeconfig", "token", "ca.key", "ca.crt", "serving.key", "serving.crt"];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = name.strip_prefix('.').and_then(|n| n.rsplit_once('.')).is_some_and(|(base, pid)| {
+            WRITTEN.contains(&base) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        });
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Creates the data dir owner-only (0700): it holds every spec and env
@@ -660,6 +691,18 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_temporaries_of_whole_file_writes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in [".kubeconfig.123", ".ca.key.9", ".kubeconfig.abc", ".notes.1", "kubeconfig"] {
+            std::fs::write(tmp.path().join(f), "x").unwrap();
+        }
+        super::remove_stale_temporaries(tmp.path());
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".kubeconfig.abc", ".notes.1", "kubeconfig"]);
+    }
 
     #[test]
     fn data_dir_is_owner_only_also_when_it_exists() {

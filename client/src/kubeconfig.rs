@@ -130,7 +130,7 @@ impl Kubeconfig {
     /// Reads one file. Relative `certificate-authority` and `tokenFile`
     /// paths are taken relative to the file's directory, as kubectl does.
     pub fn load(path: &Path) -> Result<Kubeconfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))?;
+        let text = crate::read_text(path).map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))?;
         Self::parse(&text, path)
     }
 
@@ -260,7 +260,7 @@ impl Overrides {
                 config.ca_pem = Some(pem);
                 config.ca_source = format!("certificate-authority-data of cluster {:?} in {}", context.cluster, what());
             } else if let Some(file) = cluster.certificate_authority.as_deref().filter(|s| !s.is_empty()) {
-                config.ca_pem = Some(std::fs::read(file).map_err(|e| {
+                config.ca_pem = Some(crate::read_file(Path::new(file)).map_err(|e| {
                     Error::Config(format!("kubeconfig {}: certificate-authority {file}: {e}", what()))
                 })?);
                 config.ca_source = file.to_string();
@@ -296,7 +296,7 @@ impl Overrides {
             config.token = Some(read_token(f, "--token-file")?);
         }
         if let Some(f) = &self.certificate_authority {
-            config.ca_pem = Some(std::fs::read(f).map_err(|e| Error::Config(format!("--certificate-authority {}: {e}", f.display())))?);
+            config.ca_pem = Some(crate::read_file(f).map_err(|e| Error::Config(format!("--certificate-authority {}: {e}", f.display())))?);
             config.ca_source = format!("--certificate-authority {}", f.display());
         }
         if self.insecure_skip_tls_verify {
@@ -307,7 +307,7 @@ impl Overrides {
 }
 
 fn read_token(path: &Path, what: &str) -> Result<String, Error> {
-    let t = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
+    let t = crate::read_text(path).map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))?;
     Ok(t.trim().to_string())
 }
 
@@ -375,6 +375,13 @@ mod tests {
         let bad = write(dir.path(), "bad", "clusters: [ {");
         let e = Overrides { kubeconfig: Some(bad.clone()), ..Default::default() }.resolve("x").unwrap_err();
         assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
+        // A device would be read for ever; a huge file is refused too.
+        let e = Overrides { kubeconfig: Some("/dev/zero".into()), ..Default::default() }.resolve("x").unwrap_err();
+        assert!(e.to_string().contains("/dev/zero: not a regular file"), "{e}");
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'#'; (crate::MAX_FILE_BYTES + 1) as usize]).unwrap();
+        let e = Overrides { kubeconfig: Some(huge), ..Default::default() }.resolve("x").unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
         let k = write(dir.path(), "k", "current-context: gone\n");
         let e = Overrides { kubeconfig: Some(k), ..Default::default() }.resolve("x").unwrap_err();
         assert!(e.to_string().contains("no context \"gone\""), "{e}");

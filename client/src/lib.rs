@@ -211,6 +211,30 @@ impl Client {
     }
 }
 
+/// Most a configuration file (kubeconfig, CA, token, certificate) may hold.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file: a regular file (not a device or a FIFO, which
+/// could be read for ever) of at most [`MAX_FILE_BYTES`].
+pub fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut out = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    Ok(out)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// The innermost cause of an error, stated briefly: reqwest wraps the
 /// useful part ("connection refused", "invalid peer certificate:
 /// UnknownIssuer") in two or three generic layers.

@@ -441,8 +441,13 @@ impl Container {
     /// Fills in the defaults of API.md, so that what is stored is what runs
     /// and an apply of the same manifest compares equal.
     pub fn apply_defaults(&mut self) {
-        self.api_version = crate::API_VERSION.into();
-        self.kind = KIND.into();
+        // Filled when left out; another one stays, for validation to refuse.
+        if self.api_version.is_empty() {
+            self.api_version = crate::API_VERSION.into();
+        }
+        if self.kind.is_empty() {
+            self.kind = KIND.into();
+        }
         if self.metadata.namespace.is_empty() {
             self.metadata.namespace = "default".into();
         }
